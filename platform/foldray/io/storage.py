@@ -1,0 +1,91 @@
+"""Local paths and fsspec URLs (s3://, gs://, memory://, ...) behind one small API.
+
+Writes are atomic where the backend allows: data goes to a temporary name first and is
+moved into place, so a crash never leaves a half-written file that looks complete. On
+object stores a single PUT is already atomic, so objects are written directly.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import fsspec
+from fsspec.core import url_to_fs
+
+
+def is_url(path: str) -> bool:
+    return "://" in path
+
+
+def filesystem(url: str, **storage_options: Any) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem and the path inside it; S3 settings also come from AWS_* variables."""
+    if url.startswith("s3://") and "client_kwargs" not in storage_options:
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint:
+            storage_options = {**storage_options, "client_kwargs": {"endpoint_url": endpoint}}
+    return url_to_fs(url, **storage_options)
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path parts onto a local path or a URL (always '/' for URLs)."""
+    if is_url(base):
+        return posixpath.join(base, *parts)
+    return os.path.join(base, *parts)
+
+
+def resolve_relative(path: str, relative_to: str) -> str:
+    """Resolve `path` against the folder holding `relative_to` (a file path or URL)."""
+    if is_url(path) or os.path.isabs(path) or not relative_to:
+        return path
+    if is_url(relative_to):
+        return posixpath.normpath(posixpath.join(posixpath.dirname(relative_to), path)).replace(
+            ":/", "://", 1)
+    return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(relative_to)), path))
+
+
+def read_bytes(url: str, **storage_options: Any) -> bytes:
+    fs, path = filesystem(url, **storage_options)
+    with fs.open(path, "rb") as handle:
+        return handle.read()
+
+
+def read_text(url: str, **storage_options: Any) -> str:
+    return read_bytes(url, **storage_options).decode("utf-8")
+
+
+def exists(url: str, **storage_options: Any) -> bool:
+    fs, path = filesystem(url, **storage_options)
+    return fs.exists(path)
+
+
+def write_bytes_atomic(url: str, data: bytes, **storage_options: Any) -> None:
+    """Write so readers see either nothing or the whole file, never a prefix."""
+    fs, path = filesystem(url, **storage_options)
+    parent = posixpath.dirname(path) if is_url(url) else os.path.dirname(path)
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    if fs.protocol in ("file", "local") or "file" in (fs.protocol or ()):
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        with fs.open(tmp, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    else:
+        with fs.open(path, "wb") as handle:
+            handle.write(data)
+
+
+def write_text_atomic(url: str, text: str, **storage_options: Any) -> None:
+    write_bytes_atomic(url, text.encode("utf-8"), **storage_options)
+
+
+def list_files(url: str, suffixes: tuple[str, ...], **storage_options: Any) -> Iterator[str]:
+    """Files under a folder/prefix whose names end in one of `suffixes`, sorted, as URLs/paths."""
+    fs, path = filesystem(url, **storage_options)
+    protocol = fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
+    for found in sorted(fs.find(path)):
+        if found.lower().endswith(suffixes):
+            yield found if not is_url(url) else f"{protocol}://{found}"
