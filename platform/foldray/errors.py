@@ -18,7 +18,9 @@ class InputError(ValueError):
                 field_prefix: str | None = None) -> InputError:
         """A copy with missing location parts filled in by an outer caller."""
         field = self.field
-        if field_prefix:
+        if field_prefix and field.startswith("line "):   # a line inside an embedded file
+            field = f"{field_prefix} ({field})"
+        elif field_prefix:
             field = f"{field_prefix}.{field}" if field else field_prefix
         return InputError(self.message, source=self.source or (source or ""),
                           job=self.job or (job or ""), field=field)
