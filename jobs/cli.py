@@ -1,0 +1,45 @@
+"""The `foldray` command: one subcommand per job module, each also runnable as
+`python -m foldray.jobs.<name>` (e.g. under `ray job submit`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+
+from foldray.jobs import featurize, validate
+
+COMMANDS = {
+    "validate": (validate, "check inputs: parse, tokenize and featurize every job"),
+    "featurize": (featurize, "featurize many jobs on Ray (local or cluster) into a folder/bucket"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="foldray", description="AlphaFold 3-class structure "
+                                     "prediction on Ray.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (module, help_text) in COMMANDS.items():
+        module.build_parser(sub.add_parser(name, help=help_text, description=module.__doc__,
+                                           formatter_class=argparse.RawDescriptionHelpFormatter))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    module, _ = COMMANDS[args.command]
+    try:
+        return module.run(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # a bug, not bad input: one line, details only when asked
+        print(f"error: internal error in foldray {args.command}: {err.__class__.__name__}: {err} "
+              "(set FOLDRAY_DEBUG=1 for the traceback)", file=sys.stderr)
+        if __import__("os").environ.get("FOLDRAY_DEBUG"):
+            traceback.print_exc()
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

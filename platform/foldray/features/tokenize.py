@@ -1,0 +1,372 @@
+"""Tokenization (SI 2.6): a `Job` -> atoms grouped into tokens, in input order.
+
+One token per standard amino acid / nucleotide residue (Table 13); one token per heavy atom
+for ligands, ions and modified residues. Atoms come from each residue's chemical component
+(hydrogens dropped). Polymer residues lose their leaving atoms (they leave when the
+backbone bond forms), except the C-terminal OXT of a protein chain, which exists in
+reality and in experimental structures.
+
+Shapes: atoms [N_atom], tokens [N_token]. Ids: asym_id and entity_id start at 1 (0 is left
+for padding), sym_id starts at 0 within each entity, token_index at 0, residue_index is the
+1-based residue number in the input chain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from foldray.chem.ccd import get_component, parse_user_ccd
+from foldray.chem.component import Component
+from foldray.chem.smiles import component_from_smiles
+from foldray.errors import InputError
+from foldray.inputs.job import Entity, Job, LigandChain, PolymerChain
+from foldray.residues import (
+    CENTRE_ATOM,
+    MOL_TYPES,
+    ONE_TO_CCD,
+    RESTYPE_INDEX,
+    STANDARD_RESIDUES,
+    UNKNOWN_RESTYPE,
+    MolType,
+    representative_atom,
+)
+
+DEFAULT_MAX_TOKENS = 8192
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ChainInfo:
+    """One chain copy of an entity, with its token range [token_start, token_end)."""
+
+    chain_id: str
+    entity_index: int          # position of the entity in Job.entities
+    entity_id: int
+    sym_id: int
+    mol_type: MolType
+    token_start: int
+    token_end: int
+    residue_names: tuple[str, ...]   # CCD code per residue, in order
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TokenizedStructure:
+    """Atoms and tokens of a job, before features. All arrays are numpy."""
+
+    chains: tuple[ChainInfo, ...]
+    # atoms [N_atom]
+    atom_name: np.ndarray        # <U4
+    atom_element: np.ndarray     # int16 atomic number
+    atom_charge: np.ndarray      # float32 formal charge
+    atom_ref_pos: np.ndarray     # [N_atom, 3] float32, conformer frame of its residue
+    atom_ref_mask: np.ndarray    # bool
+    atom_space_uid: np.ndarray   # int32, one per (chain, residue)
+    atom_to_token: np.ndarray    # int32
+    atom_chain: np.ndarray       # int32 index into `chains`
+    atom_residue: np.ndarray     # int32 1-based residue number
+    atom_res_name: np.ndarray    # <U5 CCD code of the atom's residue
+    # tokens [N_token]
+    residue_index: np.ndarray    # int32
+    asym_id: np.ndarray          # int32
+    entity_id: np.ndarray        # int32
+    sym_id: np.ndarray           # int32
+    restype: np.ndarray          # int8 class in residues.RESTYPES
+    mol_type: np.ndarray         # int8 index in residues.MOL_TYPES
+    is_standard: np.ndarray      # bool, one token for the whole residue
+    centre_atom: np.ndarray      # int32 atom index (SI 2.6 token centre)
+    rep_atom: np.ndarray         # int32 atom index (SI 4.4 distogram atom)
+    # bonds that enter token_bonds: polymer-ligand and ligand-ligand, [N_bond, 2] atom indices
+    bonds: np.ndarray
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.residue_index.shape[0])
+
+    @property
+    def n_atoms(self) -> int:
+        return int(self.atom_name.shape[0])
+
+    @property
+    def token_index(self) -> np.ndarray:
+        return np.arange(self.n_tokens, dtype=np.int32)
+
+    def atom_lookup(self) -> dict[tuple[str, int, str], int]:
+        """(chain id, residue number, atom name) -> atom index."""
+        chain_ids = [c.chain_id for c in self.chains]
+        return {(chain_ids[c], int(r), str(n)): i for i, (c, r, n) in
+                enumerate(zip(self.atom_chain, self.atom_residue, self.atom_name, strict=True))}
+
+
+def _polymer_atoms_kept(component: Component, keep_oxt: bool) -> np.ndarray:
+    """Indices of a polymer residue's atoms: leaving atoms go, except a C-terminal OXT."""
+    leaving = component.leaving.copy()
+    if keep_oxt:
+        leaving &= np.array([name != "OXT" for name in component.atom_names])
+    return np.flatnonzero(~leaving)
+
+
+def entity_components(job: Job, entity_index: int, user_ccd: Mapping | None) -> list[Component]:
+    """The chemical component of every residue of an entity, errors located in the job."""
+    entity = job.entities[entity_index]
+    kind = entity.mol_type
+    base = f"sequences[{entity_index}].{kind}"
+    try:
+        if isinstance(entity, LigandChain) and entity.smiles is not None:
+            try:
+                return [component_from_smiles(entity.smiles, name="LIG")]
+            except InputError as err:
+                raise err.located(field_prefix="smiles") from None
+        if isinstance(entity, LigandChain):
+            components = []
+            for j, code in enumerate(entity.ccd_codes or ()):
+                try:
+                    components.append(get_component(code, user_ccd=user_ccd))
+                except InputError as err:
+                    raise err.located(field_prefix=f"ccdCodes[{j}]") from None
+            return components
+        mod_index = {m.position: k for k, m in enumerate(entity.modifications)}
+        components = []
+        mod_key = "ptmType" if kind == "protein" else "modificationType"
+        for position, code in enumerate(entity.ccd_sequence(), start=1):
+            try:
+                components.append(get_component(code, user_ccd=user_ccd))
+            except InputError as err:
+                where = f"modifications[{mod_index[position]}].{mod_key}" \
+                    if position in mod_index else "sequence"
+                raise err.located(field_prefix=where) from None
+        return components
+    except InputError as err:
+        raise err.located(source=job.source, job=job.name, field_prefix=base) from None
+
+
+def _is_per_atom(mol_type: MolType, code: str) -> bool:
+    return mol_type == "ligand" or code not in STANDARD_RESIDUES[mol_type]
+
+
+def _restype_of(mol_type: MolType, component: Component) -> int:
+    """Class of a token: the residue itself, else its standard parent, else unknown."""
+    if mol_type == "ligand":
+        return UNKNOWN_RESTYPE["ligand"]
+    standard = STANDARD_RESIDUES[mol_type]
+    for candidate in (component.name, component.parent):
+        if candidate in standard:
+            return RESTYPE_INDEX[candidate]
+    if component.one_letter and component.one_letter in ONE_TO_CCD[mol_type]:
+        return RESTYPE_INDEX[ONE_TO_CCD[mol_type][component.one_letter]]
+    return UNKNOWN_RESTYPE[mol_type]
+
+
+def _entity_keys(entities: tuple[Entity, ...]) -> list[int]:
+    """entity_id per entity: identical chemistry shares an id, as Table 5 asks."""
+    keys: dict[tuple, int] = {}
+    ids = []
+    for entity in entities:
+        if isinstance(entity, PolymerChain):
+            key: tuple = (entity.mol_type, entity.ccd_sequence())
+        else:
+            key = ("ligand", entity.ccd_codes, entity.smiles)
+        ids.append(keys.setdefault(key, len(keys) + 1))
+    return ids
+
+
+def tokenize(job: Job, *, max_tokens: int | None = DEFAULT_MAX_TOKENS) -> TokenizedStructure:
+    """Build atoms and tokens of every chain copy, in the order the job lists them."""
+    user_ccd = parse_user_ccd(job.user_ccd, source=job.source) if job.user_ccd else None
+    components = [entity_components(job, i, user_ccd) for i in range(len(job.entities))]
+    entity_ids = _entity_keys(job.entities)
+    builder = _Builder()
+    sym_counter: dict[int, int] = {}
+    for entity_index, (entity, comps) in enumerate(zip(job.entities, components, strict=True)):
+        entity_id = entity_ids[entity_index]
+        for chain_id in entity.ids:
+            sym_id = sym_counter.get(entity_id, 0)
+            sym_counter[entity_id] = sym_id + 1
+            builder.add_chain(chain_id, entity_index, entity_id, sym_id, entity.mol_type, comps)
+    builder.add_user_bonds(job)
+    tokens = builder.build()
+    if max_tokens is not None and tokens.n_tokens > max_tokens:
+        raise InputError(f"the job has {tokens.n_tokens} tokens, above the limit of {max_tokens} "
+                         "(raise --max-tokens if the hardware allows)",
+                         source=job.source, job=job.name, field="sequences")
+    return tokens
+
+
+class _Builder:
+    """Accumulates per-residue arrays; concatenated once at the end."""
+
+    def __init__(self) -> None:
+        self.chains: list[ChainInfo] = []
+        self.atom_parts: dict[str, list[np.ndarray]] = {k: [] for k in (
+            "name", "element", "charge", "ref_pos", "ref_mask", "space_uid", "token", "chain",
+            "residue", "res_name")}
+        self.token_parts: dict[str, list] = {k: [] for k in (
+            "residue_index", "asym_id", "entity_id", "sym_id", "restype", "mol_type",
+            "is_standard", "centre_atom", "rep_atom")}
+        self.bonds: list[np.ndarray] = []
+        self.n_atoms = 0
+        self.n_tokens = 0
+        self.n_spaces = 0
+        self.residue_atoms: dict[tuple[int, int], tuple[int, dict[str, int]]] = {}
+        self.chain_index: dict[str, int] = {}
+        self._kept: dict[tuple[int, bool], np.ndarray] = {}  # per (id(component), C-terminal)
+
+    def add_chain(self, chain_id: str, entity_index: int, entity_id: int, sym_id: int,
+                  mol_type: MolType, comps: list[Component]) -> None:
+        chain_idx = len(self.chains)
+        self.chain_index[chain_id] = chain_idx
+        token_start = self.n_tokens
+        mol_index = MOL_TYPES.index(mol_type)
+        for residue_number, component in enumerate(comps, start=1):
+            if mol_type == "ligand":
+                keep = np.arange(len(component.atom_names))
+            else:
+                last_protein = mol_type == "protein" and residue_number == len(comps)
+                key = (id(component), last_protein)
+                if key not in self._kept:
+                    self._kept[key] = _polymer_atoms_kept(component, last_protein)
+                keep = self._kept[key]
+            self._add_residue(chain_idx, chain_id, residue_number, mol_type, mol_index,
+                              entity_id, sym_id, component, keep)
+        self.chains.append(ChainInfo(
+            chain_id=chain_id, entity_index=entity_index, entity_id=entity_id, sym_id=sym_id,
+            mol_type=mol_type, token_start=token_start, token_end=self.n_tokens,
+            residue_names=tuple(c.name for c in comps)))
+
+    def _add_residue(self, chain_idx: int, chain_id: str, residue_number: int, mol_type: MolType,
+                     mol_index: int, entity_id: int, sym_id: int, component: Component,
+                     keep: np.ndarray) -> None:
+        n = len(keep)
+        if n == 0:
+            return
+        first_atom = self.n_atoms
+        names = np.asarray(component.atom_names, dtype="<U4")[keep]
+        a = self.atom_parts
+        a["name"].append(names)
+        a["element"].append(component.elements[keep].astype(np.int16))
+        a["charge"].append(component.charges[keep].astype(np.float32))
+        a["ref_pos"].append(component.ref_pos[keep].astype(np.float32))
+        a["ref_mask"].append(component.ref_mask[keep])
+        a["space_uid"].append(np.full(n, self.n_spaces, np.int32))
+        a["chain"].append(np.full(n, chain_idx, np.int32))
+        a["residue"].append(np.full(n, residue_number, np.int32))
+        a["res_name"].append(np.full(n, component.name, dtype="<U5"))
+        self.n_spaces += 1
+        name_to_atom = {str(name): first_atom + i for i, name in enumerate(names)}
+        self.residue_atoms[(chain_idx, residue_number)] = (first_atom, name_to_atom)
+
+        restype = _restype_of(mol_type, component)
+        per_atom = _is_per_atom(mol_type, component.name)
+        if per_atom:
+            tokens = np.arange(self.n_tokens, self.n_tokens + n, dtype=np.int32)
+            centre = rep = np.arange(first_atom, first_atom + n, dtype=np.int32)
+            count = n
+        else:
+            tokens = np.full(n, self.n_tokens, np.int32)
+            centre = np.array([name_to_atom.get(CENTRE_ATOM[mol_type], first_atom)], np.int32)
+            rep_name = representative_atom(mol_type, component.name)
+            rep = np.array([name_to_atom.get(rep_name, int(centre[0]))], np.int32)
+            count = 1
+        a["token"].append(tokens)
+        t = self.token_parts
+        t["residue_index"].append(np.full(count, residue_number, np.int32))
+        t["asym_id"].append(np.full(count, chain_idx + 1, np.int32))
+        t["entity_id"].append(np.full(count, entity_id, np.int32))
+        t["sym_id"].append(np.full(count, sym_id, np.int32))
+        t["restype"].append(np.full(count, restype, np.int8))
+        t["mol_type"].append(np.full(count, mol_index, np.int8))
+        t["is_standard"].append(np.full(count, not per_atom))
+        t["centre_atom"].append(centre)
+        t["rep_atom"].append(rep)
+        if mol_type == "ligand" and len(component.bonds):
+            # intra-ligand bonds (ligand-ligand), remapped to the kept atoms
+            remap = np.full(len(component.atom_names), -1, np.int64)
+            remap[keep] = np.arange(first_atom, first_atom + n)
+            pairs = remap[component.bonds]
+            self.bonds.append(pairs[(pairs >= 0).all(axis=1)])
+        self.n_atoms += n
+        self.n_tokens += count
+
+    def add_user_bonds(self, job: Job) -> None:
+        """bondedAtomPairs: kept when one side is a ligand (Table 5 token_bonds)."""
+        pairs = []
+        for i, pair in enumerate(job.bonded_atom_pairs):
+            atoms = []
+            for j, ref in enumerate(pair):
+                chain_idx = self.chain_index[ref.chain_id]
+                _, names = self.residue_atoms.get((chain_idx, ref.residue), (0, {}))
+                if ref.atom_name not in names:
+                    res_name = self.chains[chain_idx].residue_names[ref.residue - 1]
+                    raise InputError(
+                        f"atom {ref.atom_name!r} is not in residue {ref.residue} ({res_name}) of "
+                        f"chain {ref.chain_id!r}; its atoms are {', '.join(sorted(names))}",
+                        source=job.source, job=job.name, field=f"bondedAtomPairs[{i}][{j}]")
+                atoms.append(names[ref.atom_name])
+            if any(self.chains[self.chain_index[ref.chain_id]].mol_type == "ligand" for ref in pair):
+                pairs.append(atoms)
+        if pairs:
+            self.bonds.append(np.asarray(pairs, np.int64))
+
+    def build(self) -> TokenizedStructure:
+        a = {k: np.concatenate(v) for k, v in self.atom_parts.items()}
+        t = {k: np.concatenate(v) for k, v in self.token_parts.items()}
+        bonds = np.concatenate(self.bonds).astype(np.int32) if self.bonds else \
+            np.zeros((0, 2), np.int32)
+        return TokenizedStructure(
+            chains=tuple(self.chains), atom_name=a["name"], atom_element=a["element"],
+            atom_charge=a["charge"], atom_ref_pos=a["ref_pos"], atom_ref_mask=a["ref_mask"],
+            atom_space_uid=a["space_uid"], atom_to_token=a["token"], atom_chain=a["chain"],
+            atom_residue=a["residue"], atom_res_name=a["res_name"],
+            residue_index=t["residue_index"], asym_id=t["asym_id"], entity_id=t["entity_id"],
+            sym_id=t["sym_id"], restype=t["restype"], mol_type=t["mol_type"],
+            is_standard=t["is_standard"], centre_atom=t["centre_atom"], rep_atom=t["rep_atom"],
+            bonds=bonds)
+
+
+def select_tokens(tokens: TokenizedStructure, token_indices: np.ndarray) -> TokenizedStructure:
+    """The structure restricted to `token_indices` (sorted), e.g. a training crop (SI 2.7).
+
+    Atoms follow their tokens, ids (asym/entity/sym, residue_index) keep their values, and
+    bonds survive when both atoms do.
+    """
+    token_indices = np.asarray(token_indices, np.int64)
+    token_map = np.full(tokens.n_tokens, -1, np.int64)
+    token_map[token_indices] = np.arange(len(token_indices))
+    atom_keep = np.flatnonzero(token_map[tokens.atom_to_token] >= 0)
+    atom_map = np.full(tokens.n_atoms, -1, np.int64)
+    atom_map[atom_keep] = np.arange(len(atom_keep))
+
+    kept_chains = [i for i, c in enumerate(tokens.chains)
+                   if (token_map[c.token_start:c.token_end] >= 0).any()]
+    chain_map = np.full(len(tokens.chains), -1, np.int64)
+    chain_map[kept_chains] = np.arange(len(kept_chains))
+    chains = []
+    for i in kept_chains:
+        chain = tokens.chains[i]
+        inside = token_map[chain.token_start:chain.token_end]
+        inside = inside[inside >= 0]
+        chains.append(ChainInfo(
+            chain_id=chain.chain_id, entity_index=chain.entity_index, entity_id=chain.entity_id,
+            sym_id=chain.sym_id, mol_type=chain.mol_type, token_start=int(inside.min()),
+            token_end=int(inside.max()) + 1, residue_names=chain.residue_names))
+
+    bonds = atom_map[tokens.bonds] if len(tokens.bonds) else tokens.bonds
+    if len(bonds):
+        bonds = bonds[(bonds >= 0).all(axis=1)]
+    t = token_indices
+    return TokenizedStructure(
+        chains=tuple(chains),
+        atom_name=tokens.atom_name[atom_keep], atom_element=tokens.atom_element[atom_keep],
+        atom_charge=tokens.atom_charge[atom_keep], atom_ref_pos=tokens.atom_ref_pos[atom_keep],
+        atom_ref_mask=tokens.atom_ref_mask[atom_keep],
+        atom_space_uid=tokens.atom_space_uid[atom_keep],
+        atom_to_token=token_map[tokens.atom_to_token[atom_keep]].astype(np.int32),
+        atom_chain=chain_map[tokens.atom_chain[atom_keep]].astype(np.int32),
+        atom_residue=tokens.atom_residue[atom_keep], atom_res_name=tokens.atom_res_name[atom_keep],
+        residue_index=tokens.residue_index[t], asym_id=tokens.asym_id[t],
+        entity_id=tokens.entity_id[t], sym_id=tokens.sym_id[t], restype=tokens.restype[t],
+        mol_type=tokens.mol_type[t], is_standard=tokens.is_standard[t],
+        centre_atom=atom_map[tokens.centre_atom[t]].astype(np.int32),
+        rep_atom=atom_map[tokens.rep_atom[t]].astype(np.int32),
+        bonds=np.asarray(bonds, np.int32).reshape(-1, 2))

@@ -1,0 +1,293 @@
+"""mmCIF / PDB file -> `Job` whose chains are the file's, with its coordinates as ground truth.
+
+Clean-up follows SI 2.1 and 2.5.4: first model only, hydrogens and waters removed,
+alternative locations resolved to the highest-occupancy conformer (per residue, so a side
+chain never mixes conformers), microheterogeneity resolved to the highest-occupancy
+residue, MSE converted to MET, arginine NH1/NH2 named so NH1 is closer to CD, and
+crystallization aids (Table 9) removed from crystal structures.
+
+Chains are mmCIF label_asym_ids (unique per polymer/ligand instance); residues are numbered
+1..n along the entity sequence (label_seq_id) for polymers and in file order for ligands.
+SI deviation: the asymmetric unit is used, not the first bioassembly, because a user who
+hands us a file means the chains in it; `assembly=` expands a named assembly instead.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import defaultdict
+
+import gemmi
+import numpy as np
+
+from foldray.errors import InputError
+from foldray.inputs.job import AtomRef, GroundTruth, Job, LigandChain, Modification, PolymerChain
+from foldray.residues import CRYSTALLIZATION_AIDS, ONE_TO_CCD
+
+_POLYMER_TYPES = {
+    gemmi.PolymerType.PeptideL: "protein", gemmi.PolymerType.PeptideD: "protein",
+    gemmi.PolymerType.Dna: "dna", gemmi.PolymerType.Rna: "rna",
+    gemmi.PolymerType.DnaRnaHybrid: "dna",
+}
+_COVALENT = (gemmi.ConnectionType.Covale,)
+
+
+def read_structure_file(data: str | bytes, *, source: str) -> gemmi.Structure:
+    """Parse mmCIF or PDB text with gemmi; a broken file is an InputError, never a crash."""
+    text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
+    if not text.strip():
+        raise InputError("the file is empty", source=source)
+    is_pdb = source.lower().endswith((".pdb", ".ent")) or not text.lstrip().startswith("data_")
+    try:
+        if is_pdb:
+            st = gemmi.read_pdb_string(text)
+            st.setup_entities()
+        else:
+            block = gemmi.cif.read_string(text).sole_block()
+            _check_atom_site_complete(block, source)
+            st = gemmi.make_structure_from_block(block)
+    except (RuntimeError, ValueError) as err:
+        message = str(err)
+        where = re.match(r"^\S*?:(\d+):\d+(?:\(\d+\))?:\s*", message)
+        field = f"line {where.group(1)}" if where else ""
+        message = message[where.end():] if where else message
+        hint = " (the file looks truncated)" if "number of values" in message else ""
+        raise InputError(f"cannot parse the structure: {message}{hint}", source=source,
+                         field=field) from None
+    if len(st) == 0 or st[0].count_atom_sites() == 0:
+        raise InputError("the structure has no atoms (truncated or not a coordinate file?)",
+                         source=source)
+    return st
+
+
+def _check_atom_site_complete(block: gemmi.cif.Block, source: str) -> None:
+    """A file cut inside the atom_site loop still parses; its ragged last row gives it away."""
+    column = block.find_loop("_atom_site.id")
+    loop = column.get_loop() if column else None
+    if loop is None:
+        raise InputError("no _atom_site loop: not a coordinate file", source=source)
+    if len(loop.values) % loop.width() != 0:
+        raise InputError(f"the atom_site loop ends mid-row ({len(loop.values) % loop.width()} of "
+                         f"{loop.width()} values in the last row): the file looks truncated",
+                         source=source)
+
+
+def job_from_structure_file(data: str | bytes, *, source: str, name: str | None = None,
+                            seeds: tuple[int, ...] = (1,), assembly: str | None = None) -> Job:
+    """One job holding every polymer and ligand of the file's first model."""
+    st = read_structure_file(data, source=source)
+    if assembly is not None:
+        st = _expand_assembly(st, assembly, source)
+    st.remove_hydrogens()
+    st.remove_waters()
+    for index in range(len(st) - 1, 0, -1):
+        del st[index]
+    info = dict(st.info)
+    method = info.get("_exptl.method", "")
+    is_crystal = "X-RAY" in method.upper() or "CRYSTAL" in method.upper() or \
+        "DIFFRACTION" in method.upper()
+    name = name or info.get("_entry.id", "") or os.path.splitext(os.path.basename(source))[0]
+    entities, coords, residue_numbers = _chains(st, is_crystal, source)
+    if not entities:
+        raise InputError("no polymer or ligand chains left after removing waters and "
+                         "crystallization aids", source=source)
+    bonds = _covalent_ligand_bonds(st, residue_numbers, entities)
+    truth = GroundTruth(coords=coords, resolution=st.resolution or None,
+                        release_date=_release_date(info), method=method or None)
+    return Job(name=name, seeds=seeds, entities=tuple(entities), bonded_atom_pairs=bonds,
+               source=source, ground_truth=truth)
+
+
+def _expand_assembly(st: gemmi.Structure, assembly: str, source: str) -> gemmi.Structure:
+    names = [a.name for a in st.assemblies]
+    if assembly not in names:
+        raise InputError(f"no assembly {assembly!r} (the file has {names})", source=source)
+    model = gemmi.make_assembly(st.assemblies[names.index(assembly)], st[0],
+                                gemmi.HowToNameCopiedChain.AddNumber)
+    out = gemmi.Structure()
+    out.add_model(model)
+    out.entities = st.entities
+    out.info = st.info
+    out.resolution = st.resolution
+    out.setup_entities()
+    return out
+
+
+def _release_date(info: dict[str, str]) -> str | None:
+    for key in ("_pdbx_audit_revision_history.revision_date",
+                "_pdbx_database_status.recvd_initial_deposition_date"):
+        if info.get(key):
+            return info[key]
+    return None
+
+
+def _best_conformer(residue: gemmi.Residue) -> dict[str, np.ndarray]:
+    """Atom name -> coordinates, alternative locations resolved per residue (SI 2.1)."""
+    altlocs: dict[str, float] = defaultdict(float)
+    for atom in residue:
+        if atom.altloc != "\0":
+            altlocs[atom.altloc] += atom.occ
+    best = max(altlocs, key=lambda a: (altlocs[a], -ord(a))) if altlocs else None
+    atoms: dict[str, np.ndarray] = {}
+    for atom in residue:
+        if atom.altloc in ("\0", best) and atom.name not in atoms:
+            atoms[atom.name] = np.array(atom.pos.tolist(), np.float32)
+    return atoms
+
+
+def _occupancy(residue: gemmi.Residue) -> float:
+    return sum(atom.occ for atom in residue)
+
+
+def _standardize(code: str, atoms: dict[str, np.ndarray]) -> tuple[str, dict[str, np.ndarray]]:
+    """MSE -> MET and the arginine NH1/NH2 convention (SI 2.1)."""
+    if code == "MSE":
+        code = "MET"
+        if "SE" in atoms:
+            atoms["SD"] = atoms.pop("SE")
+    if code == "ARG" and {"CD", "NH1", "NH2"} <= atoms.keys():
+        d1 = np.linalg.norm(atoms["NH1"] - atoms["CD"])
+        d2 = np.linalg.norm(atoms["NH2"] - atoms["CD"])
+        if d2 < d1:
+            atoms["NH1"], atoms["NH2"] = atoms["NH2"], atoms["NH1"]
+    return code, atoms
+
+
+def _letter_for(code: str, mol_type: str) -> tuple[str, bool]:
+    """One-letter code for a residue and whether it is a modification."""
+    table = ONE_TO_CCD[mol_type]
+    for letter, ccd in table.items():
+        if ccd == code:
+            return letter, False
+    from foldray.chem.ccd import get_component  # local: chemistry only for non-standard codes
+    unknown = "X" if mol_type == "protein" else "N"
+    try:
+        component = get_component(code)
+    except InputError:
+        return unknown, True
+    for candidate in (component.parent, ):
+        if candidate:
+            for letter, ccd in table.items():
+                if ccd == candidate:
+                    return letter, True
+    one = component.one_letter
+    return (one if one and one in table else unknown), True
+
+
+def _chains(st: gemmi.Structure, is_crystal: bool, source: str):
+    model = st[0]
+    entity_of = {sub: ent for ent in st.entities for sub in ent.subchains}
+    coords: dict[tuple[str, int, str], np.ndarray] = {}
+    residue_numbers: dict[tuple[str, str, str], tuple[str, int]] = {}
+    grouped: dict[str, list] = defaultdict(list)   # entity name -> [(chain id, codes)]
+    kinds: dict[str, str] = {}
+    order: list[str] = []
+    for span in model.subchains():
+        sub = span.subchain_id()
+        entity = entity_of.get(sub)
+        first = span[0]
+        if entity is not None and entity.entity_type == gemmi.EntityType.Water:
+            continue
+        is_polymer = entity is not None and entity.entity_type == gemmi.EntityType.Polymer \
+            and entity.polymer_type in _POLYMER_TYPES
+        if is_polymer:
+            mol_type = _POLYMER_TYPES[entity.polymer_type]
+            codes = _polymer_residues(span, entity, mol_type, sub, coords, residue_numbers)
+        else:
+            residues = [r for r in span if not (is_crystal and r.name in CRYSTALLIZATION_AIDS)]
+            if not residues:
+                continue
+            mol_type = "ligand"
+            codes = []
+            for number, residue in enumerate(residues, start=1):
+                code, atoms = _standardize(residue.name, _best_conformer(residue))
+                codes.append(code)
+                for atom_name, xyz in atoms.items():
+                    coords[(sub, number, atom_name)] = xyz
+                residue_numbers[(span[0].subchain, str(residue.seqid), residue.name)] = (sub, number)
+        key = entity.name if entity is not None else f"_{sub}_{first.name}"
+        if key not in kinds:
+            order.append(key)
+        kinds[key] = mol_type
+        grouped[key].append((sub, tuple(codes)))
+
+    entities = []
+    for key in order:
+        # copies of one entity share a sequence; split if the modelled chemistry differs
+        by_codes: dict[tuple[str, ...], list[str]] = defaultdict(list)
+        for chain_id, codes in grouped[key]:
+            by_codes[codes].append(chain_id)
+        for codes, chain_ids in by_codes.items():
+            entities.append(_make_entity(kinds[key], tuple(chain_ids), codes))
+    return entities, coords, residue_numbers
+
+
+def _polymer_residues(span, entity, mol_type: str, sub: str, coords, residue_numbers) -> list[str]:
+    """Full SEQRES codes of a polymer chain (microheterogeneity: most occupied residue)."""
+    sequence = [gemmi.Entity.first_mon(item) for item in entity.full_sequence]
+    chosen: dict[int, gemmi.Residue] = {}
+    extra: list[gemmi.Residue] = []
+    for residue in span:
+        if residue.label_seq is None:
+            extra.append(residue)
+            continue
+        current = chosen.get(residue.label_seq)
+        if current is None or _occupancy(residue) > _occupancy(current):
+            chosen[residue.label_seq] = residue
+    if not sequence:  # no entity_poly_seq: the modelled residues are the sequence
+        sequence = [chosen[k].name for k in sorted(chosen)]
+        chosen = {i + 1: chosen[k] for i, k in enumerate(sorted(chosen))}
+    codes = list(sequence)
+    for number, residue in chosen.items():
+        if not 1 <= number <= len(codes):
+            continue
+        code, atoms = _standardize(residue.name, _best_conformer(residue))
+        codes[number - 1] = code
+        for atom_name, xyz in atoms.items():
+            coords[(sub, number, atom_name)] = xyz
+        residue_numbers[(residue.subchain, str(residue.seqid), residue.name)] = (sub, number)
+    codes = ["MET" if c == "MSE" else c for c in codes]
+    del mol_type, extra
+    return codes
+
+
+def _make_entity(mol_type: str, ids: tuple[str, ...], codes: tuple[str, ...]):
+    if mol_type == "ligand":
+        return LigandChain(ids=ids, ccd_codes=codes)
+    letters, mods = [], []
+    for position, code in enumerate(codes, start=1):
+        letter, is_mod = _letter_for(code, mol_type)
+        letters.append(letter)
+        if is_mod:
+            mods.append(Modification(ccd_code=code, position=position))
+    return PolymerChain(mol_type=mol_type, ids=ids, sequence="".join(letters),
+                        modifications=tuple(mods), unpaired_msa="", paired_msa="", templates=())
+
+
+def _covalent_ligand_bonds(st: gemmi.Structure, residue_numbers, entities):
+    """struct_conn covalent links with a ligand on at least one side (polymer-ligand,
+    ligand-ligand); links between polymer residues are implied by the sequence."""
+    ligand_chains = {cid for e in entities if isinstance(e, LigandChain) for cid in e.ids}
+    model = st[0]
+    bonds = []
+    for conn in st.connections:
+        if conn.type not in _COVALENT:
+            continue
+        refs = []
+        for partner in (conn.partner1, conn.partner2):
+            cra = model.find_cra(partner, ignore_segment=True)
+            if cra.residue is None or cra.atom is None:
+                break
+            key = (cra.residue.subchain, str(cra.residue.seqid), cra.residue.name)
+            if key not in residue_numbers:
+                break
+            chain_id, number = residue_numbers[key]
+            atom_name = "SD" if (cra.residue.name, cra.atom.name) == ("MSE", "SE") else cra.atom.name
+            refs.append(AtomRef(chain_id=chain_id, residue=number, atom_name=atom_name))
+        if len(refs) == 2 and refs[0] != refs[1] and \
+                (refs[0].chain_id in ligand_chains or refs[1].chain_id in ligand_chains):
+            pair = (refs[0], refs[1])
+            if pair not in bonds and (pair[1], pair[0]) not in bonds:
+                bonds.append(pair)
+    return tuple(bonds)

@@ -1,0 +1,81 @@
+"""`foldray validate` on real inputs and on every file of bad_inputs/."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from foldray.jobs.cli import main
+from tests.data_paths import BAD_INPUTS, INPUTS, STRUCTURES
+
+# file -> (job name, field path, words the message must contain)
+BAD_CASES = {
+    "a3m_query_mismatch.json": ("a3m_mismatch", "sequences[0].protein.unpairedMsa (line 1)",
+                                ["query", "position"]),
+    "duplicate_chain_ids.json": ("dup_ids", "sequences[1].dna.id", ["'A'"]),
+    "empty_file.cif": ("-", "-", ["empty"]),
+    "empty_sequence.json": ("empty_seq", "sequences[0].protein.sequence", ["empty"]),
+    "huge_token_count_20000aa.json": ("huge_20000", "sequences", ["20000 tokens", "limit"]),
+    "invalid_smiles.json": ("bad_smiles", "sequences[1].ligand.smiles", ["SMILES"]),
+    "lowercase_whitespace_sequence.json": ("lower_ws", "sequences[0].protein.sequence",
+                                           ["'n' at 1"]),
+    "not_valid_json.json": ("-", "line 1 column 76", ["invalid JSON"]),
+    "path_traversal_name.json": ("../../etc/passwd", "name", ["path separator"]),
+    "truncated_mmcif_1aki.cif": ("-", "line 1957", ["truncated"]),
+    "unknown_ccd_code_ZZZQ.json": ("unknown_ccd", "sequences[1].ligand.ccdCodes[0]", ["ZZZQ"]),
+    "unknown_residue_letters_XZB.json": ("bad_letters", "sequences[0].protein.sequence",
+                                         ["'Z' at 9", "'B' at 10"]),
+    "wrong_dialect_version.json": ("wrong_dialect", "dialect", ["alphafold2"]),
+}
+
+
+def test_every_bad_input_has_a_case():
+    files = {p.name for p in BAD_INPUTS.iterdir() if p.suffix in (".json", ".cif")}
+    assert files == set(BAD_CASES)
+
+
+@pytest.mark.parametrize("name", sorted(BAD_CASES))
+def test_bad_input_gives_one_located_error_line(name, capsys):
+    path = BAD_INPUTS / name
+    code = main(["validate", str(path), "--max-tokens", "8192"])
+    captured = capsys.readouterr()
+    assert code == 2
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    job, field, words = BAD_CASES[name]
+    assert lines[0].startswith(f"error: {path}: {job}: {field}: "), lines[0]
+    for word in words:
+        assert word in lines[0], lines[0]
+    assert "Traceback" not in captured.err
+
+
+def test_valid_jobs_are_reported_beside_invalid_ones(capsys):
+    code = main(["validate", "--json", str(INPUTS / "102m.json"), str(BAD_INPUTS / "empty_file.cif"),
+                 str(STRUCTURES / "1bna.cif")])
+    captured = capsys.readouterr()
+    assert code == 2
+    records = json.loads(captured.out)
+    assert [r["name"] for r in records] == ["102m", "1BNA"]
+    first = records[0]
+    assert first["chains"] == [{"id": "A", "type": "protein", "n_residues": 154},
+                               {"id": "B", "type": "ligand", "n_residues": 1}]
+    assert first["n_tokens"] == 154 + 43
+    assert records[1]["chains"][0]["type"] == "dna"
+    assert len(captured.err.strip().splitlines()) == 1
+
+
+def test_a_folder_of_valid_inputs_exits_zero(capsys):
+    assert main(["validate", "--json", str(INPUTS)]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert len(records) == len(list(INPUTS.glob("*.json")))
+    by_name = {r["name"]: r for r in records}
+    assert by_name["1igy"]["chains"][4] == {"id": "E", "type": "ligand", "n_residues": 9}
+
+
+def test_console_script_exits_2_without_traceback():
+    result = subprocess.run([sys.executable, "-m", "foldray.jobs.cli", "validate",
+                             str(BAD_INPUTS / "wrong_dialect_version.json")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
