@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from foldray.actors.status import status_row
+from foldray.chem.ccd import warm_up
 from foldray.errors import InputError
 from foldray.features.pipeline import featurize_job
 from foldray.inputs.load import read_jobs
@@ -38,6 +39,7 @@ class FeaturizeStage:
                  duplicates: frozenset[str] = frozenset()) -> None:
         self.out_url, self.max_tokens, self.seed = out_url, max_tokens, seed
         self.duplicates = duplicates
+        warm_up()  # decode the CCD once per actor, not inside the first job
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         job, started = row["job"], time.perf_counter()

@@ -1,8 +1,9 @@
 """Chemical Component Dictionary lookups (SI 2.8 reference features).
 
 The bundled CCD is biotite's offline copy (~49k components, no download). Only the columns
-we use are decoded, once per process (~2 s, ~100 MB), then each component is built and
-conformed once and cached, so a 1,000-residue protein costs 20 component builds.
+we use are decoded, once per process (~2 s; ~100 MB of arrays kept, ~360 MB peak RSS;
+`warm_up()` does it ahead of the first job), then each component is
+built and conformed once and cached, so a 1,000-residue protein costs 20 component builds.
 A user CCD (AF3 `userCCD` / `userCCDPath`: one or more CCD-format data blocks) overrides
 or extends the bundled one, component by component.
 """
@@ -54,13 +55,14 @@ def _spans(ids: np.ndarray) -> dict[str, tuple[int, int]]:
                     strict=True))
 
 
-def _column(category, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """Values and missing mask of a BinaryCIF column."""
+def _take(category, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Values and missing mask of a BinaryCIF column, dropped from the block once read so
+    decoding peaks at one column, not all of them."""
     column = category[name]
     values = column.data.array
-    if column.mask is None:
-        return values, np.zeros(values.shape[0], bool)
-    return values, column.mask.array != 0
+    missing = np.zeros(values.shape[0], bool) if column.mask is None else column.mask.array != 0
+    del category[name]
+    return values, missing
 
 
 def _compact(strings: np.ndarray) -> np.ndarray:
@@ -73,11 +75,13 @@ def _compact(strings: np.ndarray) -> np.ndarray:
 
 
 def _coords(category, prefix: str, suffix: str = "") -> np.ndarray:
-    out = []
-    for axis in "xyz":
-        values, missing = _column(category, f"{prefix}{axis}{suffix}")
-        out.append(np.where(missing, np.nan, values).astype(np.float32))
-    return np.stack(out, axis=1)
+    out = np.empty((0, 3), np.float32)
+    for k, axis in enumerate("xyz"):
+        values, missing = _take(category, f"{prefix}{axis}{suffix}")
+        if k == 0:
+            out = np.empty((values.shape[0], 3), np.float32)
+        out[:, k] = np.where(missing, np.nan, values)
+    return out
 
 
 @functools.cache
@@ -86,30 +90,32 @@ def _bundled() -> _BundledCcd:
 
     # A private, uncached read: biotite's get_ccd() keeps every decoded column alive
     # (~0.5 GB as UCS-4 strings); we keep compact copies of the columns we use.
-    block = info.get_ccd.__wrapped__()
+    block = getattr(info.get_ccd, "__wrapped__", info.get_ccd)()
     comp, atoms, bonds = block["chem_comp"], block["chem_comp_atom"], block["chem_comp_bond"]
     comp_cols, comp_missing = {}, {}
     for key, column in (("type", "type"), ("parent", "mon_nstd_parent_comp_id"),
                         ("one_letter", "one_letter_code"), ("modified", "pdbx_modified_date")):
-        comp_cols[key], comp_missing[key] = _column(comp, column)
-    comp_ids = comp["id"].data.array
-    value_order = bonds["value_order"].data.array
+        comp_cols[key], comp_missing[key] = _take(comp, column)
+    comp_ids = _take(comp, "id")[0]
+    value_order = _take(bonds, "value_order")[0]
     bond_order = np.full(value_order.shape, BOND_SINGLE, np.int8)
     for key, code in CCD_BOND_ORDERS.items():
         bond_order[value_order == key] = code
+    del value_order
+    charge, no_charge = _take(atoms, "charge")
     return _BundledCcd(
         comp_row={code: i for i, code in enumerate(comp_ids.tolist())},
-        atom_span=_spans(atoms["comp_id"].data.array),
-        bond_span=_spans(bonds["comp_id"].data.array),
+        atom_span=_spans(_take(atoms, "comp_id")[0]),
+        bond_span=_spans(_take(bonds, "comp_id")[0]),
         comp_cols=comp_cols, comp_missing=comp_missing,
-        atom_name=_compact(atoms["atom_id"].data.array),
-        type_symbol=_compact(atoms["type_symbol"].data.array),
-        charge=np.where(_column(atoms, "charge")[1], 0, atoms["charge"].data.array).astype(np.int8),
-        leaving=atoms["pdbx_leaving_atom_flag"].data.array == "Y",
+        atom_name=_compact(_take(atoms, "atom_id")[0]),
+        type_symbol=_compact(_take(atoms, "type_symbol")[0]),
+        charge=np.where(no_charge, 0, charge).astype(np.int8),
+        leaving=_take(atoms, "pdbx_leaving_atom_flag")[0] == "Y",
         ideal=_coords(atoms, "pdbx_model_Cartn_", "_ideal"),
         model=_coords(atoms, "model_Cartn_"),
-        bond_atoms=np.stack([_compact(bonds["atom_id_1"].data.array),
-                             _compact(bonds["atom_id_2"].data.array)], axis=1),
+        bond_atoms=np.stack([_compact(_take(bonds, "atom_id_1")[0]),
+                             _compact(_take(bonds, "atom_id_2")[0])], axis=1),
         bond_order=bond_order,
     )
 
@@ -338,3 +344,13 @@ def _user_entry(block: gemmi.cif.Block) -> CcdEntry:
         parent=_first_parent(comp_value("mon_nstd_parent_comp_id")),
         one_letter=comp_value("one_letter_code"),
     )
+
+
+def warm_up() -> None:
+    """Decode the CCD and build the standard residues now (~2.5 s), e.g. in an actor's
+    __init__, so the first job does not pay for it."""
+    from foldray.residues import STANDARD_RESIDUES
+
+    for codes in STANDARD_RESIDUES.values():
+        for code in sorted(codes):
+            get_component(code)

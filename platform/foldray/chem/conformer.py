@@ -6,9 +6,12 @@ rdkit_utils.mol_from_ccd_cif does), embed it with ETKDGv3 and no force-field opt
 then keep the heavy atoms. If RDKit rejects the molecule or embedding fails, fall back to
 the CCD ideal coordinates, then the CCD model coordinates, then zeros with ref_mask False.
 
-Unlike AF3, which draws a new embedding seed per residue from the job's RNG, the seed is
-fixed (CONFORMER_SEED), so a component's conformer is identical across runs and can be
-cached once per process.
+Differences from AF3, each for a reason: the seed is fixed (CONFORMER_SEED; AF3 draws one
+per residue from the job's RNG), so a conformer is identical across runs and cached once
+per process; attempts are capped (MAX_EMBED_ITERATIONS) and a failed default start is
+retried from random coordinates (as OpenFold3), which rescues large flexible ligands;
+disconnected fragments are laid side by side instead of on top of each other; atoms with
+no coordinate at all get ref_mask False (AF3 keeps mask 1 with zero coordinates).
 """
 
 from __future__ import annotations
@@ -34,14 +37,14 @@ from foldray.chem.component import (
 log = logging.getLogger(__name__)
 
 CONFORMER_SEED = 0
-# Embedding caps. Most components embed on the first attempt and ~95% within 10, but a
-# few never embed (e.g. CLA's Mg, B1Z's Co: metal centres whose CCD stereo ETKDG cannot
-# satisfy), and RDKit's default budget (~10 attempts per atom) costs those up to a minute
-# before the SI 2.8 fallback. 100 attempts keep ~all that can embed (measured on 400
-# random CCD components); the timeout bounds the rare slow hopeless case (a timed-out
-# component falls back to CCD coordinates, the only machine-speed-dependent outcome).
-MAX_EMBED_ITERATIONS = 100
-EMBED_TIMEOUT_S = 5
+# Embedding caps, per round (default start, then random start; see `embed`). Most
+# components embed on the first attempt; a few never do (e.g. CLA's Mg, B1Z's Co: metal
+# centres whose CCD stereo ETKDG cannot satisfy), and RDKit's default budget (10 attempts
+# per atom) costs those up to a minute before the SI 2.8 fallback. On 55 hard CCD
+# components, 20 attempts per round embed as many as 100 do, and bound a hopeless case to
+# ~2-4 s. The timeout is a backstop; it is the only machine-speed-dependent outcome.
+MAX_EMBED_ITERATIONS = 20
+EMBED_TIMEOUT_S = 2
 
 _RD_BONDS: dict[int, Chem.BondType] = {
     BOND_SINGLE: Chem.BondType.SINGLE, BOND_DOUBLE: Chem.BondType.DOUBLE,
@@ -196,8 +199,7 @@ def ccd_conformer(entry: CcdEntry, *, seed: int = CONFORMER_SEED) -> Conformer:
     pos = embed(mol, seed=seed) if mol is not None else None
     if pos is None:
         if mol is not None:
-            log.info("ETKDG found no conformer for %s in %d attempts; using CCD coordinates",
-                     entry.name, MAX_EMBED_ITERATIONS)
+            log.info("ETKDG found no conformer for %s; using CCD coordinates", entry.name)
         return fallback_positions(entry)
     heavy = entry.heavy
     return Conformer(pos=pos[heavy].astype(np.float32), mask=np.ones(int(heavy.sum()), bool),

@@ -21,6 +21,7 @@ from foldray.inputs.job import Job, PolymerChain
 from foldray.residues import UNKNOWN_RESTYPE
 
 MAX_MSA_ROWS = 16384
+MAX_PAIRED_ROWS = 8191   # SI 2.3: up to 8,191 paired rows after the query
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -123,7 +124,8 @@ def featurize_job(job: Job, *, seed: int = 0, max_tokens: int | None = DEFAULT_M
     rng = np.random.default_rng(seed)
     tokens = tokenize(job, max_tokens=max_tokens if crop is None else None)
     chain_msas, column = msa_inputs(job, tokens, max_msa_rows)
-    msa: MsaFeatures = build_msa(chain_msas, max_rows=max_msa_rows)
+    msa: MsaFeatures = build_msa(chain_msas, max_rows=max_msa_rows,
+                                 max_paired_rows=min(MAX_PAIRED_ROWS, max_msa_rows // 2))
 
     targets = None
     if with_targets is None:
