@@ -21,6 +21,7 @@ from collections import defaultdict
 import gemmi
 import numpy as np
 
+from foldray.chem.ccd import get_component
 from foldray.errors import InputError
 from foldray.inputs.job import AtomRef, GroundTruth, Job, LigandChain, Modification, PolymerChain
 from foldray.residues import CRYSTALLIZATION_AIDS, ONE_TO_CCD
@@ -31,6 +32,7 @@ _POLYMER_TYPES = {
     gemmi.PolymerType.DnaRnaHybrid: "dna",
 }
 _COVALENT = (gemmi.ConnectionType.Covale,)
+_RELEASE_KEY = "_pdbx_audit_revision_history.revision_date"
 
 
 def read_structure_file(data: str | bytes, *, source: str) -> gemmi.Structure:
@@ -47,6 +49,9 @@ def read_structure_file(data: str | bytes, *, source: str) -> gemmi.Structure:
             block = gemmi.cif.read_string(text).sole_block()
             _check_atom_site_complete(block, source)
             st = gemmi.make_structure_from_block(block)
+            released = block.find_values("_pdbx_audit_revision_history.revision_date")
+            if len(released):   # initial release = first revision (gemmi keeps only deposition)
+                st.info[_RELEASE_KEY] = gemmi.cif.as_string(released[0])
     except (RuntimeError, ValueError) as err:
         message = str(err)
         where = re.match(r"^\S*?:(\d+):\d+(?:\(\d+\))?:\s*", message)
@@ -88,15 +93,15 @@ def job_from_structure_file(data: str | bytes, *, source: str, name: str | None 
     is_crystal = "X-RAY" in method.upper() or "CRYSTAL" in method.upper() or \
         "DIFFRACTION" in method.upper()
     name = name or info.get("_entry.id", "") or os.path.splitext(os.path.basename(source))[0]
-    entities, coords, residue_numbers = _chains(st, is_crystal, source)
+    entities, truth = _chains(st, is_crystal)
     if not entities:
         raise InputError("no polymer or ligand chains left after removing waters and "
                          "crystallization aids", source=source)
-    bonds = _covalent_ligand_bonds(st, residue_numbers, entities)
-    truth = GroundTruth(coords=coords, resolution=st.resolution or None,
-                        release_date=_release_date(info), method=method or None)
+    bonds = _covalent_ligand_bonds(st, truth.numbers, entities)
+    ground_truth = GroundTruth(coords=truth.coords, resolution=st.resolution or None,
+                               release_date=_release_date(info), method=method or None)
     return Job(name=name, seeds=seeds, entities=tuple(entities), bonded_atom_pairs=bonds,
-               source=source, ground_truth=truth)
+               source=source, ground_truth=ground_truth)
 
 
 def _expand_assembly(st: gemmi.Structure, assembly: str, source: str) -> gemmi.Structure:
@@ -115,8 +120,7 @@ def _expand_assembly(st: gemmi.Structure, assembly: str, source: str) -> gemmi.S
 
 
 def _release_date(info: dict[str, str]) -> str | None:
-    for key in ("_pdbx_audit_revision_history.revision_date",
-                "_pdbx_database_status.recvd_initial_deposition_date"):
+    for key in (_RELEASE_KEY, "_pdbx_database_status.recvd_initial_deposition_date"):
         if info.get(key):
             return info[key]
     return None
@@ -155,101 +159,98 @@ def _standardize(code: str, atoms: dict[str, np.ndarray]) -> tuple[str, dict[str
 
 
 def _letter_for(code: str, mol_type: str) -> tuple[str, bool]:
-    """One-letter code for a residue and whether it is a modification."""
-    table = ONE_TO_CCD[mol_type]
-    for letter, ccd in table.items():
-        if ccd == code:
-            return letter, False
-    from foldray.chem.ccd import get_component  # local: chemistry only for non-standard codes
-    unknown = "X" if mol_type == "protein" else "N"
+    """One-letter code of a residue and whether it is a modification (not a standard code).
+
+    A modification takes its CCD parent's letter, else its CCD one-letter code, else the
+    unknown letter (X for proteins, N for nucleic acids).
+    """
+    to_letter = {ccd: letter for letter, ccd in ONE_TO_CCD[mol_type].items()}
+    if code in to_letter:
+        return to_letter[code], False
     try:
         component = get_component(code)
-    except InputError:
-        return unknown, True
-    for candidate in (component.parent, ):
-        if candidate:
-            for letter, ccd in table.items():
-                if ccd == candidate:
-                    return letter, True
-    one = component.one_letter
-    return (one if one and one in table else unknown), True
+    except InputError:   # reported with its location when the job is tokenized
+        return ("X" if mol_type == "protein" else "N"), True
+    if component.parent in to_letter:
+        return to_letter[component.parent], True
+    if component.one_letter and component.one_letter in ONE_TO_CCD[mol_type]:
+        return component.one_letter, True
+    return ("X" if mol_type == "protein" else "N"), True
 
 
-def _chains(st: gemmi.Structure, is_crystal: bool, source: str):
-    model = st[0]
+class _Truth:
+    """Coordinates collected while reading, keyed by (chain id, residue number, atom name),
+    and where each file residue landed (for struct_conn links)."""
+
+    def __init__(self) -> None:
+        self.coords: dict[tuple[str, int, str], np.ndarray] = {}
+        self.numbers: dict[tuple[str, str, str], tuple[str, int]] = {}
+
+    def record(self, chain_id: str, number: int, residue: gemmi.Residue) -> str:
+        """Store a residue's cleaned atoms; returns its (possibly standardized) CCD code."""
+        code, atoms = _standardize(residue.name, _best_conformer(residue))
+        for atom_name, xyz in atoms.items():
+            self.coords[(chain_id, number, atom_name)] = xyz
+        self.numbers[(residue.subchain, str(residue.seqid), residue.name)] = (chain_id, number)
+        return code
+
+
+def _chains(st: gemmi.Structure, is_crystal: bool) -> tuple[list, _Truth]:
+    """Entities in file order (copies grouped by mmCIF entity) and their coordinates."""
     entity_of = {sub: ent for ent in st.entities for sub in ent.subchains}
-    coords: dict[tuple[str, int, str], np.ndarray] = {}
-    residue_numbers: dict[tuple[str, str, str], tuple[str, int]] = {}
-    grouped: dict[str, list] = defaultdict(list)   # entity name -> [(chain id, codes)]
+    truth = _Truth()
+    grouped: dict[str, list[tuple[str, tuple[str, ...]]]] = defaultdict(list)
     kinds: dict[str, str] = {}
-    order: list[str] = []
-    for span in model.subchains():
+    for span in st[0].subchains():
         sub = span.subchain_id()
         entity = entity_of.get(sub)
-        first = span[0]
         if entity is not None and entity.entity_type == gemmi.EntityType.Water:
             continue
-        is_polymer = entity is not None and entity.entity_type == gemmi.EntityType.Polymer \
-            and entity.polymer_type in _POLYMER_TYPES
-        if is_polymer:
+        if entity is not None and entity.entity_type == gemmi.EntityType.Polymer \
+                and entity.polymer_type in _POLYMER_TYPES:
             mol_type = _POLYMER_TYPES[entity.polymer_type]
-            codes = _polymer_residues(span, entity, mol_type, sub, coords, residue_numbers)
+            codes = _polymer_codes(span, entity, sub, truth)
         else:
             residues = [r for r in span if not (is_crystal and r.name in CRYSTALLIZATION_AIDS)]
             if not residues:
                 continue
             mol_type = "ligand"
-            codes = []
-            for number, residue in enumerate(residues, start=1):
-                code, atoms = _standardize(residue.name, _best_conformer(residue))
-                codes.append(code)
-                for atom_name, xyz in atoms.items():
-                    coords[(sub, number, atom_name)] = xyz
-                residue_numbers[(span[0].subchain, str(residue.seqid), residue.name)] = (sub, number)
-        key = entity.name if entity is not None else f"_{sub}_{first.name}"
-        if key not in kinds:
-            order.append(key)
+            codes = [truth.record(sub, number, residue)
+                     for number, residue in enumerate(residues, start=1)]
+        key = entity.name if entity is not None else f"_{sub}_{span[0].name}"
         kinds[key] = mol_type
         grouped[key].append((sub, tuple(codes)))
 
     entities = []
-    for key in order:
+    for key, copies in grouped.items():
         # copies of one entity share a sequence; split if the modelled chemistry differs
         by_codes: dict[tuple[str, ...], list[str]] = defaultdict(list)
-        for chain_id, codes in grouped[key]:
+        for chain_id, codes in copies:
             by_codes[codes].append(chain_id)
         for codes, chain_ids in by_codes.items():
             entities.append(_make_entity(kinds[key], tuple(chain_ids), codes))
-    return entities, coords, residue_numbers
+    return entities, truth
 
 
-def _polymer_residues(span, entity, mol_type: str, sub: str, coords, residue_numbers) -> list[str]:
+def _polymer_codes(span: gemmi.ResidueSpan, entity: gemmi.Entity, sub: str,
+                   truth: _Truth) -> list[str]:
     """Full SEQRES codes of a polymer chain (microheterogeneity: most occupied residue)."""
     sequence = [gemmi.Entity.first_mon(item) for item in entity.full_sequence]
     chosen: dict[int, gemmi.Residue] = {}
-    extra: list[gemmi.Residue] = []
     for residue in span:
         if residue.label_seq is None:
-            extra.append(residue)
             continue
         current = chosen.get(residue.label_seq)
         if current is None or _occupancy(residue) > _occupancy(current):
             chosen[residue.label_seq] = residue
     if not sequence:  # no entity_poly_seq: the modelled residues are the sequence
-        sequence = [chosen[k].name for k in sorted(chosen)]
         chosen = {i + 1: chosen[k] for i, k in enumerate(sorted(chosen))}
+        sequence = [residue.name for residue in chosen.values()]
     codes = list(sequence)
     for number, residue in chosen.items():
-        if not 1 <= number <= len(codes):
-            continue
-        code, atoms = _standardize(residue.name, _best_conformer(residue))
-        codes[number - 1] = code
-        for atom_name, xyz in atoms.items():
-            coords[(sub, number, atom_name)] = xyz
-        residue_numbers[(residue.subchain, str(residue.seqid), residue.name)] = (sub, number)
-    codes = ["MET" if c == "MSE" else c for c in codes]
-    del mol_type, extra
-    return codes
+        if 1 <= number <= len(codes):
+            codes[number - 1] = truth.record(sub, number, residue)
+    return ["MET" if c == "MSE" else c for c in codes]
 
 
 def _make_entity(mol_type: str, ids: tuple[str, ...], codes: tuple[str, ...]):
