@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import biotite.structure.info as info
@@ -100,17 +99,11 @@ def test_is_known_ccd():
     assert not is_known_ccd("ZZZQ")
 
 
-def test_standard_residues_cached_and_cheap():
+def test_standard_residues_are_cached():
     clear_caches()
-    start = time.perf_counter()
     first = [get_component(c) for c in AMINO_ACIDS]
-    first_s = time.perf_counter() - start
-    start = time.perf_counter()
-    for _ in range(50):  # a 1,000-residue protein
-        again = [get_component(c) for c in AMINO_ACIDS]
-    cached_s = time.perf_counter() - start
+    again = [get_component(c) for c in AMINO_ACIDS]
     assert all(a is b for a, b in zip(first, again, strict=True))
-    assert first_s < 10.0 and cached_s < 0.05, (first_s, cached_s)
 
 
 # --- user CCD ---------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Tokenization (SI 2.6) of every real structure and input, checked against an independent
 count made here from gemmi (residues) and the raw CCD tables (atoms, leaving flags)."""
 
+import json
 from collections import Counter
 
 import biotite.structure.info as ccd_info
@@ -168,3 +169,31 @@ def test_select_tokens_keeps_atoms_ids_and_bonds_consistent():
     # only bonds with both heme atoms inside the crop survive
     assert 0 < len(crop.bonds) < len(tokens.bonds)
     assert (crop.bonds < crop.n_atoms).all()
+
+
+def test_user_ccd_defines_a_new_ligand(tmp_path):
+    from biotite.structure.io import pdbx
+
+    categories = {}
+    for name in ("chem_comp", "chem_comp_atom", "chem_comp_bond"):
+        columns = {k: c.as_array() for k, c in ccd_info.get_from_ccd(name, "BTN").items()}
+        columns["id" if name == "chem_comp" else "comp_id"] = np.full(
+            len(next(iter(columns.values()))), "MYLIG")
+        categories[name] = pdbx.CIFCategory(columns)
+    user_ccd = pdbx.CIFFile({"MYLIG": pdbx.CIFBlock(categories)}).serialize()
+    (tmp_path / "my.cif").write_text(user_ccd)
+    base = {"dialect": "alphafold3", "name": "custom", "modelSeeds": [1], "sequences": [
+        {"protein": {"id": "A", "sequence": "NLYIQWLKDGGPSSGRPPPS"}},
+        {"ligand": {"id": "B", "ccdCodes": ["MYLIG"]}}]}
+    inline = base | {"version": 1, "userCCD": user_ccd}
+    by_path = base | {"version": 3, "userCCDPath": "my.cif"}
+    n_btn = int((ccd_info.residue("BTN").element != "H").sum())
+    for job_json in (inline, by_path):
+        (job,) = parse_af3_json(json.dumps(job_json), source=str(tmp_path / "job.json"))
+        tokens = tokenize(job)
+        assert tokens.n_tokens == 20 + n_btn
+        assert set(tokens.atom_res_name[tokens.mol_type[tokens.atom_to_token] == 3]) == {"MYLIG"}
+    # without the user CCD the code is unknown, and the error says where
+    (job,) = parse_af3_json(json.dumps(base | {"version": 1}), source="job.json")
+    with pytest.raises(InputError, match="MYLIG"):
+        tokenize(job)
