@@ -1,0 +1,195 @@
+"""Model and runtime configuration (SI section 3 sizes; training values from section 5).
+
+`ModelConfig` is what the model *is* (saved beside the weights); `RuntimeConfig` is how to
+run it (kernels, chunking, precision), so one checkpoint runs on a laptop and on an H100.
+Frozen, keyword-only dataclasses: change with `dataclasses.replace`, never by mutation.
+Defaults are the published model; `ModelConfig.full()` returns it, `ModelConfig.tiny()`
+keeps every code path at CPU size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+@dataclass(frozen=True, kw_only=True)
+class AtomAttentionConfig:
+    """Algorithms 5-7: sequence-local atom transformer widths and windows."""
+
+    c_atom: int = 128
+    c_atompair: int = 16
+    n_block: int = 3
+    n_head: int = 4
+    n_queries: int = 32    # atoms per query block
+    n_keys: int = 128      # atoms each block attends to
+
+
+@dataclass(frozen=True, kw_only=True)
+class PairformerConfig:
+    """Algorithm 17 (and 12-15, 24 inside it)."""
+
+    n_block: int = 48
+    n_head: int = 16            # single attention with pair bias (Algorithm 24)
+    c_hidden_mul: int = 128     # triangle multiplication (Algorithms 12-13)
+    c_hidden_tri_att: int = 32  # triangle attention (Algorithms 14-15)
+    n_head_tri: int = 4
+    transition_n: int = 4       # Algorithm 11 expansion
+    dropout: float = 0.25       # pair updates, row/column-wise
+
+
+@dataclass(frozen=True, kw_only=True)
+class MsaConfig:
+    """Algorithms 8-10."""
+
+    n_block: int = 4
+    c_m: int = 64
+    c_hidden_opm: int = 32      # outer product mean (Algorithm 9)
+    n_head_pwa: int = 8         # pair-weighted averaging (Algorithm 10)
+    c_hidden_pwa: int = 8
+    msa_dropout: float = 0.15
+    pair_dropout: float = 0.25
+
+
+@dataclass(frozen=True, kw_only=True)
+class TemplateConfig:
+    """Algorithm 16: a small Pairformer over each template's pair features."""
+
+    n_block: int = 2
+    c_t: int = 64
+
+
+@dataclass(frozen=True, kw_only=True)
+class DiffusionConfig:
+    """Algorithms 18-26: the denoiser and the sampler's noise schedule (SI 3.7)."""
+
+    c_token: int = 768
+    n_block: int = 24
+    n_head: int = 16
+    c_fourier: int = 256
+    sigma_data: float = 16.0
+    # sampler (Algorithm 18) and the EDM schedule
+    n_step: int = 200
+    s_max: float = 160.0
+    s_min: float = 4e-4
+    rho: float = 7.0            # the SI's p
+    gamma_0: float = 0.8
+    gamma_min: float = 1.0
+    noise_scale: float = 1.003
+    step_scale: float = 1.5
+    # training (SI 3.7.1): noise level ~ sigma_data * exp(N(-1.2, 1.5^2))
+    train_p_mean: float = -1.2
+    train_p_std: float = 1.5
+    augment_translation: float = 1.0   # Algorithm 19 s_trans (Å)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConfidenceConfig:
+    """Algorithm 31 and the distogram head (SI 4.3, 4.4)."""
+
+    n_block: int = 4
+    n_bins_plddt: int = 50
+    n_bins_pae: int = 64        # 0..32 Å, 0.5 Å bins
+    n_bins_pde: int = 64        # 0..32 Å
+    max_error_bin: float = 32.0
+    distance_bins_min: float = 3.375   # Algorithm 31 line 3: 3 3/8 .. 21 3/8 Å
+    distance_bins_max: float = 21.375
+    n_distance_bins: int = 11
+    n_bins_distogram: int = 64  # 2..22 Å
+    distogram_min: float = 2.0
+    distogram_max: float = 22.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class LossConfig:
+    """SI 4: loss weights of the initial training stage."""
+
+    alpha_diffusion: float = 4.0
+    alpha_distogram: float = 3e-2
+    alpha_confidence: float = 1e-4
+    alpha_pae: float = 0.0      # turned on in fine-tuning stage 3 (Table 6)
+    alpha_bond: float = 0.0     # 1.0 when fine-tuning
+    alpha_smooth_lddt: float = 1.0
+    weight_dna: float = 5.0     # SI 4.2: nucleotide / ligand up-weighting in the MSE
+    weight_rna: float = 5.0
+    weight_ligand: float = 10.0
+    diffusion_batch: int = 48   # augmented noised copies per trunk pass (SI 3.7.1)
+    mini_rollout_steps: int = 20
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """The whole network. Widths shared across modules live here once."""
+
+    c_s: int = 384
+    c_z: int = 128
+    c_s_inputs: int = 449       # Algorithm 2: c_token 384 + restype 32 + profile 32 + deletion_mean 1
+    n_cycle: int = 4
+    r_max: int = 32             # Algorithm 3 relative position clip
+    s_max: int = 2              # Algorithm 3 relative chain clip
+    atom: AtomAttentionConfig = field(default_factory=AtomAttentionConfig)
+    pairformer: PairformerConfig = field(default_factory=PairformerConfig)
+    msa: MsaConfig = field(default_factory=MsaConfig)
+    template: TemplateConfig = field(default_factory=TemplateConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    confidence: ConfidenceConfig = field(default_factory=ConfidenceConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+
+    @classmethod
+    def full(cls) -> ModelConfig:
+        return cls()
+
+    @classmethod
+    def tiny(cls) -> ModelConfig:
+        """Every code path of full(), sized for a CPU forward pass in seconds.
+
+        Sizes are deliberately unequal (c_s != c_z != heads) so transposed axes fail tests.
+        """
+        return cls(
+            c_s=40, c_z=24, c_s_inputs=32 + 32 + 32 + 1, n_cycle=2,
+            atom=AtomAttentionConfig(c_atom=32, c_atompair=8, n_block=1, n_head=2),
+            pairformer=PairformerConfig(n_block=2, n_head=4, c_hidden_mul=16,
+                                        c_hidden_tri_att=8, n_head_tri=2),
+            msa=MsaConfig(n_block=1, c_m=16, c_hidden_opm=8, n_head_pwa=2, c_hidden_pwa=4),
+            template=TemplateConfig(n_block=1, c_t=16),
+            diffusion=DiffusionConfig(c_token=48, n_block=2, n_head=4, c_fourier=32, n_step=20),
+            confidence=ConfidenceConfig(n_block=1),
+            loss=LossConfig(diffusion_batch=4, mini_rollout_steps=5),
+        )
+
+    @property
+    def c_token_inputs(self) -> int:
+        """Width of the atom encoder's token output inside the input embedder (Algorithm 2)."""
+        return self.c_s_inputs - 32 - 32 - 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        nested = {f.name: f.type for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        sub_types = {"atom": AtomAttentionConfig, "pairformer": PairformerConfig,
+                     "msa": MsaConfig, "template": TemplateConfig, "diffusion": DiffusionConfig,
+                     "confidence": ConfidenceConfig, "loss": LossConfig}
+        for key, value in data.items():
+            if key not in nested:
+                raise ValueError(f"unknown model config key {key!r}")
+            kwargs[key] = sub_types[key](**value) if key in sub_types else value
+        return cls(**kwargs)
+
+
+Kernels = Literal["auto", "triton", "torch"]
+Precision = Literal["fp32", "bf16"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RuntimeConfig:
+    """How to run a model: never changes what it computes beyond numerics."""
+
+    kernels: Kernels = "auto"
+    chunk_size: int | None = None          # pair-stack chunking; None = no chunking
+    precision: Precision = "fp32"
+    diffusion_chunk: int | None = None     # samples denoised at once; None = all
+    checkpoint_activations: bool = False   # training memory saver

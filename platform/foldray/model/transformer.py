@@ -1,0 +1,115 @@
+"""Attention with pair bias and the conditioned transformer (SI 3.7, Algorithms 23-25).
+
+Used by the Pairformer (unconditioned, s=None), the Diffusion Transformer and, with
+sequence-local key windows, the Atom Transformer (Algorithm 7).
+
+Shapes: a [*, N, c_a]; s [*, N, c_s] or None; z [*, N, N, c_z]; beta [*, N, N] additive;
+mask [*, N] bool (True = real token/atom).
+Windowed (local) mode: queries are split into blocks of n_q, block b attends to the keys
+`key_index[b]` ([n_block, n_k] long); then z is [*, n_block, n_q, n_k, c_z], beta
+[*, n_block, n_q, n_k], mask [*, N].
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from foldray import kernels
+from foldray.model.primitives import AdaLN, Linear, LinearNoBias
+
+
+class AttentionPairBias(nn.Module):
+    """Algorithm 24: gated multi-head attention biased by the pair representation."""
+
+    def __init__(self, c_a: int, c_s: int | None, c_z: int, n_head: int) -> None:
+        super().__init__()
+        if c_a % n_head:
+            raise ValueError(f"c_a={c_a} is not divisible by n_head={n_head}")
+        self.n_head, self.c = n_head, c_a // n_head
+        self.ada_ln = AdaLN(c_a, c_s) if c_s is not None else None           # lines 1-2
+        self.norm_a = nn.LayerNorm(c_a) if c_s is None else None             # line 4
+        self.q = Linear(c_a, c_a)                                            # line 6
+        self.k = LinearNoBias(c_a, c_a)                                      # line 7
+        self.v = LinearNoBias(c_a, c_a)
+        self.norm_z = nn.LayerNorm(c_z)                                      # line 8
+        self.z_bias = LinearNoBias(c_z, n_head)
+        self.gate = LinearNoBias(c_a, c_a)                                   # line 9
+        self.out = LinearNoBias(c_a, c_a)                                    # line 11
+        self.s_gate = Linear(c_s, c_a, bias_init=-2.0) if c_s is not None else None  # line 13
+
+    def _heads(self, x: Tensor) -> Tensor:
+        """[*, N, H*c] -> [*, H, N, c]."""
+        return x.unflatten(-1, (self.n_head, self.c)).transpose(-2, -3)
+
+    def forward(self, a: Tensor, s: Tensor | None, z: Tensor, beta: Tensor | None = None,
+                mask: Tensor | None = None, key_index: Tensor | None = None) -> Tensor:
+        a = self.ada_ln(a, s) if self.ada_ln is not None else self.norm_a(a)
+        bias = self.z_bias(self.norm_z(z)).movedim(-1, -3)     # [*, H, N, N] or [*, B, H, q, k]
+        if beta is not None:
+            bias = bias + beta.unsqueeze(-3)
+        gate = torch.sigmoid(self.gate(a))
+        if key_index is None:
+            q, k, v = self._heads(self.q(a)), self._heads(self.k(a)), self._heads(self.v(a))
+            o = kernels.attention(q, k, v, bias, mask)                     # [*, H, N, c]
+            o = o.transpose(-2, -3).flatten(-2)                             # [*, N, H*c]
+        else:
+            o = self._local(a, bias, mask, key_index)
+        out = self.out(gate * o)
+        if self.s_gate is not None:
+            out = torch.sigmoid(self.s_gate(s)) * out
+        return out
+
+    def _local(self, a: Tensor, bias: Tensor, mask: Tensor | None, key_index: Tensor) -> Tensor:
+        """Sequence-local attention: block b of queries attends to keys key_index[b]."""
+        n_block, n_k = key_index.shape
+        n = a.shape[-2]
+        n_q = n // n_block
+        q = self.q(a).unflatten(-2, (n_block, n_q))                         # [*, B, q, c_a]
+        k_in = a[..., key_index.flatten(), :].unflatten(-2, (n_block, n_k))  # [*, B, k, c_a]
+        q, k, v = self._heads(q), self._heads(self.k(k_in)), self._heads(self.v(k_in))
+        key_mask = None
+        if mask is not None:
+            key_mask = mask[..., key_index.flatten()].unflatten(-1, (n_block, n_k))  # [*, B, k]
+        o = kernels.attention(q, k, v, bias, key_mask)                      # [*, B, H, q, c]
+        return o.transpose(-2, -3).flatten(-2).flatten(-3, -2)              # [*, N, H*c]
+
+
+class ConditionedTransitionBlock(nn.Module):
+    """Algorithm 25: SwiGLU transition with adaptive LayerNorm and an adaLN-Zero gate."""
+
+    def __init__(self, c_a: int, c_s: int, n: int = 2) -> None:
+        super().__init__()
+        self.ada_ln = AdaLN(c_a, c_s)
+        self.a = LinearNoBias(c_a, n * c_a)
+        self.b = LinearNoBias(c_a, n * c_a)
+        self.s_gate = Linear(c_s, c_a, bias_init=-2.0)
+        self.out = LinearNoBias(n * c_a, c_a)
+
+    def forward(self, a: Tensor, s: Tensor) -> Tensor:
+        a = self.ada_ln(a, s)                                               # line 1
+        b = torch.nn.functional.silu(self.a(a)) * self.b(a)                 # line 2
+        return torch.sigmoid(self.s_gate(s)) * self.out(b)                  # line 3
+
+
+class DiffusionTransformer(nn.Module):
+    """Algorithm 23: n_block x (attention with pair bias, then conditioned transition).
+
+    SI deviation: the SI's line 3 (a <- b + Transition(a)) drops the residual of a; AlphaFold 3's
+    released code, OpenFold3 and Protenix all use pre-norm residuals, a += Attn(a) then
+    a += Transition(a). We follow the released models so their weights run unchanged.
+    """
+
+    def __init__(self, c_a: int, c_s: int, c_z: int, n_block: int, n_head: int) -> None:
+        super().__init__()
+        self.attention = nn.ModuleList(
+            AttentionPairBias(c_a, c_s, c_z, n_head) for _ in range(n_block))
+        self.transition = nn.ModuleList(
+            ConditionedTransitionBlock(c_a, c_s) for _ in range(n_block))
+
+    def forward(self, a: Tensor, s: Tensor, z: Tensor, beta: Tensor | None = None,
+                mask: Tensor | None = None, key_index: Tensor | None = None) -> Tensor:
+        for attention, transition in zip(self.attention, self.transition, strict=True):
+            a = a + attention(a, s, z, beta, mask, key_index)              # line 2
+            a = a + transition(a, s)                                        # line 3
+        return a
