@@ -2,7 +2,8 @@
 
 Field names, per-version keys and semantics follow AlphaFold 3's documented input format.
 Every problem raises `InputError` naming the file, the job and the field path
-(``sequences[1].ligand.smiles``), with the offending value in the message.
+(``sequences[1].ligand.smiles``), with the offending value in the message. Jobs in the
+AlphaFold Server dialect are handed to `af_server_json`.
 """
 
 from __future__ import annotations
@@ -96,7 +97,12 @@ def parse_af3_json(text: str | bytes, *, source: str = "", allow_paths: bool = T
 def parse_af3_json_lenient(text: str | bytes, *, source: str = "", allow_paths: bool = True,
                            read_text: Callable[[str], str] = storage.read_text,
                            ) -> list[Job | InputError]:
-    """One result per job: a bad job in a list does not hide the good ones."""
+    """One result per job: a bad job in a list does not hide the good ones.
+
+    AlphaFold Server jobs (`af_server_json.is_server_job`) go to their own parser.
+    """
+    from foldray.inputs.af_server_json import is_server_job, parse_server_job  # uses our helpers
+
     try:
         data = _load_json(text, source)
     except InputError as err:
@@ -110,9 +116,13 @@ def parse_af3_json_lenient(text: str | bytes, *, source: str = "", allow_paths: 
         return [InputError(f"expected a job object or a list of jobs, got {what}", source=source)]
     results: list[Job | InputError] = []
     for i, item in enumerate(items):
+        index = i if indexed else None
         try:
-            results.append(parse_job(item, source=source, allow_paths=allow_paths,
-                                     read_text=read_text, index=i if indexed else None))
+            if is_server_job(item, in_list=indexed):
+                results.append(parse_server_job(item, source=source, index=index))
+            else:
+                results.append(parse_job(item, source=source, allow_paths=allow_paths,
+                                         read_text=read_text, index=index))
         except InputError as err:
             results.append(err)
     return results

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 from foldray.errors import InputError
 from foldray.inputs.af3_json import parse_af3_json_lenient, parse_job
+from foldray.inputs.af_server_json import is_server_job, parse_server_job
 from foldray.inputs.job import Job
 from foldray.inputs.mmcif_input import job_from_structure_file
 from foldray.io import storage
@@ -61,7 +62,10 @@ def _read_jsonl(data: bytes, source: str, allow_paths: bool) -> list[Job | Input
             continue
         try:
             record = json.loads(line)
-            results.append(parse_job(record, source=source, allow_paths=allow_paths))
+            if is_server_job(record, in_list=False):
+                results.append(parse_server_job(record, source=source, index=None))
+            else:
+                results.append(parse_job(record, source=source, allow_paths=allow_paths))
         except json.JSONDecodeError as err:
             results.append(InputError(f"invalid JSON: {err.msg}", source=source,
                                       field=f"line {number}"))
