@@ -1,0 +1,61 @@
+"""Model weights as safetensors with the model config stored in the file's metadata.
+
+One self-describing file: `load_weights` rebuilds the config it was trained with, so a
+checkpoint can never be paired with the wrong architecture. Pickle-based formats are refused
+(a pickle can run code); `.pt` files are read only with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from foldray.io import storage
+from foldray.model.config import ModelConfig
+
+CONFIG_KEY = "foldray_model_config"
+FORMAT_KEY = "foldray_format"
+FORMAT = "foldray-weights-v1"
+
+
+class WeightsError(ValueError):
+    """A checkpoint that cannot be used: wrong format, missing config, mismatched tensors."""
+
+
+def save_weights(url: str, state_dict: dict[str, torch.Tensor], config: ModelConfig,
+                 extra_metadata: dict[str, str] | None = None) -> None:
+    """Write weights + config atomically (local) or as one object (object storage)."""
+    metadata = {FORMAT_KEY: FORMAT, CONFIG_KEY: json.dumps(config.to_dict())}
+    metadata.update(extra_metadata or {})
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+    storage.write_bytes_atomic(url, save_safetensors(tensors, metadata=metadata))
+
+
+def read_metadata(data: bytes) -> dict[str, str]:
+    """The safetensors header's metadata without loading tensors."""
+    if len(data) < 8:
+        raise WeightsError("not a safetensors file (too short)")
+    header_len = int.from_bytes(data[:8], "little")
+    if header_len <= 0 or header_len > len(data) - 8:
+        raise WeightsError("not a safetensors file (bad header length)")
+    try:
+        header = json.loads(data[8:8 + header_len])
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise WeightsError("not a safetensors file (header is not JSON)") from None
+    return header.get("__metadata__", {}) or {}
+
+
+def load_weights(url: str) -> tuple[dict[str, torch.Tensor], ModelConfig]:
+    """Tensors and the config they belong to. Only safetensors files are accepted."""
+    if url.endswith((".pt", ".pth", ".ckpt", ".pkl", ".pickle")):
+        raise WeightsError(f"{url}: pickle-based checkpoints are not loaded; convert it with "
+                           "`foldray import-weights` to safetensors")
+    data = storage.read_bytes(url)
+    metadata = read_metadata(data)
+    if metadata.get(FORMAT_KEY) != FORMAT or CONFIG_KEY not in metadata:
+        raise WeightsError(f"{url}: not a foldray checkpoint (no model config in its metadata)")
+    config = ModelConfig.from_dict(json.loads(metadata[CONFIG_KEY]))
+    return load_safetensors(data), config
