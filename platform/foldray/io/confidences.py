@@ -1,0 +1,409 @@
+"""Prediction outputs in AlphaFold 3's layout: confidence JSONs, mmCIFs, ranking (SI 5.9).
+
+Shapes: atoms [N_atom], tokens [N_token], chains [N_chain] (in `tokens.chains` order).
+Arrays may be padded past N_atom / N_token (as the model returns them); the padding is
+sliced away here.
+
+Files, as AF3 (>= 3.0.2, docs/output.md) names them, under `<out>/<name>/` where `<name>` is
+`job.safe_name`:
+
+    seed-<s>_sample-<i>/<name>_seed-<s>_sample-<i>_model.cif
+    seed-<s>_sample-<i>/<name>_seed-<s>_sample-<i>_confidences.json
+    seed-<s>_sample-<i>/<name>_seed-<s>_sample-<i>_summary_confidences.json
+    <name>_data.json                  the job as AF3 input JSON (version 4)
+    <name>_model.cif                  top-ranked sample
+    <name>_confidences.json           top-ranked sample
+    <name>_ranking_scores.csv         seed,sample,ranking_score for every sample
+    <name>_summary_confidences.json   top-ranked sample; written last: marks the job done
+
+JSON content follows AF3's `confidence_types` and its C++ serializer: summary values are
+rounded to 2 decimals (NaN -> null, keys sorted, indent 1); in the full file PAE has 1
+decimal (clamped to [0, 99.9]), pLDDT 2 (clamped to [0, 99.99]), contact probabilities 2
+(clamped to [0, 1]).
+SI deviation: none in content. `chain_ids` in the summary lists one id per chain, as
+AF3's docs say (AF3's code currently writes one per token). AF3's TERMS_OF_USE.md and
+licence comments are AlphaFold-specific and not written.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import json
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from foldray.features.tokenize import TokenizedStructure
+from foldray.inputs.af3_json_writer import job_to_af3_json_text
+from foldray.inputs.job import Job
+from foldray.io import storage
+from foldray.io.mmcif import DEFAULT_MODEL_VERSION, structure_to_mmcif
+
+# SI 5.9 ranking / AF3 confidences.get_ranking_score
+IPTM_WEIGHT = 0.8
+FRACTION_DISORDERED_WEIGHT = 0.5
+CLASH_PENALTY = 100.0
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class SamplePrediction:
+    """One diffusion sample of one seed, with its confidences (numpy, possibly padded).
+
+    `iptm` is NaN for a single-chain structure (AF3). `ranking_score` None means "use
+    AF3's formula" (`compute_ranking_score`); `token_frame_mask` marks tokens with a valid frame
+    (None = all), used to compute `chain_pair_pae_min` (AF3's `pae_single_mask`) when the
+    model did not give it. The metrics are those `foldray.model.ranking.summary_confidences`
+    returns, for one sample, as numpy.
+    """
+
+    seed: int
+    sample_index: int
+    coords: np.ndarray            # [N_atom, 3] Å
+    atom_plddt: np.ndarray        # [N_atom] 0-100
+    pae: np.ndarray               # [N_token, N_token] Å, row = aligned frame
+    contact_probs: np.ndarray     # [N_token, N_token] 0-1
+    ptm: float
+    iptm: float
+    chain_pair_iptm: np.ndarray   # [N_chain, N_chain], diagonal = per-chain pTM
+    fraction_disordered: float = 0.0
+    has_clash: bool = False
+    ranking_score: float | None = None
+    token_frame_mask: np.ndarray | None = None   # [N_token] bool
+    chain_pair_pae_min: np.ndarray | None = None  # [N_chain, N_chain]; None: from pae
+
+    def score(self) -> float:
+        """The ranking score used to pick the top sample (NaN ranks last)."""
+        if self.ranking_score is not None:
+            return float(self.ranking_score)
+        return compute_ranking_score(ptm=self.ptm, iptm=self.iptm,
+                                     fraction_disordered=self.fraction_disordered,
+                                     has_clash=self.has_clash)
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def compute_ranking_score(*, ptm: float, iptm: float, fraction_disordered: float,
+                          has_clash: bool) -> float:
+    """0.8 ipTM + 0.2 pTM + 0.5 disorder - 100 clash; pTM alone when ipTM is NaN (1 chain)."""
+    base = ptm if math.isnan(iptm) else IPTM_WEIGHT * iptm + (1.0 - IPTM_WEIGHT) * ptm
+    return float(base + FRACTION_DISORDERED_WEIGHT * fraction_disordered
+                 - CLASH_PENALTY * float(has_clash))
+
+
+def token_chain_index(tokens: TokenizedStructure) -> np.ndarray:
+    """[N_token] int64 index into `tokens.chains`."""
+    index = np.zeros(tokens.n_tokens, np.int64)
+    for i, chain in enumerate(tokens.chains):
+        index[chain.token_start:chain.token_end] = i
+    return index
+
+
+def chain_pair_pae_min(pae: np.ndarray, token_chain: np.ndarray, n_chain: int,
+                       token_frame_mask: np.ndarray | None = None) -> np.ndarray:
+    """[N_chain, N_chain] lowest PAE over rows (frames) of chain i and columns of chain j.
+
+    NaN where chain i has no valid frame (e.g. a single ion), as in AF3.
+    """
+    n = len(token_chain)
+    pae = np.asarray(pae, np.float64)[:n, :n]
+    valid = np.ones(n, bool) if token_frame_mask is None else \
+        np.asarray(token_frame_mask, bool)[:n]
+    out = np.full((n_chain, n_chain), np.nan)
+    for i in range(n_chain):
+        rows = (token_chain == i) & valid
+        if not rows.any():
+            continue
+        row_min = pae[rows].min(axis=0)                                       # [N_token]
+        for j in range(n_chain):
+            cols = token_chain == j
+            if cols.any():
+                out[i, j] = row_min[cols].min()
+    return out
+
+
+def chain_iptm(chain_pair_iptm: np.ndarray) -> np.ndarray:
+    """[N_chain] mean ipTM of each chain with all others (AF3 get_iptm_xchain).
+
+    The mean over the chain's row and its column (off-diagonal, NaNs skipped); NaN for a
+    single chain.
+    """
+    pair = np.asarray(chain_pair_iptm, np.float64)
+    off = ~np.eye(pair.shape[0], dtype=bool)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)   # empty slices give NaN, as in AF3
+        masked = np.where(off, pair, np.nan)
+        by_col = np.nanmean(masked, axis=0)
+        by_row = np.nanmean(masked, axis=1)
+        return np.nanmean(np.stack([by_col, by_row]), axis=0)
+
+
+# --------------------------------------------------------------------------- JSON builders
+
+
+def _round2(value: Any) -> Any:
+    """AF3 summary rounding: 2 decimals, NaN -> None, arrays -> nested lists."""
+    if isinstance(value, np.ndarray):
+        return [_round2(v) for v in value]
+    value = float(value)
+    return None if math.isnan(value) else round(value, 2)
+
+
+def summary_confidences(*, ptm: float, iptm: float, chain_pair_iptm: np.ndarray,
+                        chain_pair_pae_min: np.ndarray, chain_ids: Sequence[str],
+                        fraction_disordered: float = 0.0, has_clash: bool = False,
+                        ranking_score: float | None = None) -> dict[str, Any]:
+    """AF3's `<name>_summary_confidences.json` content (keys sorted, JSON-ready).
+
+    chain_ptm is the diagonal of chain_pair_iptm and chain_iptm its cross-chain mean,
+    as AF3 derives them. `ranking_score` None: AF3's formula.
+    """
+    pair_iptm = np.asarray(chain_pair_iptm, np.float64)
+    n_chain = len(chain_ids)
+    if pair_iptm.shape != (n_chain, n_chain) or np.shape(chain_pair_pae_min) != pair_iptm.shape:
+        raise ValueError(f"chain-pair arrays must be [{n_chain}, {n_chain}], got "
+                         f"{pair_iptm.shape} and {np.shape(chain_pair_pae_min)}")
+    if ranking_score is None:
+        ranking_score = compute_ranking_score(
+            ptm=ptm, iptm=iptm, fraction_disordered=fraction_disordered, has_clash=has_clash)
+    summary = {
+        "chain_ids": [str(c) for c in chain_ids],
+        "chain_iptm": _round2(chain_iptm(pair_iptm)),
+        "chain_pair_iptm": _round2(pair_iptm),
+        "chain_pair_pae_min": _round2(np.asarray(chain_pair_pae_min, np.float64)),
+        "chain_ptm": _round2(pair_iptm.diagonal()),
+        "fraction_disordered": _round2(fraction_disordered),
+        "has_clash": _round2(float(has_clash)),   # AF3 writes 0.0 / 1.0
+        "iptm": _round2(iptm),
+        "ptm": _round2(ptm),
+        "ranking_score": _round2(ranking_score),
+    }
+    return dict(sorted(summary.items()))
+
+
+def summary_confidences_json(summary: dict[str, Any]) -> str:
+    """AF3's formatting: sorted keys, indent 1."""
+    return json.dumps(summary, sort_keys=True, indent=1, separators=(",", ": "),
+                      allow_nan=False)
+
+
+# Fixed-point formats of AF3's C++ serializer: (decimals, lowest, highest).
+_PAE_FORMAT = (1, 0.0, 99.9)
+_PLDDT_FORMAT = (2, 0.0, 99.99)
+_PROB_FORMAT = (2, 0.0, 1.0)
+
+
+@functools.cache
+def _format_table(decimals: int, highest: float) -> tuple[list[str], list[float | None]]:
+    """Text and value of every fixed-point step; the last entry is NaN (null)."""
+    scale = 10 ** decimals
+    steps = [i / scale for i in range(round(highest * scale) + 1)]
+    return [repr(s) for s in steps] + ["null"], [*steps, None]
+
+
+def _quantize(values: np.ndarray, fmt: tuple[int, float, float]) -> np.ndarray:
+    """Indices into `_format_table` (round half up after clamping, as AF3's serializer)."""
+    decimals, lowest, highest = fmt
+    values = np.asarray(values, np.float32)
+    scale = np.float32(10 ** decimals)
+    steps = np.floor(np.clip(values, lowest, highest) * scale + np.float32(0.5))
+    index = np.nan_to_num(steps, nan=-1).astype(np.int64)
+    index[np.isnan(values)] = round(highest * 10 ** decimals) + 1
+    return index
+
+
+def _check_full(pae: np.ndarray, contact_probs: np.ndarray, atom_plddts: np.ndarray,
+                token_chain_ids: Sequence[str], token_res_ids: Sequence[int],
+                atom_chain_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n_token, n_atom = len(token_chain_ids), len(atom_chain_ids)
+    if len(token_res_ids) != n_token:
+        raise ValueError(f"token_res_ids has {len(token_res_ids)} entries, expected {n_token}")
+    pae, contact_probs = np.asarray(pae), np.asarray(contact_probs)
+    atom_plddts = np.asarray(atom_plddts)
+    for label, array in (("pae", pae), ("contact_probs", contact_probs)):
+        if array.ndim != 2 or min(array.shape) < n_token:
+            raise ValueError(f"{label} must be [N_token={n_token}, N_token] (or padded), "
+                             f"got {array.shape}")
+    if atom_plddts.ndim != 1 or atom_plddts.shape[0] < n_atom:
+        raise ValueError(f"atom_plddts must be [N_atom={n_atom}] (or padded), "
+                         f"got {atom_plddts.shape}")
+    return (pae[:n_token, :n_token], contact_probs[:n_token, :n_token], atom_plddts[:n_atom])
+
+
+def full_confidences(*, pae: np.ndarray, contact_probs: np.ndarray, atom_plddts: np.ndarray,
+                     token_chain_ids: Sequence[str], token_res_ids: Sequence[int],
+                     atom_chain_ids: Sequence[str]) -> dict[str, Any]:
+    """AF3's `<name>_confidences.json` content as a dict (keys sorted, values as written).
+
+    For large jobs prefer `full_confidences_json`, which formats without building lists.
+    """
+    pae, contact_probs, atom_plddts = _check_full(pae, contact_probs, atom_plddts,
+                                                  token_chain_ids, token_res_ids, atom_chain_ids)
+
+    def values(array: np.ndarray, fmt: tuple[int, float, float]) -> list:
+        table = _format_table(fmt[0], fmt[2])[1]
+        index = _quantize(array, fmt)
+        if index.ndim == 1:
+            return [table[i] for i in index.tolist()]
+        return [[table[i] for i in row] for row in index.tolist()]
+
+    return {
+        "atom_chain_ids": [str(c) for c in atom_chain_ids],
+        "atom_plddts": values(atom_plddts, _PLDDT_FORMAT),
+        "contact_probs": values(contact_probs, _PROB_FORMAT),
+        "pae": values(pae, _PAE_FORMAT),
+        "token_chain_ids": [str(c) for c in token_chain_ids],
+        "token_res_ids": [int(r) for r in token_res_ids],
+    }
+
+
+def full_confidences_json(*, pae: np.ndarray, contact_probs: np.ndarray,
+                          atom_plddts: np.ndarray, token_chain_ids: Sequence[str],
+                          token_res_ids: Sequence[int], atom_chain_ids: Sequence[str]) -> str:
+    """`full_confidences` as JSON text, formatted like AF3's C++ serializer (fast path)."""
+    pae, contact_probs, atom_plddts = _check_full(pae, contact_probs, atom_plddts,
+                                                  token_chain_ids, token_res_ids, atom_chain_ids)
+
+    def text(array: np.ndarray, fmt: tuple[int, float, float]) -> str:
+        table = _format_table(fmt[0], fmt[2])[0]
+        index = _quantize(array, fmt)
+        if index.ndim == 1:
+            return "[" + ",".join([table[i] for i in index.tolist()]) + "]"
+        rows = ("[" + ",".join([table[i] for i in row]) + "]" for row in index.tolist())
+        return "[" + ",".join(rows) + "]"
+
+    parts = [
+        ("atom_chain_ids", json.dumps([str(c) for c in atom_chain_ids], separators=(",", ":"))),
+        ("atom_plddts", text(atom_plddts, _PLDDT_FORMAT)),
+        ("contact_probs", text(contact_probs, _PROB_FORMAT)),
+        ("pae", text(pae, _PAE_FORMAT)),
+        ("token_chain_ids", json.dumps([str(c) for c in token_chain_ids], separators=(",", ":"))),
+        ("token_res_ids", json.dumps([int(r) for r in token_res_ids], separators=(",", ":"))),
+    ]
+    return "{\n" + ",\n".join(f'  "{key}": {value}' for key, value in parts) + "\n}"
+
+
+# --------------------------------------------------------------------------- per sample
+
+
+def sample_summary(tokens: TokenizedStructure, sample: SamplePrediction) -> dict[str, Any]:
+    """`summary_confidences` of one sample, chain-level arrays in `tokens.chains` order."""
+    n_chain = len(tokens.chains)
+    pair_iptm = np.asarray(sample.chain_pair_iptm, np.float64)
+    if pair_iptm.shape != (n_chain, n_chain):
+        raise ValueError(f"chain_pair_iptm must be [N_chain={n_chain}, N_chain], "
+                         f"got {pair_iptm.shape}")
+    pae_min = sample.chain_pair_pae_min
+    if pae_min is None:
+        pae_min = chain_pair_pae_min(sample.pae, token_chain_index(tokens), n_chain,
+                                     sample.token_frame_mask)
+    return summary_confidences(
+        ptm=sample.ptm, iptm=sample.iptm, chain_pair_iptm=pair_iptm, chain_pair_pae_min=pae_min,
+        chain_ids=[c.chain_id for c in tokens.chains],
+        fraction_disordered=sample.fraction_disordered, has_clash=sample.has_clash,
+        ranking_score=sample.score())
+
+
+def _full_arrays(tokens: TokenizedStructure, sample: SamplePrediction) -> dict[str, Any]:
+    chain_ids = np.array([c.chain_id for c in tokens.chains])
+    return {"pae": sample.pae, "contact_probs": sample.contact_probs,
+            "atom_plddts": sample.atom_plddt,
+            "token_chain_ids": chain_ids[token_chain_index(tokens)].tolist(),
+            "token_res_ids": tokens.residue_index.tolist(),
+            "atom_chain_ids": chain_ids[tokens.atom_chain].tolist()}
+
+
+def sample_full(tokens: TokenizedStructure, sample: SamplePrediction) -> dict[str, Any]:
+    """`full_confidences` of one sample."""
+    return full_confidences(**_full_arrays(tokens, sample))
+
+
+# --------------------------------------------------------------------------- files
+
+
+def job_dir(out_url: str, job: Job) -> str:
+    """`<out>/<job.safe_name>`: the folder holding one job's outputs."""
+    return storage.join(out_url, job.safe_name)
+
+
+def sample_dir_name(seed: int, sample_index: int) -> str:
+    return f"seed-{seed}_sample-{sample_index}"
+
+
+def summary_url(out_url: str, job: Job) -> str:
+    """The job's top-level summary file, written last: it exists iff the job is complete."""
+    return storage.join(job_dir(out_url, job), f"{job.safe_name}_summary_confidences.json")
+
+
+def is_complete(out_url: str, job: Job, **storage_options: Any) -> bool:
+    return storage.exists(summary_url(out_url, job), **storage_options)
+
+
+def _sample_files(tokens: TokenizedStructure, job: Job, sample: SamplePrediction,
+                  model_version: str) -> tuple[str, str, str]:
+    """(model.cif, confidences.json, summary_confidences.json) texts of one sample."""
+    cif = structure_to_mmcif(tokens, job, sample.coords, sample.atom_plddt, name=job.safe_name,
+                             model_version=model_version)
+    full = full_confidences_json(**_full_arrays(tokens, sample))
+    summary = summary_confidences_json(sample_summary(tokens, sample))
+    return cif, full, summary
+
+
+def _write_triplet(folder: str, prefix: str, texts: tuple[str, str, str],
+                   storage_options: dict[str, Any]) -> None:
+    cif, full, summary = texts
+    storage.write_text_atomic(storage.join(folder, f"{prefix}_model.cif"), cif, **storage_options)
+    storage.write_text_atomic(storage.join(folder, f"{prefix}_confidences.json"), full,
+                              **storage_options)
+    storage.write_text_atomic(storage.join(folder, f"{prefix}_summary_confidences.json"),
+                              summary, **storage_options)
+
+
+def write_prediction(out_url: str, job: Job, tokens: TokenizedStructure,
+                     samples: Sequence[SamplePrediction], *,
+                     model_version: str = DEFAULT_MODEL_VERSION,
+                     **storage_options: Any) -> str:
+    """Write every sample and the top-ranked one in AF3's layout; returns the job folder.
+
+    Every file is written atomically; the top-level summary goes last, so `is_complete`
+    is True only for a job whose outputs are all there. Rewriting a job replaces its files.
+    """
+    if not samples:
+        raise ValueError(f"job {job.name!r}: no samples to write")
+    keys = [(s.seed, s.sample_index) for s in samples]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"job {job.name!r}: repeated (seed, sample) in {keys}")
+    name = job.safe_name
+    folder = job_dir(out_url, job)
+    done = summary_url(out_url, job)
+    if storage.exists(done, **storage_options):   # a rerun: not complete until rewritten
+        fs, path = storage.filesystem(done, **storage_options)
+        fs.rm(path)
+    best: tuple[float, tuple[str, str, str]] | None = None
+    rows = []
+    for sample in samples:
+        texts = _sample_files(tokens, job, sample, model_version)
+        sub = sample_dir_name(sample.seed, sample.sample_index)
+        _write_triplet(storage.join(folder, sub), f"{name}_{sub}", texts, storage_options)
+        score = sample.score()
+        rows.append((sample.seed, sample.sample_index, score))
+        rank = -math.inf if math.isnan(score) else score
+        if best is None or rank > best[0]:     # ties: the first sample, as AF3
+            best = (rank, texts)
+    assert best is not None
+    storage.write_text_atomic(storage.join(folder, f"{name}_data.json"),
+                              job_to_af3_json_text(job), **storage_options)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["seed", "sample", "ranking_score"])
+    writer.writerows(rows)
+    storage.write_text_atomic(storage.join(folder, f"{name}_ranking_scores.csv"),
+                              buffer.getvalue(), **storage_options)
+    _write_triplet(folder, name, best[1], storage_options)   # summary last: job complete
+    return folder
