@@ -99,7 +99,7 @@ class RelativePositionEncoding(nn.Module):
 
     def forward(self, features: dict[str, Tensor]) -> Tensor:
         """-> p [*, N_token, N_token, c_z]."""
-        return self.linear(self.encode(features))                                # line 10
+        return self.linear(self.encode(features).to(self.linear.weight.dtype))   # line 10
 
 
 class FourierEmbedding(nn.Module):
