@@ -58,6 +58,11 @@ class TemplateConfig:
 
     n_block: int = 2
     c_t: int = 64
+    # The template Pairformer as in AF3's released code: triangle multiplication width c_t,
+    # triangle attention n_head_tri heads of c_t // n_head_tri, pair transition n=2.
+    n_head_tri: int = 4
+    transition_n: int = 2
+    dropout: float = 0.25       # not in Algorithm 16; the Pairformer's rate (as Protenix)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,17 +91,24 @@ class DiffusionConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class ConfidenceConfig:
-    """Algorithm 31 and the distogram head (SI 4.3, 4.4)."""
+    """Algorithm 31 and the distogram head (SI 4.3, 4.4).
+
+    Distance embedding bins follow AF3's released code (DistogramFeaturesConfig) and
+    Protenix, not the SI's 3 3/8 .. 21 3/8 Å: 39 bins whose lower edges run 3.25 .. 50.75 Å
+    (the last bin is open-ended; distances under 3.25 Å embed as all zeros).
+    """
 
     n_block: int = 4
-    n_bins_plddt: int = 50
-    n_bins_pae: int = 64        # 0..32 Å, 0.5 Å bins
+    n_bins_plddt: int = 50      # 0..1, 0.02 wide
+    n_bins_pae: int = 64        # 0..32 Å, 0.5 Å bins, the last one open-ended
     n_bins_pde: int = 64        # 0..32 Å
     max_error_bin: float = 32.0
-    distance_bins_min: float = 3.375   # Algorithm 31 line 3: 3 3/8 .. 21 3/8 Å
-    distance_bins_max: float = 21.375
-    n_distance_bins: int = 11
-    n_bins_distogram: int = 64  # 2..22 Å
+    distance_bins_min: float = 3.25    # lower edge of the first distance bin (Algorithm 31 line 3)
+    distance_bins_max: float = 50.75   # lower edge of the last (open) distance bin
+    n_distance_bins: int = 39
+    max_atoms_per_token: int = 24      # per-atom pLDDT / resolved weights (AF3 dense atom layout)
+    pairformer_dropout: float = 0.0    # Protenix trains the confidence Pairformer without dropout
+    n_bins_distogram: int = 64  # 2..22 Å: 63 breaks 2.3125 .. 21.6875
     distogram_min: float = 2.0
     distogram_max: float = 22.0
 
