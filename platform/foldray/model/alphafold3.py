@@ -1,0 +1,135 @@
+"""The whole network (SI 3, Algorithm 1): trunk with recycling, diffusion sampling, heads.
+
+Shapes: features are collated (`foldray.features.batch.collate`), leading batch dim B;
+s [B, N_token, c_s], z [B, N_token, N_token, c_z], x [B, N_sample, N_atom, 3].
+The trunk runs once per seed; the diffusion module then denoises all samples in a batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from foldray.model.confidence import ConfidenceHead, ConfidenceOutput, DistogramHead
+from foldray.model.config import ModelConfig, RuntimeConfig
+from foldray.model.diffusion import DiffusionModule, sample_diffusion
+from foldray.model.embedders import InputFeatureEmbedder, RelativePositionEncoding
+from foldray.model.msa import MsaModule
+from foldray.model.pairformer import PairformerStack
+from foldray.model.primitives import LinearNoBias
+from foldray.model.templates import TemplateEmbedder
+
+Features = dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class TrunkOutput:
+    """What the diffusion module and the heads condition on."""
+
+    s_inputs: Tensor   # [B, N_token, c_s_inputs]
+    s: Tensor          # [B, N_token, c_s]
+    z: Tensor          # [B, N_token, N_token, c_z]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One trunk pass and its samples."""
+
+    x: Tensor                      # [B, N_sample, N_atom, 3]
+    confidence: ConfidenceOutput   # logits per sample
+    distogram_logits: Tensor       # [B, N_token, N_token, n_bins]
+    trunk: TrunkOutput
+
+
+class AlphaFold3(nn.Module):
+    """Algorithm 1: input embedding, n_cycle recycles of templates + MSA + Pairformer,
+    diffusion sampling, confidence and distogram heads."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        c_s, c_z, c_in = config.c_s, config.c_z, config.c_s_inputs
+        self.input_embedder = InputFeatureEmbedder(config)                     # line 1
+        self.s_init = LinearNoBias(c_in, c_s)                                  # line 2
+        self.z_init_i = LinearNoBias(c_in, c_z)                                # line 3
+        self.z_init_j = LinearNoBias(c_in, c_z)
+        self.relative_position = RelativePositionEncoding.from_config(config)  # line 4
+        self.token_bonds = LinearNoBias(1, c_z)                                # line 5
+        self.z_recycle_norm = nn.LayerNorm(c_z)                                # line 8
+        self.z_recycle = LinearNoBias(c_z, c_z)
+        self.template_embedder = TemplateEmbedder(c_z, config.template)        # line 9
+        self.msa_module = MsaModule(c_z, c_in, config.msa, config.pairformer)  # line 10
+        self.s_recycle_norm = nn.LayerNorm(c_s)                                # line 11
+        self.s_recycle = LinearNoBias(c_s, c_s)
+        self.pairformer = PairformerStack(c_s, c_z, config.pairformer)         # line 12
+        self.diffusion_module = DiffusionModule(config)                        # line 15
+        self.confidence_head = ConfidenceHead(c_s, c_z, c_in, config.confidence,
+                                              config.pairformer)               # line 16
+        self.distogram_head = DistogramHead(c_z, config.confidence)            # line 17
+
+    def run_trunk(self, features: Features, *, n_cycle: int | None = None,
+                  runtime: RuntimeConfig | None = None,
+                  msa_rows: int | None = None,
+                  generator: torch.Generator | None = None) -> TrunkOutput:
+        """Lines 1-14. Only the last cycle carries gradients (earlier cycles are recycled
+        inputs, as in AF2/AF3 training); `msa_rows` subsamples MSA rows per cycle (training)."""
+        runtime = runtime or RuntimeConfig()
+        n_cycle = self.config.n_cycle if n_cycle is None else n_cycle
+        if n_cycle < 1:
+            raise ValueError(f"n_cycle must be >= 1, got {n_cycle}")
+        token_mask = features["token_mask"]
+        chunk, ckpt = runtime.chunk_size, runtime.checkpoint_activations
+        s_inputs = self.input_embedder(features)                               # [B, N, c_in]
+        s_init = self.s_init(s_inputs)
+        z_init = self.z_init_i(s_inputs)[..., :, None, :] + self.z_init_j(s_inputs)[..., None, :, :]
+        z_init = z_init + self.relative_position(features)
+        z_init = z_init + self.token_bonds(features["token_bonds"][..., None].to(z_init.dtype))
+        s_hat, z_hat = torch.zeros_like(s_init), torch.zeros_like(z_init)      # line 6
+        grad = torch.is_grad_enabled()
+        for cycle in range(n_cycle):
+            with torch.set_grad_enabled(grad and cycle == n_cycle - 1):
+                z = z_init + self.z_recycle(self.z_recycle_norm(z_hat))        # line 8
+                z = z + self.template_embedder(features, z, token_mask, chunk_size=chunk,
+                                               checkpoint_activations=ckpt)
+                z = self.msa_module(features, z, s_inputs, token_mask, chunk_size=chunk,
+                                    n_sample=msa_rows, generator=generator,
+                                    checkpoint_activations=ckpt)               # line 10
+                s = s_init + self.s_recycle(self.s_recycle_norm(s_hat))        # line 11
+                s, z = self.pairformer(s, z, token_mask, chunk_size=chunk,
+                                       checkpoint_activations=ckpt)            # line 12
+            s_hat, z_hat = s, z                                                # line 13
+        return TrunkOutput(s_inputs=s_inputs, s=s, z=z)
+
+    def sample(self, features: Features, trunk: TrunkOutput, *, n_sample: int,
+               n_step: int | None = None, generator: torch.Generator | None = None,
+               runtime: RuntimeConfig | None = None) -> Tensor:
+        """Line 15: x [B, n_sample, N_atom, 3] (call under torch.no_grad() for inference)."""
+        runtime = runtime or RuntimeConfig()
+        denoise = self.diffusion_module.denoiser(features, trunk.s_inputs, trunk.s, trunk.z,
+                                                 diffusion_chunk=runtime.diffusion_chunk)
+        return sample_diffusion(denoise, features, n_sample, self.config.diffusion, generator,
+                                n_step=n_step)
+
+    def confidence(self, features: Features, trunk: TrunkOutput, x: Tensor,
+                   runtime: RuntimeConfig | None = None) -> ConfidenceOutput:
+        """Line 16, every sample scored in one batch (or `diffusion_chunk` at a time)."""
+        runtime = runtime or RuntimeConfig()
+        return self.confidence_head(
+            trunk.s_inputs, trunk.s, trunk.z, x, atom_to_token=features["atom_to_token"],
+            token_rep_atom=features["token_rep_atom"], token_mask=features["token_mask"],
+            atom_mask=features["atom_mask"], chunk_size=runtime.chunk_size,
+            sample_chunk=runtime.diffusion_chunk)
+
+    @torch.no_grad()
+    def predict(self, features: Features, *, n_sample: int = 5, n_cycle: int | None = None,
+                n_step: int | None = None, generator: torch.Generator | None = None,
+                runtime: RuntimeConfig | None = None) -> Prediction:
+        """Algorithm 1 end to end for inference."""
+        trunk = self.run_trunk(features, n_cycle=n_cycle, runtime=runtime)
+        x = self.sample(features, trunk, n_sample=n_sample, n_step=n_step, generator=generator,
+                        runtime=runtime)
+        confidence = self.confidence(features, trunk, x, runtime)
+        return Prediction(x=x, confidence=confidence,
+                          distogram_logits=self.distogram_head(trunk.z), trunk=trunk)

@@ -1,0 +1,158 @@
+"""Predictor: load a model once, then Job -> samples -> AlphaFold 3 output folder.
+
+Used by `foldray predict`, the Ray Data prediction stage and Serve, so every entry point
+predicts and writes the same way. Per seed, a job is featurized with that seed (reference
+conformer rotations), the trunk runs once and the diffusion module draws all samples in
+one batch; every sample is scored by the confidence head and ranked as AlphaFold 3 does.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from foldray.features.batch import collate
+from foldray.features.pipeline import FeaturizedJob, featurize_job
+from foldray.features.tokenize import DEFAULT_MAX_TOKENS, TokenizedStructure
+from foldray.inputs.job import Job
+from foldray.io.confidences import SamplePrediction, write_prediction
+from foldray.io.weights import load_weights
+from foldray.model.alphafold3 import AlphaFold3, Prediction
+from foldray.model.confidence import token_frames
+from foldray.model.config import ModelConfig, RuntimeConfig
+from foldray.model.ranking import summary_confidences
+
+log = logging.getLogger(__name__)
+
+CONTACT_THRESHOLD = 8.0   # Å, AF3's contact_probs
+
+
+@dataclass(frozen=True, kw_only=True)
+class PredictSettings:
+    """How much sampling to do; None keeps the job's seeds / the model's defaults."""
+
+    seeds: tuple[int, ...] | None = None
+    n_sample: int = 5
+    n_cycle: int | None = None
+    n_step: int | None = None
+    max_tokens: int | None = DEFAULT_MAX_TOKENS
+
+
+def named_config(name: str) -> ModelConfig:
+    presets = {"full": ModelConfig.full, "tiny": ModelConfig.tiny}
+    if name not in presets:
+        raise ValueError(f"unknown model config {name!r} (choose from {', '.join(presets)})")
+    return presets[name]()
+
+
+def contact_probabilities(distogram_logits: torch.Tensor, config: ModelConfig,
+                          threshold: float = CONTACT_THRESHOLD) -> torch.Tensor:
+    """P(distance < 8 Å) from the distogram: the mass of bins whose upper edge is <= 8 Å.
+
+    Bins as the distogram head's (AF2/AF3): n_bins - 1 breaks evenly spaced between
+    min + w/2 and max - w/2 (2.3125 .. 21.6875 Å for 64 bins over 2-22 Å); bin k ends at
+    break k, the last bin is open.
+    """
+    c = config.confidence
+    n_bins = distogram_logits.shape[-1]
+    width = (c.distogram_max - c.distogram_min) / n_bins
+    breaks = torch.linspace(c.distogram_min + width / 2, c.distogram_max - width / 2, n_bins - 1)
+    inside = torch.cat([breaks <= threshold, torch.zeros(1, dtype=torch.bool)])
+    probs = torch.softmax(distogram_logits.float(), -1)
+    return (probs * inside.to(probs.device)).sum(-1)
+
+
+class Predictor:
+    """A model held in memory with its runtime settings; load once, predict many jobs."""
+
+    def __init__(self, model: AlphaFold3, *, runtime: RuntimeConfig | None = None,
+                 device: str | torch.device = "cpu", random_weights: bool = False) -> None:
+        self.model = model.to(device).eval()
+        self.runtime = runtime or RuntimeConfig()
+        self.device = torch.device(device)
+        self.random_weights = random_weights
+
+    @classmethod
+    def load(cls, checkpoint: str | None = None, *, config: str | ModelConfig = "tiny",
+             runtime: RuntimeConfig | None = None, device: str = "cpu",
+             init_seed: int = 0) -> Predictor:
+        """From a foldray safetensors checkpoint (its config wins), or random weights."""
+        if checkpoint is not None:
+            state, model_config = load_weights(checkpoint)
+            model = AlphaFold3(model_config)
+            missing, unexpected = model.load_state_dict(state, strict=False)
+            if missing or unexpected:
+                raise ValueError(f"{checkpoint}: weights do not fit the model "
+                                 f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
+            return cls(model, runtime=runtime, device=device)
+        model_config = named_config(config) if isinstance(config, str) else config
+        torch.manual_seed(init_seed)
+        return cls(AlphaFold3(model_config), runtime=runtime, device=device, random_weights=True)
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.config
+
+    def _run(self, featurized: FeaturizedJob, seed: int, settings: PredictSettings,
+             ) -> tuple[Prediction, dict[str, torch.Tensor]]:
+        batch = collate([featurized.features], token_buckets=None, atom_buckets=None)
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        autocast = self.runtime.precision == "bf16" and self.device.type == "cuda"
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
+            prediction = self.model.predict(batch, n_sample=settings.n_sample,
+                                            n_cycle=settings.n_cycle, n_step=settings.n_step,
+                                            generator=generator, runtime=self.runtime)
+        return prediction, batch
+
+    def predict_job(self, job: Job, settings: PredictSettings = PredictSettings(),
+                    ) -> tuple[TokenizedStructure, list[SamplePrediction]]:
+        """All seeds x samples of one job, with AF3's confidence metrics per sample."""
+        samples: list[SamplePrediction] = []
+        tokens = None
+        for seed in settings.seeds or job.seeds:
+            featurized = featurize_job(job, seed=seed, max_tokens=settings.max_tokens,
+                                       with_targets=False)
+            tokens = featurized.tokens
+            prediction, batch = self._run(featurized, seed, settings)
+            samples.extend(self._samples(prediction, batch, seed, tokens))
+        assert tokens is not None
+        return tokens, samples
+
+    def _samples(self, prediction: Prediction, batch: dict[str, torch.Tensor], seed: int,
+                 tokens: TokenizedStructure) -> list[SamplePrediction]:
+        single = {k: v[0] for k, v in batch.items()}
+        _, frame_mask = token_frames(single)
+        metrics = summary_confidences(prediction.confidence.plddt_logits[0],
+                                      prediction.confidence.pae_logits[0], prediction.x[0],
+                                      single, frame_mask, self.config.confidence)
+        contacts = contact_probabilities(prediction.distogram_logits[0], self.config)
+        n_tok, n_atom = tokens.n_tokens, tokens.n_atoms
+
+        def as_np(x: torch.Tensor) -> np.ndarray:
+            return x.detach().float().cpu().numpy()
+
+        out = []
+        for i in range(prediction.x.shape[1]):
+            out.append(SamplePrediction(
+                seed=seed, sample_index=i, coords=as_np(prediction.x[0, i, :n_atom]),
+                atom_plddt=as_np(metrics["atom_plddts"][i, :n_atom]),
+                pae=as_np(metrics["pae"][i, :n_tok, :n_tok]),
+                contact_probs=as_np(contacts[:n_tok, :n_tok]),
+                ptm=float(metrics["ptm"][i]), iptm=float(metrics["iptm"][i]),
+                chain_pair_iptm=as_np(metrics["chain_pair_iptm"][i]),
+                chain_pair_pae_min=as_np(metrics["chain_pair_pae_min"][i]),
+                fraction_disordered=float(metrics["fraction_disordered"][i]),
+                has_clash=bool(metrics["has_clash"][i]),
+                ranking_score=float(metrics["ranking_score"][i]),
+                token_frame_mask=as_np(frame_mask[:n_tok]).astype(bool)))
+        return out
+
+    def predict_to(self, out_url: str, job: Job,
+                   settings: PredictSettings = PredictSettings()) -> str:
+        """Predict and write the AF3 output folder; returns its URL."""
+        tokens, samples = self.predict_job(job, settings)
+        return write_prediction(out_url, job, tokens, samples)
