@@ -7,10 +7,11 @@ import argparse
 import sys
 import traceback
 
-from foldray.jobs import featurize, validate
+from foldray.jobs import featurize, predict, validate
 
 COMMANDS = {
     "validate": (validate, "check inputs: parse, tokenize and featurize every job"),
+    "predict": (predict, "predict structures locally (AF3 output layout), no Ray needed"),
     "featurize": (featurize, "featurize many jobs on Ray (local or cluster) into a folder/bucket"),
 }
 

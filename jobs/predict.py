@@ -1,0 +1,103 @@
+"""`foldray predict INPUT... --out DIR_OR_URL`: predict structures locally, no Ray needed.
+
+Writes per job the AlphaFold 3 output layout (`<out>/<job>/<job>_model.cif` with pLDDT in
+the B-factors, summary and full confidence JSONs, ranking scores, one folder per
+seed x sample). Jobs whose outputs are complete are skipped, so a rerun after a crash
+resumes. A bad job is reported (`error: <file>: <job>: <field>: <message>`) and the others
+still run; the exit code is 2 if any job failed on its input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from foldray.errors import InputError
+from foldray.features.tokenize import DEFAULT_MAX_TOKENS
+from foldray.inputs.load import iter_jobs
+from foldray.io.confidences import is_complete, job_dir
+from foldray.jobs.validate import format_error
+from foldray.model.config import RuntimeConfig
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds takes integers like 1,2,3, got {text!r}") from None
+    if not seeds or any(s < 0 for s in seeds):
+        raise argparse.ArgumentTypeError(f"--seeds takes non-negative integers, got {text!r}")
+    return seeds
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(prog="foldray predict", description=__doc__)
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="AF3 JSON / JSONL / mmCIF files or folders, local or URL")
+    parser.add_argument("--out", required=True, help="output folder or URL (s3://...)")
+    parser.add_argument("--config", default="tiny", choices=("tiny", "full"),
+                        help="model size when no checkpoint is given (default tiny)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="foldray safetensors checkpoint (path or URL); its config is used")
+    parser.add_argument("--seeds", type=parse_seeds, default=None,
+                        help="comma-separated seeds (default: the job's modelSeeds)")
+    parser.add_argument("--samples", type=int, default=5, help="diffusion samples per seed")
+    parser.add_argument("--recycles", type=int, default=None, help="trunk cycles (default: model's)")
+    parser.add_argument("--steps", type=int, default=None, help="diffusion steps (default: model's)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    parser.add_argument("--chunk-size", type=int, default=None, help="pair-stack chunk size")
+    parser.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS)
+    parser.add_argument("--overwrite", action="store_true", help="redo jobs already complete")
+    parser.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from foldray.predict import Predictor, PredictSettings
+
+    if args.samples < 1:
+        print("error: --samples must be >= 1", file=sys.stderr)
+        return 2
+    runtime = RuntimeConfig(precision=args.precision, chunk_size=args.chunk_size)
+    predictor = Predictor.load(args.checkpoint, config=args.config, runtime=runtime,
+                               device=args.device)
+    if predictor.random_weights:
+        print(f"warning: no --checkpoint given: the {args.config!r} model runs with RANDOM "
+              "weights; structures and confidences are meaningless (use this to test the "
+              "pipeline, not to predict)", file=sys.stderr)
+    settings = PredictSettings(seeds=args.seeds, n_sample=args.samples, n_cycle=args.recycles,
+                               n_step=args.steps, max_tokens=args.max_tokens)
+    n_ok = n_skipped = n_errors = 0
+    for item in iter_jobs(args.inputs):
+        if isinstance(item, InputError):
+            n_errors += 1
+            print(format_error(item), file=sys.stderr)
+            continue
+        if not args.overwrite and is_complete(args.out, item):
+            n_skipped += 1
+            if not args.quiet:
+                print(f"skip: {item.name}: complete in {job_dir(args.out, item)}")
+            continue
+        started = time.perf_counter()
+        try:
+            url = predictor.predict_to(args.out, item, settings)
+        except InputError as err:
+            n_errors += 1
+            print(format_error(err.located(source=item.source, job=item.name)), file=sys.stderr)
+            continue
+        n_ok += 1
+        if not args.quiet:
+            print(f"ok: {item.name}: {url} ({time.perf_counter() - started:.1f} s)")
+    if not args.quiet:
+        print(f"predicted {n_ok}, skipped {n_skipped} complete, {n_errors} failed")
+    return 2 if n_errors else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
