@@ -110,3 +110,29 @@ def test_multiple_seeds_and_object_storage(s3_server, s3_bucket, monkeypatch):
     names = {p.rsplit("/", 1)[1] for p in fs.ls(f"{s3_bucket}/preds/1l2y")}
     assert {"seed-3_sample-0", "seed-3_sample-1", "seed-7_sample-0", "seed-7_sample-1",
             "1l2y_model.cif"} <= names
+
+
+def test_checkpoint_is_loaded_with_its_own_config(tmp_path, capsys):
+    import dataclasses
+
+    import torch
+
+    from foldray.io.weights import save_weights
+    from foldray.model.alphafold3 import AlphaFold3
+    from foldray.model.config import ModelConfig
+    from foldray.predict import Predictor
+
+    config = dataclasses.replace(ModelConfig.tiny(), c_s=56)      # not a named preset
+    torch.manual_seed(5)
+    model = AlphaFold3(config)
+    ckpt = tmp_path / "model.safetensors"
+    save_weights(str(ckpt), model.state_dict(), config)
+    loaded = Predictor.load(str(ckpt))
+    assert loaded.config == config and not loaded.random_weights
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[name], tensor), name
+    out = tmp_path / "out"
+    assert main(["predict", str(INPUTS / "1l2y.json"), "--out", str(out), "--checkpoint",
+                 str(ckpt), *FAST]) == 0
+    assert "RANDOM" not in capsys.readouterr().err
+    assert (out / "1l2y" / "1l2y_model.cif").exists()
