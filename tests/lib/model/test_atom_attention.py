@@ -7,11 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from foldray.features.batch import collate
-from foldray.features.pipeline import featurize_job
-from foldray.inputs.af3_json import parse_af3_json
 from foldray.model.atom_attention import (
     AtomAttentionDecoder,
     AtomAttentionEncoder,
@@ -21,7 +18,7 @@ from foldray.model.atom_attention import (
     tokens_to_atoms,
 )
 from foldray.model.config import ModelConfig
-from tests.data_paths import INPUTS
+from tests.model_helpers import featurized_inputs, randomize
 
 CONFIG = ModelConfig.tiny()
 ATOM = CONFIG.atom
@@ -31,24 +28,7 @@ SMALL, BIG = "tiny_protein_ligand_smiles.json", "2q2k.json"
 
 @pytest.fixture(scope="module")
 def featurized() -> dict[str, dict[str, np.ndarray]]:
-    out = {}
-    for name in (SMALL, BIG, "102m.json"):
-        path = INPUTS / name
-        (job,) = parse_af3_json(path.read_text(), source=str(path))
-        out[name] = featurize_job(job).features
-    return out
-
-
-def randomize(module: nn.Module, seed: int = 0) -> nn.Module:
-    """Replace the zero / constant inits so every path carries signal (and gradient)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            if p.dim() >= 2:
-                p.copy_(torch.randn(p.shape, generator=generator) / math.sqrt(p.shape[-1]))
-            else:
-                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=generator))
-    return module
+    return featurized_inputs(SMALL, BIG, "102m.json")
 
 
 def trunk_inputs(batch: dict[str, torch.Tensor], n_sample: int = 2, seed: int = 0):

@@ -6,15 +6,10 @@ Geometry is tested on real structures: 1ay7 (two protein chains), 1bna (two DNA 
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import pytest
 import torch
 
-from foldray.features.batch import collate, pad_features
-from foldray.features.pipeline import featurize_job
-from foldray.inputs.mmcif_input import job_from_structure_file
 from foldray.model.confidence import (
     ConfidenceHead,
     DistogramHead,
@@ -38,43 +33,18 @@ from foldray.model.ranking import (
     shrake_rupley_sasa,
     summary_confidences,
 )
-from tests.data_paths import STRUCTURES
-
-
-@functools.cache
-def _featurized(name: str):
-    path = STRUCTURES / f"{name}.cif"
-    return featurize_job(job_from_structure_file(path.read_text(), source=str(path)))
-
-
-def _structure(name: str, pad_tokens: int = 0, pad_atoms: int = 0):
-    """Batched features [1, ...] padded by the given amounts, ground truth coords and mask."""
-    fj = _featurized(name)
-    n_token, n_atom = fj.n_tokens, len(fj.targets.mask)
-    feats = pad_features(fj.features, n_token=n_token + pad_tokens, n_atom=n_atom + pad_atoms)
-    batch = collate([feats], token_buckets=None, atom_buckets=None)
-    x = torch.zeros(1, n_atom + pad_atoms, 3)
-    x[0, :n_atom] = torch.from_numpy(fj.targets.coords)
-    mask = torch.zeros(1, n_atom + pad_atoms, dtype=torch.bool)
-    mask[0, :n_atom] = torch.from_numpy(fj.targets.mask)
-    return batch, x, mask
-
-
-def _rotation(seed: int) -> torch.Tensor:
-    q, _ = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(seed)))
-    return q * torch.sign(torch.linalg.det(q))
-
+from tests.model_helpers import featurized_structure, random_rotation, structure_batch
 
 # ---------------------------------------------------------------------------- frames
 
 
 def test_polymer_frames_use_backbone_atoms():
     for name, atoms in (("1ay7", ("N", "CA", "C")), ("1bna", ("C1'", "C3'", "C4'"))):
-        batch, _, _ = _structure(name, pad_tokens=3, pad_atoms=7)
+        batch, _, _ = structure_batch(name, pad_tokens=3, pad_atoms=7)
         index, valid = token_frames(batch)
-        n = _featurized(name).n_tokens
+        n = featurized_structure(name).n_tokens
         assert valid[0, :n].all() and not valid[0, n:].any()
-        names = _featurized(name).tokens.atom_name
+        names = featurized_structure(name).tokens.atom_name
         frame_names = {tuple(names[i] for i in row) for row in index[0, :n].tolist()}
         assert frame_names == {atoms}
         tokens = batch["atom_to_token"][0].long()[index[0, :n]]
@@ -82,7 +52,7 @@ def test_polymer_frames_use_backbone_atoms():
 
 
 def test_ligand_frames_are_nearest_neighbours_in_the_reference_conformer():
-    batch, _, _ = _structure("102m")
+    batch, _, _ = structure_batch("102m")
     index, valid = token_frames(batch)
     ligand = batch["is_ligand"][0].bool()
     ref = batch["ref_pos"][0].double()
@@ -105,7 +75,7 @@ def test_ligand_frames_are_nearest_neighbours_in_the_reference_conformer():
 
 
 def test_atom_index_in_token_counts_from_zero_per_token():
-    batch, _, _ = _structure("1bna", pad_atoms=4)
+    batch, _, _ = structure_batch("1bna", pad_atoms=4)
     n_token = batch["token_mask"].shape[-1]
     slot = atom_index_in_token(batch["atom_to_token"].long(), batch["atom_mask"], n_token)
     atom_to_token = batch["atom_to_token"][0].long()
@@ -121,11 +91,11 @@ def test_atom_index_in_token_counts_from_zero_per_token():
 
 
 def test_express_coordinates_in_frame_is_rigid_invariant_and_orthonormal():
-    batch, x, mask = _structure("1ay7")
+    batch, x, mask = structure_batch("1ay7")
     index, _ = token_frames(batch)
     frames = frame_coordinates(x, index)                             # [1, N, 3, 3]
     local = express_coordinates_in_frame(x[:, :50], frames[:, :20])  # [1, 20, 50, 3]
-    rot, shift = _rotation(0), torch.tensor([5.0, -3.0, 12.0])
+    rot, shift = random_rotation(0), torch.tensor([5.0, -3.0, 12.0])
     moved = express_coordinates_in_frame(x[:, :50] @ rot.T + shift, frames[:, :20] @ rot.T + shift)
     assert torch.allclose(local, moved, atol=1e-3)
     # distances are preserved (orthonormal basis), b is the origin, a lies in the e1-e2 plane
@@ -138,10 +108,10 @@ def test_express_coordinates_in_frame_is_rigid_invariant_and_orthonormal():
 
 
 def test_alignment_error_is_zero_for_rigid_motion_and_grows_with_noise():
-    batch, x, _ = _structure("1ay7")
+    batch, x, _ = structure_batch("1ay7")
     index, valid = token_frames(batch)
     centre = batch["token_centre_atom"][0].long()
-    moved = x @ _rotation(1).T + torch.tensor([1.0, 2.0, 3.0])
+    moved = x @ random_rotation(1).T + torch.tensor([1.0, 2.0, 3.0])
     e = compute_alignment_error(moved[0, centre], x[0, centre], frame_coordinates(moved, index)[0],
                                 frame_coordinates(x, index)[0])
     assert e.shape == (len(centre), len(centre)) and e.max() < 1e-2
@@ -158,7 +128,7 @@ def test_alignment_error_is_zero_for_rigid_motion_and_grows_with_noise():
 
 def _head_inputs(name: str, config: ModelConfig, pad_tokens: int = 0, pad_atoms: int = 0,
                  n_sample: int = 3, seed: int = 0):
-    batch, x, mask = _structure(name, pad_tokens, pad_atoms)
+    batch, x, mask = structure_batch(name, pad_tokens, pad_atoms)
     gen = torch.Generator().manual_seed(seed)
     n_token, n_atom = batch["token_mask"].shape[-1], x.shape[-2]
     s_inputs = torch.randn(1, n_token, config.c_s_inputs, generator=gen)
@@ -257,7 +227,7 @@ def _pae_logits(n: int, bad_fraction: float, n_sample: int = 1) -> torch.Tensor:
 
 
 def _tokens(name: str, pad_tokens: int = 0):
-    batch, _, _ = _structure(name, pad_tokens=pad_tokens)
+    batch, _, _ = structure_batch(name, pad_tokens=pad_tokens)
     _, frame_mask = token_frames(batch)
     return {k: v[0] for k, v in batch.items()}, frame_mask[0]
 
@@ -336,7 +306,7 @@ def test_expected_plddt_and_pae_ranges():
 
 
 def test_has_clash_on_a_real_complex():
-    batch, x, mask = _structure("1ay7")
+    batch, x, mask = structure_batch("1ay7")
     tokens = {k: v[0] for k, v in batch.items()}
     atom_to_token = tokens["atom_to_token"].long()
     chain, residue = tokens["asym_id"][atom_to_token], tokens["residue_index"][atom_to_token]
@@ -352,7 +322,7 @@ def test_has_clash_on_a_real_complex():
 
 def test_sasa_matches_biotite_and_disorder_detects_exposed_structures():
     structure = pytest.importorskip("biotite.structure")
-    batch, x, _ = _structure("1ay7")
+    batch, x, _ = structure_batch("1ay7")
     tokens = {k: v[0] for k, v in batch.items()}
     chain_a = (tokens["asym_id"][tokens["atom_to_token"].long()] == 1).nonzero().flatten()
     radii = torch.full((len(chain_a),), 1.8)
@@ -371,7 +341,7 @@ def test_ranking_score_formula_and_summary():
     ptm, iptm = torch.tensor([0.5, 0.5]), torch.tensor([0.8, float("nan")])
     score = ranking_score(ptm, iptm, torch.tensor([0.1, 0.0]), torch.tensor([False, True]))
     assert torch.allclose(score, torch.tensor([0.8 * 0.8 + 0.2 * 0.5 + 0.05, 0.5 - 100.0]))
-    batch, x, _ = _structure("1bna")
+    batch, x, _ = structure_batch("1bna")
     tokens = {k: v[0] for k, v in batch.items()}
     _, frames = token_frames(batch)
     n, a = tokens["token_mask"].shape[0], x.shape[-2]

@@ -6,14 +6,10 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import pytest
 import torch
 
-from foldray.features.batch import collate, pad_features
-from foldray.features.pipeline import featurize_job
-from foldray.inputs.mmcif_input import job_from_structure_file
 from foldray.model.confidence import ConfidenceOutput, distogram_breaks
 from foldray.model.config import ModelConfig
 from foldray.model.losses import (
@@ -32,32 +28,11 @@ from foldray.model.losses import (
     total_loss,
     weighted_rigid_align,
 )
-from tests.data_paths import STRUCTURES
+from tests.model_helpers import random_rotation, structure_batch
 
 CONFIG = ModelConfig.tiny()
 
 
-@functools.cache
-def _featurized(name: str):
-    path = STRUCTURES / f"{name}.cif"
-    return featurize_job(job_from_structure_file(path.read_text(), source=str(path)))
-
-
-def _structure(name: str, pad_tokens: int = 0, pad_atoms: int = 0):
-    fj = _featurized(name)
-    n_token, n_atom = fj.n_tokens, len(fj.targets.mask)
-    feats = pad_features(fj.features, n_token=n_token + pad_tokens, n_atom=n_atom + pad_atoms)
-    batch = collate([feats], token_buckets=None, atom_buckets=None)
-    x = torch.zeros(1, n_atom + pad_atoms, 3)
-    x[0, :n_atom] = torch.from_numpy(fj.targets.coords)
-    mask = torch.zeros(1, n_atom + pad_atoms, dtype=torch.bool)
-    mask[0, :n_atom] = torch.from_numpy(fj.targets.mask)
-    return batch, x, mask
-
-
-def _rotation(seed: int) -> torch.Tensor:
-    q, _ = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(seed)))
-    return q * torch.sign(torch.linalg.det(q))
 
 
 def _noise(shape, scale: float, seed: int) -> torch.Tensor:
@@ -74,8 +49,8 @@ def _signed_volume(x: torch.Tensor) -> torch.Tensor:
 
 
 def test_weighted_rigid_align_recovers_a_known_motion():
-    _, x, mask = _structure("1ay7")
-    rot, shift = _rotation(0), torch.tensor([10.0, -4.0, 7.5])
+    _, x, mask = structure_batch("1ay7")
+    rot, shift = random_rotation(0), torch.tensor([10.0, -4.0, 7.5])
     target = x @ rot.T + shift
     weight = torch.rand(mask.shape, generator=torch.Generator().manual_seed(1)) + 0.5
     aligned = weighted_rigid_align(x, target, weight)
@@ -89,7 +64,7 @@ def test_weighted_rigid_align_recovers_a_known_motion():
 
 
 def test_weighted_rigid_align_is_proper_for_reflected_targets_and_has_no_gradient():
-    _, x, mask = _structure("1ay7")
+    _, x, mask = structure_batch("1ay7")
     mirror = x * torch.tensor([-1.0, 1.0, 1.0])                      # a reflection: no rotation maps x on it
     x = x.clone().requires_grad_(True)
     aligned = weighted_rigid_align(x, mirror, mask.float())
@@ -101,7 +76,7 @@ def test_weighted_rigid_align_is_proper_for_reflected_targets_and_has_no_gradien
     assert torch.sign(_signed_volume(aligned)) == torch.sign(_signed_volume(x.detach()))
     assert torch.sign(_signed_volume(mirror)) != torch.sign(_signed_volume(x.detach()))
     # the sample dim: one ground truth aligned onto several samples at once
-    samples = torch.stack([x.detach()[0] @ _rotation(s).T for s in range(3)])[None]
+    samples = torch.stack([x.detach()[0] @ random_rotation(s).T for s in range(3)])[None]
     many = weighted_rigid_align(x.detach()[:, None], samples, mask.float()[:, None])
     assert many.shape == (1, 3, x.shape[1], 3) and torch.allclose(many, samples, atol=1e-4)
 
@@ -110,9 +85,9 @@ def test_weighted_rigid_align_is_proper_for_reflected_targets_and_has_no_gradien
 
 
 def test_smooth_lddt_is_minimal_for_identical_structures_and_grows_with_noise():
-    batch, x, mask = _structure("1ay7")
+    batch, x, mask = structure_batch("1ay7")
     nucleotide = torch.zeros_like(mask)
-    moved = x @ _rotation(2).T + 3.0
+    moved = x @ random_rotation(2).T + 3.0
     losses = [smooth_lddt_loss((moved + _noise(x.shape, s, 3))[:, None], x, nucleotide, mask).item()
               for s in (0.0, 0.3, 1.0, 3.0)]
     floor = 1 - sum(torch.sigmoid(torch.tensor(c)) for c in (0.5, 1.0, 2.0, 4.0)).item() / 4
@@ -124,7 +99,7 @@ def test_smooth_lddt_is_minimal_for_identical_structures_and_grows_with_noise():
 
 
 def test_smooth_lddt_sample_chunks_equal_one_pass_with_gradients():
-    _, x, mask = _structure("1ay7")
+    _, x, mask = structure_batch("1ay7")
     nucleotide = torch.zeros_like(mask)
     pred = torch.stack([x[0] + _noise(x[0].shape, s, 20 + i) for i, s in enumerate((0.2, 0.7, 1.5))])[None]
     whole = pred.clone().requires_grad_(True)
@@ -139,11 +114,11 @@ def test_smooth_lddt_sample_chunks_equal_one_pass_with_gradients():
 
 
 def test_diffusion_mse_is_zero_for_a_rigid_copy_and_weights_ligands():
-    batch, x, mask = _structure("102m")
+    batch, x, mask = structure_batch("102m")
     weight = diffusion_atom_weights(batch, CONFIG.loss)
     ligand = batch["is_ligand"][0][batch["atom_to_token"][0].long()].bool()
     assert ligand.any() and (weight[0][ligand] == 11.0).all() and (weight[0][~ligand] == 1.0).all()
-    moved = (x @ _rotation(5).T + 2.0)[:, None]
+    moved = (x @ random_rotation(5).T + 2.0)[:, None]
     assert diffusion_mse_loss(moved, x, weight, mask).abs().max() < 1e-6
     noisy = torch.cat([moved + _noise(moved.shape, s, 6) for s in (0.5, 2.0)], 1)
     mse = diffusion_mse_loss(noisy, x, weight, mask)
@@ -159,13 +134,13 @@ def test_edm_weight_and_bond_loss():
     t = torch.tensor([1.0, 16.0, 160.0])
     assert torch.allclose(edm_loss_weight(t, 16.0), (t ** 2 + 256) / (t * 16) ** 2)
     assert torch.isclose(edm_loss_weight(torch.tensor(16.0), 16.0), torch.tensor(2 / 256))
-    _, x, mask = _structure("102m")
+    _, x, mask = structure_batch("102m")
     bonds = torch.tensor([[[0, 1], [1, 2], [5, 6]]])
     ok = torch.tensor([[True, True, False]])
-    moved = (x @ _rotation(7).T)[:, None]
+    moved = (x @ random_rotation(7).T)[:, None]
     assert bond_loss(moved, x, bonds, ok, mask).abs().max() < 1e-6
     stretched = moved.clone()
-    stretched[0, 0, 0] += (x[0, 0] - x[0, 1]) @ _rotation(7).T     # bond 0-1 doubled
+    stretched[0, 0, 0] += (x[0, 0] - x[0, 1]) @ random_rotation(7).T     # bond 0-1 doubled
     expected = (x[0, 0] - x[0, 1]).norm() ** 2 / 2                 # mean over the 2 valid bonds
     assert torch.allclose(bond_loss(stretched, x, bonds, ok, mask), expected[None, None], atol=1e-3)
     stretched[0, 0, 6] += 5.0                                       # a masked bond changes nothing
@@ -180,7 +155,7 @@ def _true_bin_logits(target: torch.Tensor, n_bins: int) -> torch.Tensor:
 
 
 def test_distogram_loss_is_lower_for_true_bins_than_shuffled():
-    batch, x, mask = _structure("1ay7")
+    batch, x, mask = structure_batch("1ay7")
     rep = batch["token_rep_atom"][0].long()
     d = torch.cdist(x[0, rep], x[0, rep], compute_mode="donot_use_mm_for_euclid_dist")
     target = (d[..., None] > distogram_breaks(CONFIG.confidence)).sum(-1)
@@ -195,8 +170,8 @@ def test_distogram_loss_is_lower_for_true_bins_than_shuffled():
 
 
 def test_plddt_targets_and_loss():
-    batch, x, mask = _structure("1ay7")
-    moved = (x @ _rotation(9).T)[:, None]
+    batch, x, mask = structure_batch("1ay7")
+    moved = (x @ random_rotation(9).T)[:, None]
     lddt, valid = plddt_target(moved, x, mask, batch)
     assert valid.sum() > 0.9 * mask.sum() and torch.allclose(lddt[..., valid[0]], torch.tensor(1.0))
     noisy = moved + _noise(moved.shape, 1.5, 10)
@@ -208,9 +183,9 @@ def test_plddt_targets_and_loss():
 
 
 def test_pae_pde_resolved_losses_prefer_the_truth():
-    batch, x, mask = _structure("1ay7")
+    batch, x, mask = structure_batch("1ay7")
     n, a = batch["token_mask"].shape[-1], x.shape[-2]
-    moved = (x @ _rotation(11).T + 1.0)[:, None]
+    moved = (x @ random_rotation(11).T + 1.0)[:, None]
     zero_error = torch.zeros(1, 1, n, n, dtype=torch.long)
     perfect, wrong = _true_bin_logits(zero_error, 64), _true_bin_logits(zero_error + 40, 64)
     for loss in (pae_loss, pde_loss):
@@ -247,8 +222,8 @@ def _pad_confidence(out: ConfidenceOutput, n: int, a: int, pad_n: int, pad_a: in
 
 
 def test_every_loss_ignores_padding_and_unresolved_atoms():
-    batch, x, mask = _structure("102m")
-    pbatch, px, pmask = _structure("102m", pad_tokens=7, pad_atoms=23)
+    batch, x, mask = structure_batch("102m")
+    pbatch, px, pmask = structure_batch("102m", pad_tokens=7, pad_atoms=23)
     n, a = batch["token_mask"].shape[-1], x.shape[-2]
     px[:, a:] = 50.0 * torch.randn(1, 23, 3)                           # garbage in padding
     pred = (x + _noise(x.shape, 1.0, 13))[:, None].expand(1, 2, a, 3).clone()
@@ -282,7 +257,7 @@ def test_every_loss_ignores_padding_and_unresolved_atoms():
 
 
 def test_total_loss_weights_and_gradients():
-    batch, x, mask = _structure("1ay7")
+    batch, x, mask = structure_batch("1ay7")
     n, a = batch["token_mask"].shape[-1], x.shape[-2]
     loss_config = dataclasses.replace(CONFIG.loss, alpha_pae=1.0, alpha_bond=0.0)
     pred = (x + _noise(x.shape, 1.0, 15))[:, None].expand(1, 2, a, 3).clone().requires_grad_(True)
