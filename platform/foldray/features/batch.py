@@ -51,6 +51,9 @@ FEATURE_AXES: dict[str, Axes] = {
     # bonds and indices
     "token_bonds": (TOKEN, TOKEN),
     "atom_to_token": _ATOM_1D, "token_centre_atom": _TOKEN_1D, "token_rep_atom": _TOKEN_1D,
+    # training targets (foldray.training.training_sample): experimental coordinates and
+    # which atoms the experiment resolved; padding atoms get 0 / False
+    "gt_coords": (ATOM, None), "gt_mask": _ATOM_1D,
     # masks added by pad_features (re-padded with False if padded again)
     "token_mask": _TOKEN_1D, "atom_mask": _ATOM_1D, "msa_mask": _MSA_2D,
     "template_mask": (TEMPL,),
