@@ -107,7 +107,7 @@ def test_step_on_trp_cage_gives_finite_loss_metrics_and_gradients():
     # its parameters structurally get no gradient. Everything else does, finite.
     for name, grad in grads.items():
         if name.startswith("template_embedder."):
-            assert grad is None, name
+            assert grad is None or grad.abs().sum() == 0, name
         else:
             assert grad is not None and torch.isfinite(grad).all(), name
 
@@ -192,6 +192,7 @@ def test_step_is_deterministic_for_a_fixed_generator_and_keeps_the_global_rng():
     loss_a, metrics_a, grads_a = _step(model, batch, seed=3)
     assert torch.equal(torch.get_rng_state(), rng_before)
     grads_a = {n: g.clone() for n, g in grads_a.items() if g is not None}
+    torch.manual_seed(1234)                                       # the global RNG plays no part
     loss_b, metrics_b, grads_b = _step(model, batch, seed=3)
     assert torch.equal(loss_a, loss_b) and metrics_a == metrics_b
     for name, grad in grads_a.items():
