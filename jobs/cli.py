@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # a bug, not bad input: one line, details only when asked
         print(f"error: internal error in foldray {args.command}: {err.__class__.__name__}: {err} "
               "(set FOLDRAY_DEBUG=1 for the traceback)", file=sys.stderr)
-        if __import__("os").environ.get("FOLDRAY_DEBUG"):
+        if os.environ.get("FOLDRAY_DEBUG"):
             traceback.print_exc()
         return 1
 

@@ -72,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = not args.quiet
-        remote_args = {"runtime_env": {"env_vars": worker_env()}} if worker_env() else {}
+        env = worker_env()
+        remote_args = {"runtime_env": {"env_vars": env}} if env else {}
         jobs = ray.data.from_items([{"source": f} for f in files]).flat_map(read_jobs_stage,
                                                                             **remote_args)
         jobs = jobs.materialize()

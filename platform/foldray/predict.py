@@ -21,7 +21,7 @@ from foldray.inputs.job import Job
 from foldray.io.confidences import SamplePrediction, write_prediction
 from foldray.io.weights import load_weights
 from foldray.model.alphafold3 import AlphaFold3, Prediction
-from foldray.model.confidence import token_frames
+from foldray.model.confidence import distogram_breaks, token_frames
 from foldray.model.config import ModelConfig, RuntimeConfig
 from foldray.model.ranking import summary_confidences
 
@@ -50,19 +50,12 @@ def named_config(name: str) -> ModelConfig:
 
 def contact_probabilities(distogram_logits: torch.Tensor, config: ModelConfig,
                           threshold: float = CONTACT_THRESHOLD) -> torch.Tensor:
-    """P(distance < 8 Å) from the distogram: the mass of bins whose upper edge is <= 8 Å.
-
-    Bins as the distogram head's (AF2/AF3): n_bins - 1 breaks evenly spaced between
-    min + w/2 and max - w/2 (2.3125 .. 21.6875 Å for 64 bins over 2-22 Å); bin k ends at
-    break k, the last bin is open.
-    """
-    c = config.confidence
-    n_bins = distogram_logits.shape[-1]
-    width = (c.distogram_max - c.distogram_min) / n_bins
-    breaks = torch.linspace(c.distogram_min + width / 2, c.distogram_max - width / 2, n_bins - 1)
-    inside = torch.cat([breaks <= threshold, torch.zeros(1, dtype=torch.bool)])
+    """P(distance < 8 Å) from the distogram: the mass of bins whose upper edge is <= 8 Å
+    (bin k ends at break k; the last bin is open)."""
+    breaks = distogram_breaks(config.confidence, device=distogram_logits.device)
+    inside = torch.cat([breaks <= threshold, breaks.new_zeros(1, dtype=torch.bool)])
     probs = torch.softmax(distogram_logits.float(), -1)
-    return (probs * inside.to(probs.device)).sum(-1)
+    return (probs * inside).sum(-1)
 
 
 class Predictor:

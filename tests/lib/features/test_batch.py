@@ -15,10 +15,8 @@ from foldray.features.batch import (
     feature_sizes,
     pad_features,
 )
-from foldray.features.pipeline import featurize_job
-from foldray.inputs.af3_json import parse_af3_json
 from foldray.residues import GAP
-from tests.data_paths import INPUTS
+from tests.model_helpers import featurized_inputs
 
 NAMES = ["102m.json", "2q2k.json", "tiny_protein_dna.json"]
 INDEX_FEATURES = ("atom_to_token", "token_centre_atom", "token_rep_atom")
@@ -26,12 +24,7 @@ INDEX_FEATURES = ("atom_to_token", "token_centre_atom", "token_rep_atom")
 
 @pytest.fixture(scope="module")
 def featurized() -> dict[str, dict[str, np.ndarray]]:
-    out = {}
-    for name in NAMES:
-        path = INPUTS / name
-        (job,) = parse_af3_json(path.read_text(), source=str(path))
-        out[name] = featurize_job(job).features
-    return out
+    return featurized_inputs(*NAMES)
 
 
 def sizes_of(features):
