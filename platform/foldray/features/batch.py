@@ -24,7 +24,10 @@ import torch
 from foldray.residues import GAP
 
 TOKEN, ATOM, MSA, TEMPL = "N_token", "N_atom", "N_msa", "N_templ"
-AXIS_NAMES = (TOKEN, ATOM, MSA, TEMPL)
+# axes of training targets only (foldray.features.targets): bonds of the bond loss, chain
+# copy slots and atom-symmetry rows of the permutation alignment (SI 4.2)
+BOND, COPY, PERM = "N_bond", "N_copy", "N_perm"
+AXIS_NAMES = (TOKEN, ATOM, MSA, TEMPL, BOND, COPY, PERM)
 
 Axes = tuple[str | None, ...]
 _TOKEN_1D: Axes = (TOKEN,)
@@ -51,12 +54,16 @@ FEATURE_AXES: dict[str, Axes] = {
     # bonds and indices
     "token_bonds": (TOKEN, TOKEN),
     "atom_to_token": _ATOM_1D, "token_centre_atom": _TOKEN_1D, "token_rep_atom": _TOKEN_1D,
-    # training targets (foldray.training.training_sample): experimental coordinates and
-    # which atoms the experiment resolved; padding atoms get 0 / False
-    "gt_coords": (ATOM, None), "gt_mask": _ATOM_1D,
+    # training targets (foldray.features.targets): experimental coordinates and which
+    # atoms the experiment resolved (padding atoms get 0 / False), resolution, bonded-ligand
+    # bonds, chain copies and atom symmetries (offsets: padding 0 is the identity)
+    "gt_coords": (ATOM, None), "gt_mask": _ATOM_1D, "gt_resolution": (),
+    "gt_bonds": (BOND, None), "gt_copy_coords": (COPY, ATOM, None),
+    "gt_copy_mask": (COPY, ATOM), "copy_self": _TOKEN_1D, "copy_allowed": (TOKEN, COPY),
+    "atom_perm_offset": (PERM, ATOM),
     # masks added by pad_features (re-padded with False if padded again)
     "token_mask": _TOKEN_1D, "atom_mask": _ATOM_1D, "msa_mask": _MSA_2D,
-    "template_mask": (TEMPL,),
+    "template_mask": (TEMPL,), "bond_mask": (BOND,),
 }
 
 # Pad values that are not 0. Index features pad with 0, a valid index, and are masked.
@@ -67,6 +74,8 @@ PAD_VALUES: dict[str, int | float] = {
 MASKS: dict[str, Axes] = {
     "token_mask": (TOKEN,), "atom_mask": (ATOM,), "msa_mask": (MSA, TOKEN), "template_mask": (TEMPL,),
 }
+# masks added only to samples that have a feature on their axis (training targets)
+OPTIONAL_MASKS: dict[str, Axes] = {"bond_mask": (BOND,)}
 
 # Bucket sizes: steps of at most 1.5x above 256, so for every n >= 0 the padding waste is
 # bucket_size(n) - n <= max(128, n / 2): above 256, N grows by <= 1.5x and pair
@@ -128,28 +137,33 @@ def _pad(name: str, array: np.ndarray, axes: Axes, target: Mapping[str, int]) ->
 
 
 def pad_features(features: Mapping[str, np.ndarray], *, n_token: int, n_atom: int,
-                 n_msa: int | None = None, n_templ: int | None = None) -> dict[str, np.ndarray]:
+                 n_msa: int | None = None, n_templ: int | None = None,
+                 target_sizes: Mapping[str, int] | None = None) -> dict[str, np.ndarray]:
     """Pad every feature to the given sizes and add bool masks (True = real).
 
-    n_msa / n_templ None keep the sample's own row / template count. A size smaller than
+    n_msa / n_templ None keep the sample's own row / template count; `target_sizes` gives
+    the training-target axes (N_bond, N_copy, N_perm; default: the sample's own). A size smaller than
     the sample's raises ValueError: cropping tokens and sampling MSA rows is featurization's
     job. Masks already present (a padded sample padded again) are padded with False, so
     they keep marking the originally real entries.
     """
     sizes = feature_sizes(features)
+    present = set(sizes)
     for label in AXIS_NAMES:
         sizes.setdefault(label, 0)
-    requested = {TOKEN: n_token, ATOM: n_atom, MSA: n_msa, TEMPL: n_templ}
+    requested = {**dict(target_sizes or {}), TOKEN: n_token, ATOM: n_atom, MSA: n_msa,
+                 TEMPL: n_templ}
     target: dict[str, int] = {}
     for label, size in sizes.items():
-        want = requested[label]
+        want = requested.get(label)
         if want is None:
             want = size
         if want < size:
             raise ValueError(f"pad_features: cannot pad {label}={size} down to {want}")
         target[label] = want
     out = {name: _pad(name, array, FEATURE_AXES[name], target) for name, array in features.items()}
-    for mask_name, axes in MASKS.items():
+    optional = {k: v for k, v in OPTIONAL_MASKS.items() if set(v) <= present}
+    for mask_name, axes in {**MASKS, **optional}.items():
         if mask_name not in out:
             real = np.ones(tuple(sizes[label] for label in axes), dtype=bool)
             out[mask_name] = _pad(mask_name, real, axes, target)
@@ -183,7 +197,10 @@ def collate(samples: Sequence[Mapping[str, np.ndarray]], *,
     for label, label_buckets in buckets.items():
         largest = max(size.get(label, 0) for size in sizes)
         target[label] = largest if label_buckets is None else bucket_size(largest, label_buckets)
+    for label in (BOND, COPY, PERM):
+        target[label] = max(size.get(label, 0) for size in sizes)
     padded = [pad_features(sample, n_token=target[TOKEN], n_atom=target[ATOM],
-                           n_msa=target[MSA], n_templ=target[TEMPL]) for sample in samples]
+                           n_msa=target[MSA], n_templ=target[TEMPL], target_sizes=target)
+              for sample in samples]
     return {name: torch.from_numpy(np.stack([sample[name] for sample in padded]))
             for name in padded[0]}

@@ -158,7 +158,7 @@ def _restype_of(mol_type: MolType, component: Component) -> int:
     return UNKNOWN_RESTYPE[mol_type]
 
 
-def _entity_keys(entities: tuple[Entity, ...]) -> list[int]:
+def entity_keys(entities: tuple[Entity, ...]) -> list[int]:
     """entity_id per entity: identical chemistry shares an id, as Table 5 asks."""
     keys: dict[tuple, int] = {}
     ids = []
@@ -175,7 +175,7 @@ def tokenize(job: Job, *, max_tokens: int | None = DEFAULT_MAX_TOKENS) -> Tokeni
     """Build atoms and tokens of every chain copy, in the order the job lists them."""
     user_ccd = parse_user_ccd(job.user_ccd, source=job.source) if job.user_ccd else None
     components = [entity_components(job, i, user_ccd) for i in range(len(job.entities))]
-    entity_ids = _entity_keys(job.entities)
+    entity_ids = entity_keys(job.entities)
     builder = _Builder()
     sym_counter: dict[int, int] = {}
     for entity_index, (entity, comps) in enumerate(zip(job.entities, components, strict=True)):

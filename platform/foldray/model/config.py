@@ -128,6 +128,8 @@ class LossConfig:
     weight_ligand: float = 10.0
     diffusion_batch: int = 48   # augmented noised copies per trunk pass (SI 3.7.1)
     mini_rollout_steps: int = 20
+    # SI 4.3: confidence losses only for structures resolved between 0.1 and 4 Å
+    confidence_resolution: tuple[float, float] = (0.1, 4.0)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -167,7 +169,7 @@ class ModelConfig:
             template=TemplateConfig(n_block=1, c_t=16),
             diffusion=DiffusionConfig(c_token=48, n_block=2, n_head=4, c_fourier=32, n_step=20),
             confidence=ConfidenceConfig(n_block=1),
-            loss=LossConfig(diffusion_batch=4, mini_rollout_steps=5),
+            loss=LossConfig(diffusion_batch=4, mini_rollout_steps=20),
         )
 
     @property
@@ -188,8 +190,13 @@ class ModelConfig:
         for key, value in data.items():
             if key not in nested:
                 raise ValueError(f"unknown model config key {key!r}")
-            kwargs[key] = sub_types[key](**value) if key in sub_types else value
+            kwargs[key] = _from_json(sub_types[key], value) if key in sub_types else value
         return cls(**kwargs)
+
+
+def _from_json(kind: type, values: dict[str, Any]) -> Any:
+    """A config section from JSON: lists become the tuples the dataclass declares."""
+    return kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 Kernels = Literal["auto", "triton", "torch"]

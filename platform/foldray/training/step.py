@@ -17,9 +17,12 @@ One step (SI 3.7.1 "the trunk runs once, the diffusion module many times"):
      trunk, SI 4.3.5);
   4. the distogram head on the trunk pair representation;
   5. `total_loss` with the SI 5.3 / Table 6 weights of LossConfig.
-Not done here: chain and atom permutation of the ground truth (SI 4.2; the caller's targets
-are used as given) and the bond loss (alpha_bond = 0 in the initial stage; the batch has no
-polymer-ligand bond list yet). Ray is never imported: Ray train workers call `train_step`.
+The mini-rollout runs before the diffusion copies are drawn because SI 4.2 renames the
+ground truth (chain copies, symmetric atoms) to match the rollout structure, and every
+loss then uses the renamed truth. The bond loss reads the batch's gt_bonds (weight
+alpha_bond: 0 initially, 1 when fine-tuning); the confidence losses only count for
+structures resolved at 0.1-4 Å (gt_resolution). Batches with only gt_coords / gt_mask
+skip what they lack. Ray is never imported: Ray train workers call `train_step`.
 """
 
 from __future__ import annotations
@@ -32,25 +35,35 @@ import torch
 from torch import Tensor
 
 from foldray.features.pipeline import FeaturizedJob
+from foldray.features.targets import training_targets
 from foldray.model.alphafold3 import AlphaFold3
 from foldray.model.confidence import EXACT, token_frames
 from foldray.model.config import LossConfig, RuntimeConfig
 from foldray.model.diffusion import diffusion_training_inputs
 from foldray.model.losses import LDDT_CUTOFFS, RADIUS_PROTEIN, total_loss
+from foldray.training.permutation import permute_ground_truth
 
 TrainBatch = Mapping[str, Tensor]
 
 
 def training_sample(featurized: FeaturizedJob) -> dict[str, np.ndarray]:
-    """Features + ground truth of one featurized (and usually cropped) structure, ready for
-    `collate`: adds gt_coords [N_atom, 3] float32 and gt_mask [N_atom] bool."""
-    targets = featurized.targets
-    if targets is None:
+    """Features + training targets of one featurized (usually cropped) structure, ready
+    for `collate`: gt_coords [N_atom, 3], gt_mask [N_atom], and what the bond loss, the
+    resolution filter and the permutation alignment need (foldray.features.targets)."""
+    if featurized.targets is None:
         raise ValueError(f"training_sample: job {featurized.job.name!r} has no ground truth "
                          f"(featurize a structure file, e.g. job_from_structure_file)")
-    return {**featurized.features,
-            "gt_coords": np.asarray(targets.coords, dtype=np.float32),
-            "gt_mask": np.asarray(targets.mask, dtype=bool)}
+    return {**featurized.features, **training_targets(featurized)}
+
+
+def confidence_mask(batch: TrainBatch, config: LossConfig) -> Tensor | None:
+    """[B] bool: SI 4.3 trains the confidence head only on structures resolved at 0.1-4 Å
+    (NMR and unknown resolution excluded). None when the batch has no resolution."""
+    if "gt_resolution" not in batch:
+        return None
+    resolution = batch["gt_resolution"].float()
+    low, high = config.confidence_resolution
+    return (resolution >= low) & (resolution <= high)
 
 
 # ---------------------------------------------------------------------------- metric
@@ -130,14 +143,18 @@ def train_step(model: AlphaFold3, batch: TrainBatch, *, generator: torch.Generat
         n_cycle = int(torch.randint(1, config.n_cycle + 1, (), generator=generator, device=gen_device))
     seed = int(torch.randint(0, 2 ** 62, (), generator=generator, device=gen_device))
     device = batch["token_mask"].device
-    x_gt = batch["gt_coords"].float()                                         # [B, N_atom, 3]
-    gt_mask = batch["gt_mask"].bool() & batch["atom_mask"].bool()            # [B, N_atom]
     autocast = runtime.precision == "bf16" and device.type == "cuda"
 
     with _seeded_global_rng(seed, device):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             trunk = model.run_trunk(batch, n_cycle=n_cycle, runtime=runtime,   # Alg 1 lines 1-14
                                     msa_rows=msa_rows, generator=generator)
+            with torch.no_grad():                                             # SI 4.1 mini-rollout
+                x_rollout = model.sample(batch, trunk, n_sample=1,
+                                         n_step=loss_config.mini_rollout_steps,
+                                         generator=generator, runtime=runtime)
+            # SI 4.2: the truth renamed (chains, then symmetric atoms) to match the rollout
+            x_gt, gt_mask = permute_ground_truth(x_rollout[:, 0], batch)      # [B, N_atom, 3]
             noised = diffusion_training_inputs(x_gt, gt_mask, n_copies,       # SI 3.7.1
                                                config.diffusion, generator)
             x_denoised = model.diffusion_module(                              # [B, n_copies, N_atom, 3]
@@ -145,16 +162,14 @@ def train_step(model: AlphaFold3, batch: TrainBatch, *, generator: torch.Generat
                 diffusion_chunk=runtime.diffusion_chunk,
                 checkpoint_chunks=runtime.checkpoint_activations)
             distogram_logits = model.distogram_head(trunk.z)                  # SI 4.4
-            with torch.no_grad():                                             # SI 4.1 mini-rollout
-                x_rollout = model.sample(batch, trunk, n_sample=1,
-                                         n_step=loss_config.mini_rollout_steps,
-                                         generator=generator, runtime=runtime)
             confidence = model.confidence(batch, trunk, x_rollout, runtime)  # stop-gradient inside
         total, terms = total_loss(
             batch, x_gt=x_gt, gt_mask=gt_mask, config=loss_config,
             confidence_config=config.confidence, sigma_data=config.diffusion.sigma_data,
             x_denoised=x_denoised, t_hat=noised.t, distogram_logits=distogram_logits,
             confidence=confidence, x_rollout=x_rollout, frames=token_frames(batch),
+            bond_index=batch.get("gt_bonds"), bond_mask=batch.get("bond_mask"),
+            confidence_mask=confidence_mask(batch, loss_config),
             sample_chunk=runtime.diffusion_chunk)
 
     metrics = {name: float(value) for name, value in terms.items()}

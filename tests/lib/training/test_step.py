@@ -142,6 +142,31 @@ def test_every_parameter_learns_and_confidence_weights_only_from_their_term():
             torch.testing.assert_close(no_conf[name], grad, rtol=1e-5, atol=1e-9, msg=name)
 
 
+def test_bond_loss_and_the_resolution_filter_reach_the_step():
+    """Fine-tuning weights (alpha_bond 1): the batch's gt_bonds enter the bond loss; the
+    confidence terms count only for 0.1-4 Å structures (1l2y is NMR: resolution 0)."""
+    model, batch = _model(), dict(_batch("1l2y"))
+    finetune = dataclasses.replace(CONFIG.loss, alpha_bond=1.0)
+    lookup = _featurized("1l2y", None).tokens.atom_lookup()
+    pairs = [[lookup[("A", 5, "CA")], lookup[("A", 5, "CB")]],
+             [lookup[("A", 5, "N")], lookup[("A", 5, "CA")]]]
+    batch["gt_bonds"] = torch.tensor([pairs], dtype=torch.int32)
+    batch["bond_mask"] = torch.tensor([[True, True]])
+    with torch.no_grad():
+        _, with_bonds = train_step(model, batch, generator=torch.Generator().manual_seed(0),
+                                   n_cycle=1, diffusion_batch=2, loss=finetune)
+        batch["bond_mask"] = torch.tensor([[False, False]])
+        _, masked = train_step(model, batch, generator=torch.Generator().manual_seed(0),
+                               n_cycle=1, diffusion_batch=2, loss=finetune)
+        batch["gt_resolution"] = torch.tensor([2.0])
+        _, resolved = train_step(model, batch, generator=torch.Generator().manual_seed(0),
+                                 n_cycle=1, diffusion_batch=2, loss=finetune)
+    assert with_bonds["bond"] > 0 and masked["bond"] == 0.0
+    assert with_bonds["diffusion"] > masked["diffusion"]      # the same draws, plus the bond term
+    assert with_bonds["plddt"] == with_bonds["pde"] == with_bonds["resolved"] == 0.0
+    assert resolved["plddt"] > 0 and resolved["pde"] > 0 and resolved["resolved"] > 0
+
+
 def test_diffusion_batch_is_the_number_of_noised_copies():
     model, batch = _model(), _batch("1l2y")
     calls = []
@@ -151,17 +176,19 @@ def test_diffusion_batch_is_the_number_of_noised_copies():
         train_step(model, batch, generator=torch.Generator().manual_seed(0), n_cycle=1,
                    diffusion_batch=3)
     n_atom = batch["atom_mask"].shape[-1]
-    # one training call on 3 copies, then the mini-rollout: 1 sample per sampler step
-    assert calls[0][0] == (1, 3, n_atom, 3)
-    assert [shape for shape, _ in calls[1:]] == [(1, 1, n_atom, 3)] * CONFIG.loss.mini_rollout_steps
+    # the mini-rollout first (1 sample per sampler step; SI 4.2 renames the truth to match
+    # it), then one training call on 3 copies
+    steps = CONFIG.loss.mini_rollout_steps
+    assert [shape for shape, _ in calls[:steps]] == [(1, 1, n_atom, 3)] * steps
+    assert [shape for shape, _ in calls[steps:]] == [(1, 3, n_atom, 3)]
     calls.clear()
     with torch.no_grad():
         train_step(model, batch, generator=torch.Generator().manual_seed(0), n_cycle=1)
-    assert calls[0][0][1] == CONFIG.loss.diffusion_batch                 # default: the config's
+    assert calls[-1][0][1] == CONFIG.loss.diffusion_batch                # default: the config's
     # the rollout runs without gradient even while training
     calls.clear()
     train_step(model, batch, generator=torch.Generator().manual_seed(0), n_cycle=1)
-    assert calls[0][1] and not any(grad for _, grad in calls[1:])
+    assert calls[-1][1] and not any(grad for _, grad in calls[:-1])
 
 
 def test_recycles_are_drawn_uniformly_from_one_to_n_cycle(monkeypatch):
