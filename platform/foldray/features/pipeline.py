@@ -15,6 +15,7 @@ from foldray.features.crop import CROP_WEIGHTS, crop_tokens, sample_crop_strateg
 from foldray.features.featurize import featurize
 from foldray.features.ground_truth import AtomTargets, align_ground_truth, drop_long_bonds
 from foldray.features.msa import ChainMsaInput, MsaFeatures, build_msa
+from foldray.features.templates import template_features
 from foldray.features.tokenize import DEFAULT_MAX_TOKENS, TokenizedStructure, select_tokens, tokenize
 from foldray.inputs.a3m import A3m, check_query, parse_a3m
 from foldray.inputs.job import Job, PolymerChain
@@ -144,6 +145,8 @@ def featurize_job(job: Job, *, seed: int = 0, max_tokens: int | None = DEFAULT_M
         targets = targets.select_atoms(atom_keep)
         tokens = select_tokens(tokens, selected)
         column = column[selected]
-    features = featurize(tokens, msa, column, rng=rng)
+    # templates after the crop; a training crop draws which templates to show (SI 2.4)
+    templates = template_features(job, tokens, rng=rng if crop is not None else None)
+    features = featurize(tokens, msa, column, rng=rng, templates=templates)
     return FeaturizedJob(job=job, tokens=tokens, features=features, targets=targets,
                          crop_strategy=strategy)
