@@ -1,0 +1,114 @@
+"""`foldray report` and `load_prediction` on real tiny-config predictions: plots decode
+with the right sizes and are not blank, the HTML page is self-contained, folders of
+predictions and result tables get a ranked page linking each job's report."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import shutil
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from matplotlib.image import imread
+
+from foldray.io.load_prediction import load_prediction
+from foldray.jobs.cli import main
+from tests.data_paths import INPUTS
+
+FAST = ["--samples", "2", "--steps", "4", "--recycles", "1", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def predictions(tmp_path_factory):
+    """Two real predictions: a protein + SMILES ligand complex and a protein-DNA complex."""
+    out = tmp_path_factory.mktemp("predictions")
+    for name in ("tiny_protein_ligand_smiles.json", "tiny_protein_dna.json"):
+        assert main(["predict", str(INPUTS / name), "--out", str(out), *FAST]) == 0
+    return out
+
+
+def _job_folder(root, stem):
+    (folder,) = [p for p in root.iterdir() if p.is_dir() and stem in p.name]
+    return folder
+
+
+def _png(data: bytes) -> np.ndarray:
+    return imread(io.BytesIO(data), format="png")
+
+
+def test_load_prediction_reads_the_top_model_and_every_sample(predictions):
+    folder = _job_folder(predictions, "dna")
+    pred = load_prediction(str(folder))
+    n_token = len(pred.confidences["token_chain_ids"])
+    assert pred.pae.shape == (n_token, n_token)
+    assert pred.chain_ids == ["A", "B", "C"]
+    assert {(s.seed, s.sample) for s in pred.samples} == {(1, 0), (1, 1)}
+    scores = [s.ranking_score for s in pred.samples]
+    assert scores == sorted(scores, reverse=True)
+    assert pred.summary["ranking_score"] == pytest.approx(scores[0], abs=0.01)
+    assert len(pred.structure[0]) == 3
+    other = pred.sample(1, 1)
+    assert other.pae.shape == pred.pae.shape
+    with pytest.raises(FileNotFoundError, match="summary_confidences"):
+        load_prediction(str(folder / "seed-1_sample-0" / ".."  / ".."))
+
+
+def test_load_prediction_reads_an_af3_layout_folder(predictions, tmp_path):
+    """AF3's folder layout (the same file names) with AF3's own top-level files only."""
+    source = _job_folder(predictions, "ligand")
+    af3 = tmp_path / "af3_job"
+    af3.mkdir()
+    stem = source.name
+    for suffix in ("_model.cif", "_confidences.json", "_summary_confidences.json",
+                   "_ranking_scores.csv", "_data.json"):
+        shutil.copy(source / f"{stem}{suffix}", af3 / f"{stem}{suffix}")
+    pred = load_prediction(str(af3))
+    assert pred.name == stem and pred.samples and not any(s.folder for s in pred.samples)
+    assert pred.residue_plddts()
+
+
+def test_report_writes_non_blank_plots_and_a_self_contained_page(predictions):
+    folder = _job_folder(predictions, "dna")
+    assert main(["report", str(folder)]) == 0
+    report = folder / "report"
+    for name, (height, width) in {"pae": (540, 640), "plddt": (360, 800)}.items():
+        image = _png((report / f"{name}.png").read_bytes())
+        assert image.shape[:2] == (height, width), name
+        assert image[..., :3].std() > 0.05, name            # not a blank canvas
+    assert _png((report / "chain_pair_iptm.png").read_bytes())[..., :3].std() > 0.05
+    page = (report / "report.html").read_text()
+    # offline: no external scripts, styles or images; 3Dmol and the model inline
+    assert not re.search(r"""(src|href)=["']https?://""", page)
+    assert "$3Dmol" in page and "createViewer" in page
+    assert "_atom_site" in page                              # the mmCIF travels with the page
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(images) == 3 and all(_png(base64.b64decode(i)).size for i in images)
+    summary = json.loads(next(folder.glob("*_summary_confidences.json")).read_text())
+    assert f"{summary['ranking_score']}" in page
+
+
+def test_report_on_a_folder_and_on_a_results_table_links_every_job(predictions, tmp_path):
+    assert main(["report", str(predictions)]) == 0
+    index = (predictions / "report" / "index.html").read_text()
+    for folder in (p for p in predictions.iterdir() if p.is_dir() and p.name != "report"):
+        link = f"../{folder.name}/report/report.html"
+        assert f'href="{link}"' in index
+        assert (predictions / "report" / link).resolve().exists()
+    # a screen-style table with a failure: every row listed, the error shown
+    rows = [{"ligand_id": f"L{i}", "smiles": "CCO", "status": "ok", "error": "",
+             "ranking_score": 0.1 * i, "iptm": 0.05 * i, "output": ""} for i in range(5)]
+    rows.append({"ligand_id": "BAD", "smiles": "C1CC", "status": "error",
+                 "error": "SMILES parse error: unclosed ring", "ranking_score": None,
+                 "iptm": None, "output": ""})
+    table = tmp_path / "screen.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), table)
+    assert main(["report", str(table)]) == 0
+    page = (tmp_path / "screen_report.html").read_text()
+    for row in rows:
+        assert f">{row['ligand_id']}<" in page
+    assert "unclosed ring" in page and "6 rows" in page
