@@ -112,3 +112,35 @@ def test_report_on_a_folder_and_on_a_results_table_links_every_job(predictions, 
     for row in rows:
         assert f">{row['ligand_id']}<" in page
     assert "unclosed ring" in page and "6 rows" in page
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium); "
+                    ".ci/run installs it where it can")
+def test_the_page_renders_offline_in_headless_chromium(predictions, tmp_path):
+    import subprocess
+
+    folder = _job_folder(predictions, "dna")
+    page = tmp_path / "report.html"
+    assert main(["report", str(folder), "--html", str(page)]) == 0
+    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--use-angle=swiftshader",
+             "--enable-unsafe-swiftshader", "--host-resolver-rules=MAP * ~NOTFOUND",
+             "--window-size=1200,1600", "--force-device-scale-factor=1",
+             "--virtual-time-budget=8000", f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True,
+                         timeout=120).stdout
+    atoms = int(re.search(r'data-atoms="(\d+)"', dom)[1])
+    st = load_prediction(str(folder)).structure
+    assert atoms == st[0].count_atom_sites()                 # the whole model is in the viewer
+    x, y, w, h = map(int, re.search(r'data-rect="([\d,]+)"', dom)[1].split(","))
+    shot = tmp_path / "shot.png"
+    subprocess.run([*flags, f"--screenshot={shot}", page.as_uri()], capture_output=True,
+                   timeout=120, check=True)
+    image = imread(shot)[..., :3]
+    viewer = image[y + 2:y + h - 2, x + 2:x + w - 2]
+    drawn = (np.abs(viewer - 1.0).sum(-1) > 0.15).mean()      # non-white pixels in the canvas
+    assert 0.002 < drawn < 0.9
+    below = image[y + h + 40:]                                # the plots follow the viewer
+    assert (np.abs(below - 1.0).sum(-1) > 0.15).mean() > 0.01

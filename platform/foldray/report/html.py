@@ -109,6 +109,10 @@ def _viewer_js(model_cif: str) -> str:
   viewer.setStyle({{hetflag: true}}, {{stick: {{colorfunc: colour, radius: 0.2}}}});
   viewer.zoomTo(); viewer.render();
   window.foldrayViewer = viewer;
+  // what was drawn, for checks in a headless browser
+  const el = document.getElementById('viewer'), r = el.getBoundingClientRect();
+  el.dataset.atoms = viewer.selectedAtoms({{}}).length;
+  el.dataset.rect = [r.left + scrollX, r.top + scrollY, r.width, r.height].map(Math.round).join(',');
 }})();
 """
 
