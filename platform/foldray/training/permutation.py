@@ -143,7 +143,8 @@ def permute_ground_truth(x_pred: Tensor, batch: Mapping[str, Tensor]) -> tuple[T
 
     A batch without the permutation targets (PERMUTATION_KEYS) keeps its ground truth.
     """
-    gt, mask = batch["gt_coords"].float(), batch["gt_mask"].bool() & batch["atom_mask"].bool()
+    real = batch["atom_mask"].bool()
+    gt, mask = batch["gt_coords"].float(), batch["gt_mask"].bool() & real
     if not all(key in batch for key in PERMUTATION_KEYS):
         return gt, mask
     out_x, out_mask = [], []
@@ -155,9 +156,10 @@ def permute_ground_truth(x_pred: Tensor, batch: Mapping[str, Tensor]) -> tuple[T
             atom_slot = slots[example["atom_to_token"].long()]               # [N_atom]
             atoms = torch.arange(atom_slot.shape[0], device=atom_slot.device)
             x_b = example["gt_copy_coords"][atom_slot, atoms].float()
-            m_b = example["gt_copy_mask"][atom_slot, atoms].bool() & mask[b]
+            # resolved-ness comes with the copy taken, not with the chain's own truth
+            m_b = example["gt_copy_mask"][atom_slot, atoms].bool() & real[b]
             x_b, m_b = choose_atom_symmetry(pred, x_b, m_b, example["atom_perm_offset"],
                                             example["ref_space_uid"])
             out_x.append(x_b.float())
-            out_mask.append(m_b & mask[b])
+            out_mask.append(m_b & real[b])
     return torch.stack(out_x), torch.stack(out_mask)

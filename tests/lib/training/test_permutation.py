@@ -112,3 +112,16 @@ def test_chains_linked_to_glycans_keep_their_names_while_free_copies_swap():
     for chain in "BDEF":
         atoms = _chain_atoms(batch, ids[chain])
         torch.testing.assert_close(gt[0][atoms & mask[0]], batch["gt_coords"][0][atoms & mask[0]])
+
+
+def test_a_swapped_chain_takes_the_resolved_atoms_of_the_copy_it_now_names():
+    batch = _batch("2rtg")      # the two streptavidin copies resolve different residues
+    own = batch["copy_self"][0]
+    ids = _chain_index("2rtg")
+    first = {c: int(torch.nonzero(batch["asym_id"][0] == ids[c] + 1)[0]) for c in "AB"}
+    swap = {ids[c]: 1 - int(own[first[c]]) for c in "AB"}
+    x_swapped, m_swapped = _slot_coords(batch, swap)
+    assert not torch.equal(m_swapped, batch["gt_mask"][0])
+    gt, mask = permute_ground_truth(_moved(x_swapped, seed=5)[None], batch)
+    a = _chain_atoms(batch, ids["A"])
+    assert torch.equal(mask[0][a], m_swapped[a])
