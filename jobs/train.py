@@ -1,0 +1,154 @@
+"""`foldray train`: distributed training / fine-tuning of the model on Ray Train.
+
+    python -m foldray.jobs.train --config configs/tiny_cpu.yaml [key=value ...]
+    ray job submit --working-dir . -- python -m foldray.jobs.train --config configs/initial_training.yaml
+
+One YAML file per run (keys: configs/README.md); `key=value` arguments override dotted keys
+(`run.max_steps=20 scaling.num_workers=4`). A TorchTrainer runs
+foldray.actors.train_worker.train_loop_per_worker on `scaling.num_workers` workers (DDP: NCCL
+on GPUs, gloo on CPUs); checkpoints go to `<run.storage_path>/<name>/` on local disk or
+s3://. Rerunning with the same name and storage path resumes from the latest checkpoint;
+FailureConfig restarts failed workers from it. Without RAY_ADDRESS (or --address) an
+embedded local Ray is started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from typing import Any
+from urllib.parse import urlparse
+
+from foldray.jobs.ray_setup import connect_ray, worker_env
+from foldray.training.config import DataSource, TrainConfig, load_train_config
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(prog="foldray train", description=__doc__,
+                                               formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="training config YAML (local path or URL)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="dotted config overrides, e.g. run.max_steps=100 optimizer.lr=1e-3")
+    parser.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or local)")
+    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for an embedded local Ray")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    return parser
+
+
+def storage_target(storage_path: str) -> tuple[str, Any]:
+    """(storage_path, storage_filesystem) for RunConfig.
+
+    s3:// paths get a pyarrow S3FileSystem: pyarrow ignores AWS_ENDPOINT_URL, so an explicit
+    endpoint (MinIO, SeaweedFS, R2 ...) is passed as endpoint_override. Credentials come from
+    the driver's AWS_* variables (passed explicitly) or the instance role. Local paths are
+    made absolute (Ray Train needs that) and use Ray's default local filesystem.
+    """
+    if not storage_path.startswith("s3://"):
+        if "://" in storage_path:
+            return storage_path, None
+        return os.path.abspath(storage_path), None
+    from pyarrow import fs as pafs
+
+    kwargs: dict[str, Any] = {"region": os.environ.get("AWS_REGION")
+                              or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"}
+    if os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
+        # explicit, so the filesystem carries them to Ray's train controller process, which
+        # does not see this driver's environment (without them: the default AWS chain)
+        kwargs.update(access_key=os.environ["AWS_ACCESS_KEY_ID"],
+                      secret_key=os.environ["AWS_SECRET_ACCESS_KEY"],
+                      session_token=os.environ.get("AWS_SESSION_TOKEN"))
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        parsed = urlparse(endpoint)
+        kwargs["endpoint_override"] = parsed.netloc or parsed.path
+        kwargs["scheme"] = parsed.scheme or "https"
+    return storage_path[len("s3://"):].rstrip("/"), pafs.S3FileSystem(**kwargs)
+
+
+def absolute_local_paths(config: TrainConfig) -> TrainConfig:
+    """Local relative paths resolved against the driver's working directory: train workers
+    run elsewhere (their own working directory, or another node)."""
+    def fix(path: str | None) -> str | None:
+        return path if path is None or "://" in path else os.path.abspath(path)
+
+    def sources(items: tuple[DataSource, ...]) -> tuple[DataSource, ...]:
+        return tuple(dataclasses.replace(s, path=fix(s.path), msa_dir=fix(s.msa_dir)) for s in items)
+
+    return dataclasses.replace(
+        config,
+        data=dataclasses.replace(config.data, train=sources(config.data.train),
+                                 validation=sources(config.data.validation)),
+        finetune=dataclasses.replace(config.finetune, init_checkpoint=fix(config.finetune.init_checkpoint)),
+        run=dataclasses.replace(config.run, storage_path=fix(config.run.storage_path),
+                                fail_marker=fix(config.run.fail_marker)))
+
+
+def make_trainer(config: TrainConfig) -> Any:
+    """The TorchTrainer of one run (Ray must be initialised)."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from foldray.actors.placement import stage_resources
+    from foldray.actors.train_worker import train_loop_per_worker
+
+    scaling = config.scaling
+    use_gpu = scaling.gpus_per_worker > 0
+    # on clusters whose GPU nodes advertise `foldray_model` (cluster.yaml), train workers ask
+    # for it (one unit per GPU), so they never land on the CPU featurization nodes
+    resources = {"CPU": scaling.cpus_per_worker,
+                 **stage_resources("model", scaling.gpus_per_worker if use_gpu else 1.0),
+                 **scaling.resources_per_worker}
+    if use_gpu:
+        resources["GPU"] = scaling.gpus_per_worker
+    storage_path, filesystem = storage_target(config.run.storage_path)
+    env = worker_env()
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"train": config.to_dict()},
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=use_gpu,
+                                     resources_per_worker=resources,
+                                     placement_strategy=scaling.placement_strategy),
+        run_config=RunConfig(
+            name=config.name, storage_path=storage_path, storage_filesystem=filesystem,
+            failure_config=FailureConfig(max_failures=config.run.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=config.run.keep_checkpoints),
+            worker_runtime_env={"env_vars": env} if env else None),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from foldray.errors import InputError
+
+    try:
+        config = absolute_local_paths(load_train_config(args.config, args.overrides))
+    except (ValueError, InputError, FileNotFoundError) as err:   # the user's config, not a bug
+        print(f"error: {args.config}: {err}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(json.dumps(config.to_dict(), indent=1))
+        return 0
+    started = time.perf_counter()
+    with connect_ray(args.address, num_cpus=args.num_cpus):
+        result = make_trainer(config).fit()
+    metrics = result.metrics or {}
+    checkpoint = result.checkpoint.path if result.checkpoint else None
+    print(f"foldray train: run {config.name!r} finished at step {metrics.get('step')} in "
+          f"{time.perf_counter() - started:.0f} s; loss {metrics.get('loss')}; "
+          f"checkpoint {checkpoint}")
+    if result.error:
+        print(f"error: {result.error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,326 @@
+"""Training run configuration (SI 5.2-5.4, Table 6; data mixture SI 2.5), loaded from YAML.
+
+One YAML file describes one run; `key=value` overrides with dotted keys change single
+values (`optimizer.lr=5e-4`, `stage.name=finetune1`). Frozen, keyword-only dataclasses like
+`foldray.model.config`; unknown keys are errors, so a typo never trains the wrong thing.
+Every key is documented in `configs/README.md`.
+
+What the model *is* comes from `model` (a preset plus dotted overrides, or the config stored
+in `finetune.init_checkpoint`); the training stage (`stage`) picks crop size, diffusion batch
+and loss weights of SI Table 6; everything about Ray (workers, GPUs, storage) is in
+`scaling` and `run`, and only `foldray.jobs.train` / `foldray.actors.train_worker` read it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import yaml
+
+from foldray.model.config import LossConfig, ModelConfig, RuntimeConfig
+
+StageName = Literal["initial", "finetune1", "finetune2", "finetune3"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class StagePreset:
+    """One column of SI Table 6 (and the 5.3 loss weights that change with it)."""
+
+    crop_size: int
+    diffusion_batch: int
+    loss: dict[str, float]
+
+
+# SI Table 6 / 5.2 / 5.3. Fine-tuning 1 turns smooth lDDT off and the polymer-ligand bond
+# loss on; stage 2 keeps that; stage 3 trains the PAE head only (structure and distogram
+# losses off, alpha_pae = 1). The dataset-mixture rows of Table 6 (distillation sets, max
+# chains) belong to the data sources of a run, not to this table.
+STAGES: dict[str, StagePreset] = {
+    "initial": StagePreset(crop_size=384, diffusion_batch=48,
+                           loss={"alpha_bond": 0.0, "alpha_smooth_lddt": 1.0, "alpha_pae": 0.0}),
+    "finetune1": StagePreset(crop_size=640, diffusion_batch=32,
+                             loss={"alpha_bond": 1.0, "alpha_smooth_lddt": 0.0, "alpha_pae": 0.0}),
+    "finetune2": StagePreset(crop_size=768, diffusion_batch=32,
+                             loss={"alpha_bond": 1.0, "alpha_smooth_lddt": 0.0, "alpha_pae": 0.0}),
+    "finetune3": StagePreset(crop_size=768, diffusion_batch=32,
+                             loss={"alpha_bond": 1.0, "alpha_smooth_lddt": 0.0, "alpha_pae": 1.0,
+                                   "alpha_diffusion": 0.0, "alpha_distogram": 0.0}),
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSpec:
+    """A ModelConfig preset ("tiny" | "full") plus dotted overrides, e.g. pairformer.n_block: 4."""
+
+    preset: Literal["tiny", "full"] = "full"
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def build(self) -> ModelConfig:
+        config = ModelConfig.tiny() if self.preset == "tiny" else ModelConfig.full()
+        data = config.to_dict()
+        for key, value in self.overrides.items():
+            _set_dotted(data, key, value, where="model.overrides")
+        return ModelConfig.from_dict(data)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StageConfig:
+    """The SI training stage; explicit values override the stage's Table 6 column."""
+
+    name: StageName = "initial"
+    crop_size: int | None = None
+    diffusion_batch: int | None = None
+    loss: dict[str, float] = field(default_factory=dict)   # LossConfig field -> value
+
+    @property
+    def preset(self) -> StagePreset:
+        return STAGES[self.name]
+
+    def resolved_crop_size(self) -> int:
+        return self.crop_size if self.crop_size is not None else self.preset.crop_size
+
+    def resolved_diffusion_batch(self) -> int:
+        return self.diffusion_batch if self.diffusion_batch is not None else self.preset.diffusion_batch
+
+    def loss_config(self, base: LossConfig) -> LossConfig:
+        """`base` (the model's LossConfig) with the stage's weights, then the explicit ones."""
+        values = {**self.preset.loss, **self.loss,
+                  "diffusion_batch": self.resolved_diffusion_batch()}
+        known = {f.name for f in dataclasses.fields(LossConfig)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"stage.loss: unknown LossConfig fields {unknown}; known: {sorted(known)}")
+        return dataclasses.replace(base, **values)
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimizerConfig:
+    """SI 5.4 (Adam, warm-up, step decay, clipping) and 5.6 (EMA for inference)."""
+
+    lr: float = 1.8e-3
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    warmup_steps: int = 1000       # linear from 0
+    decay_factor: float = 0.95
+    decay_every: int = 50_000
+    grad_clip_norm: float | None = 10.0
+    ema_decay: float = 0.999
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataSource:
+    """One dataset of the mixture (SI 2.5, Table 3).
+
+    `path`: a folder or s3:// prefix of mmCIF files (.cif, .cif.gz, .mmcif), or a Parquet
+    manifest (.parquet, see foldray.training.data). `msa_dir`: a3m files matched by name,
+    `<structure>_<chain>.a3m` (unpaired) and `<structure>_<chain>_paired.a3m`. `weight`: the
+    dataset's share of draws. `crop_dataset`: its row of SI Table 4 (crop strategy weights).
+    `names`: only these structures (file stems), e.g. to hold some out for validation.
+    """
+
+    path: str
+    msa_dir: str | None = None
+    weight: float = 1.0
+    crop_dataset: str = "weighted_pdb"
+    names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    train: tuple[DataSource, ...] = ()
+    validation: tuple[DataSource, ...] = ()
+    batch_size: int = 1                # structures per worker per micro-step (SI: 256 in all)
+    loader_workers: int = 2            # featurizing DataLoader processes per train worker
+    prefetch_factor: int = 4           # batches each loader process keeps ready
+    max_msa_rows: int = 16384
+    msa_rows: int | None = None        # MSA rows the model samples per recycle (None = all)
+    max_validation_structures: int = 8
+    validation_max_tokens: int = 384   # larger validation structures are cropped to this
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinetuneConfig:
+    """Start from a foldray checkpoint and train part of the model on new data."""
+
+    init_checkpoint: str | None = None   # a safetensors file or a train checkpoint folder
+    use_ema: bool = True                 # from a train checkpoint: start from its EMA weights
+    freeze_trunk: bool = False           # train only diffusion module and heads
+    train_modules: tuple[str, ...] = ()  # only these top-level modules (e.g. confidence_head)
+    lr: float | None = None              # replaces optimizer.lr
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScalingSpec:
+    """Ray Train ScalingConfig: worker count and what each worker gets."""
+
+    num_workers: int = 1
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
+    resources_per_worker: dict[str, float] = field(default_factory=dict)
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSpec:
+    """Length, cadence, storage and fault tolerance of the run."""
+
+    storage_path: str = "foldray_out/train"   # local folder or s3:// prefix
+    max_steps: int = 1000
+    grad_accumulation: int = 1
+    report_every: int = 10
+    checkpoint_every: int = 500
+    validate_every: int | None = None
+    keep_checkpoints: int = 3
+    max_failures: int = 2
+    precision: Literal["fp32", "bf16"] = "bf16"   # bf16 autocast applies on GPU only
+    n_cycle: int | None = None                    # None: U{1..model n_cycle} per step
+    chunk_size: int | None = None
+    checkpoint_activations: bool = False
+    validation_n_sample: int = 1
+    validation_n_step: int | None = None          # sampler steps (None: the model's)
+    # Testing aid: raise once in rank 0 at this step (a marker file makes it fire once).
+    fail_once_at_step: int | None = None
+    fail_marker: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    name: str = "foldray-train"
+    seed: int = 0
+    model: ModelSpec = field(default_factory=ModelSpec)
+    stage: StageConfig = field(default_factory=StageConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    scaling: ScalingSpec = field(default_factory=ScalingSpec)
+    run: RunSpec = field(default_factory=RunSpec)
+
+    def loss_config(self, model: ModelConfig) -> LossConfig:
+        return self.stage.loss_config(model.loss)
+
+    def runtime(self) -> RuntimeConfig:
+        return RuntimeConfig(precision=self.run.precision, chunk_size=self.run.chunk_size,
+                             checkpoint_activations=self.run.checkpoint_activations)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        config = _build(cls, data, "")
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Cross-field checks that the types alone cannot express."""
+        if self.stage.resolved_crop_size() < 1 or self.stage.resolved_diffusion_batch() < 1:
+            raise ValueError("stage.crop_size and stage.diffusion_batch must be >= 1")
+        if self.run.grad_accumulation < 1 or self.data.batch_size < 1:
+            raise ValueError("run.grad_accumulation and data.batch_size must be >= 1")
+        if min(self.run.report_every, self.run.checkpoint_every, self.run.max_steps) < 1:
+            raise ValueError("run.report_every, run.checkpoint_every, run.max_steps must be >= 1")
+        if self.scaling.num_workers < 1:
+            raise ValueError("scaling.num_workers must be >= 1")
+        if self.finetune.freeze_trunk and self.finetune.train_modules:
+            raise ValueError("finetune: give freeze_trunk or train_modules, not both")
+        if any(s.weight <= 0 for s in self.data.train):
+            raise ValueError("data.train: every source weight must be > 0")
+        self.model.build()                    # model.overrides name real fields
+        self.stage.loss_config(LossConfig())  # stage.loss names real LossConfig fields
+
+
+def load_train_config(text_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """A TrainConfig from YAML text or a local/URL path, with `key=value` overrides applied."""
+    from foldray.io import storage
+
+    text = text_or_path
+    if "\n" not in text_or_path and text_or_path.endswith((".yaml", ".yml")):
+        text = storage.read_text(text_or_path)
+    data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise ValueError("a training config is a YAML mapping")
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {item!r}: expected key=value (dotted key)")
+        _set_dotted(data, key.strip(), yaml.safe_load(raw), where="overrides", create=True)
+    return TrainConfig.from_dict(data)
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any, *, where: str, create: bool = False) -> None:
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        if part not in node and create:
+            node[part] = {}
+        if not isinstance(node.get(part), dict):
+            raise ValueError(f"{where}: {key!r} does not name a config field")
+        node = node[part]
+    if parts[-1] not in node and not create:
+        raise ValueError(f"{where}: {key!r} does not name a config field")
+    node[parts[-1]] = value
+
+
+def _plain(value: Any) -> Any:
+    """asdict output with tuples as lists (YAML/JSON friendly)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ValueError(f"{where or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{where or 'config'}: unknown keys {unknown}; known: {sorted(names)}")
+    return cls(**{k: _convert(hints[k], v, f"{where}.{k}".lstrip(".")) for k, v in data.items()})
+
+
+def _convert(hint: Any, value: Any, where: str) -> Any:
+    """Check and convert one YAML value against a dataclass field's type."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], value, where)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    if origin is Literal:
+        if value not in args:
+            raise ValueError(f"{where}: {value!r} is not one of {list(args)}")
+        return value
+    if origin is tuple:
+        if isinstance(value, str) or not isinstance(value, list | tuple):
+            value = [value]
+        return tuple(_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        try:
+            return float(value)   # YAML 1.1 reads "1e-8" (no dot) as a string
+        except ValueError:
+            pass
+    if hint in (int, str, bool) and not (isinstance(value, hint) and
+                                         not (hint is int and isinstance(value, bool))):
+        raise ValueError(f"{where}: expected {hint.__name__}, got {value!r}")
+    if hint is Any:
+        return value
+    return value

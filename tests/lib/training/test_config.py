@@ -1,0 +1,70 @@
+"""Training config: YAML files in configs/, overrides, SI Table 6 stages, strict keys."""
+
+import dataclasses
+
+import pytest
+
+from foldray.model.config import LossConfig, ModelConfig
+from foldray.training.config import STAGES, TrainConfig, load_train_config
+from tests.data_paths import REPO
+
+CONFIGS = REPO / "configs"
+
+
+@pytest.mark.parametrize("name", ["tiny_cpu", "initial_training", "finetune"])
+def test_shipped_configs_load(name):
+    config = load_train_config(str(CONFIGS / f"{name}.yaml"))
+    assert config.data.train and config.run.max_steps > 0
+    assert TrainConfig.from_dict(config.to_dict()) == config          # round trip
+
+
+def test_initial_training_is_si_stage_one():
+    config = load_train_config(str(CONFIGS / "initial_training.yaml"))
+    assert config.model.build() == ModelConfig.full()
+    assert config.stage.resolved_crop_size() == 384 and config.stage.resolved_diffusion_batch() == 48
+    o = config.optimizer
+    assert (o.lr, o.beta1, o.beta2, o.eps, o.warmup_steps, o.decay_factor, o.decay_every,
+            o.grad_clip_norm, o.ema_decay) == (1.8e-3, 0.9, 0.95, 1e-8, 1000, 0.95, 50_000, 10.0, 0.999)
+    assert config.loss_config(ModelConfig.full()) == dataclasses.replace(LossConfig(), diffusion_batch=48)
+    # the SI batch of 256 structures
+    assert config.scaling.num_workers * config.data.batch_size * config.run.grad_accumulation == 256
+
+
+def test_stage_presets_follow_table_6():
+    base = LossConfig()
+    assert [STAGES[s].crop_size for s in STAGES] == [384, 640, 768, 768]
+    assert [STAGES[s].diffusion_batch for s in STAGES] == [48, 32, 32, 32]
+    ft1 = load_train_config("stage: {name: finetune1}\n").loss_config(ModelConfig.full())
+    assert (ft1.alpha_bond, ft1.alpha_smooth_lddt, ft1.alpha_pae, ft1.diffusion_batch) == (1.0, 0.0, 0.0, 32)
+    ft3 = load_train_config("stage: {name: finetune3}\n").loss_config(ModelConfig.full())
+    assert (ft3.alpha_pae, ft3.alpha_diffusion, ft3.alpha_distogram) == (1.0, 0.0, 0.0)
+    assert ft3.alpha_confidence == base.alpha_confidence
+    explicit = load_train_config("stage: {name: finetune3, crop_size: 64, loss: {alpha_pae: 0.5}}\n")
+    assert explicit.stage.resolved_crop_size() == 64
+    assert explicit.loss_config(ModelConfig.full()).alpha_pae == 0.5
+
+
+def test_overrides_and_model_overrides():
+    config = load_train_config(str(CONFIGS / "tiny_cpu.yaml"), [
+        "run.max_steps=7", "optimizer.lr=1e-4", "scaling.num_workers=3",
+        "model.overrides={pairformer.n_block: 1}", "data.train=[{path: /x, names: [a, b]}]"])
+    assert config.run.max_steps == 7 and config.optimizer.lr == 1e-4      # "1e-4" is a float
+    assert config.scaling.num_workers == 3
+    assert config.model.build().pairformer.n_block == 1
+    assert config.data.train[0].path == "/x" and config.data.train[0].names == ("a", "b")
+
+
+@pytest.mark.parametrize(("text", "overrides", "message"), [
+    ("optimiser: {lr: 1}\n", [], "unknown keys"),
+    ("", ["run.max_stepz=3"], "unknown keys"),
+    ("stage: {name: stage9}\n", [], "not one of"),
+    ("run: {max_steps: ten}\n", [], "expected int"),
+    ("model: {overrides: {pairformer.n_blok: 1}}\n", [], "does not name"),
+    ("", ["run.max_steps"], "key=value"),
+    ("finetune: {freeze_trunk: true, train_modules: [confidence_head]}\n", [], "not both"),
+    ("stage: {loss: {alpha_nothing: 1.0}}\n", [], None),
+])
+def test_bad_configs_are_rejected(text, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        config = load_train_config(text or "name: x\n", overrides)
+        config.loss_config(ModelConfig.tiny())
