@@ -1,0 +1,86 @@
+"""Screen jobs, the target cache and batched prediction (foldray.screening, batched_predict)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from foldray.batched_predict import group_by_size, predict_group, predict_many
+from foldray.errors import InputError
+from foldray.features.pipeline import featurize_job
+from foldray.inputs.af3_json import parse_af3_json
+from foldray.predict import Predictor, PredictSettings
+from foldray.screening import (
+    LigandSpec,
+    TargetCache,
+    check_ligand,
+    featurize_screen_job,
+    ligand_job,
+    screen_metrics,
+    target_key,
+)
+from tests.data_paths import INPUTS
+
+SETTINGS = PredictSettings(n_sample=2, n_step=3, n_cycle=1)
+
+
+def _target(name: str = "102m.json", keep: int = 1):
+    data = json.loads((INPUTS / name).read_text())
+    data["sequences"] = data["sequences"][:keep]            # protein (+MSA) only
+    return parse_af3_json(json.dumps(data), source=str(INPUTS / name))[0]
+
+
+def test_screen_featurization_equals_featurize_job_and_parses_msa_once(monkeypatch):
+    target = _target()                                       # 154 aa myoglobin with a 98-row MSA
+    assert target.entities[0].unpaired_msa
+    cache = TargetCache()
+    for ligand in (LigandSpec(id="Ibu", smiles="CC(C)Cc1ccc(cc1)C(C)C(=O)O"),
+                   LigandSpec(id="heme", ccd="HEM")):
+        job = ligand_job(target, ligand)
+        assert job.name == ligand.id.lower() and job.entities[-1].ids == ("B",)
+        cached = featurize_screen_job(job, cache.get(target), seed=3)
+        direct = featurize_job(job, seed=3, with_targets=False)
+        assert cached.features.keys() == direct.features.keys()
+        for name, value in direct.features.items():
+            np.testing.assert_array_equal(cached.features[name], value, err_msg=name)
+    assert (cache.hits, cache.misses) == (1, 1)
+    # a different target (another MSA) is another entry
+    assert target_key(_target("5zyh.json")) != target_key(target)
+
+
+def test_check_ligand_reports_rdkit_reason_and_field():
+    with pytest.raises(InputError) as err:
+        check_ligand(LigandSpec(id="bad", smiles="C1CC(N"), field="sequences[1].ligand")
+    assert err.value.field == "sequences[1].ligand.smiles" and err.value.job == "bad"
+    assert "RDKit could not parse" in err.value.message
+    with pytest.raises(InputError, match="unknown CCD code 'ZZZQ'"):
+        check_ligand(LigandSpec(id="x", ccd="ZZZQ"))
+    check_ligand(LigandSpec(id="atp", ccd="ATP"))
+
+
+def test_batched_prediction_matches_single_and_pads_mixed_sizes():
+    predictor = Predictor.load(None, config="tiny")
+    target = _target("1l2y.json")
+    small = featurize_job(ligand_job(target, LigandSpec(id="a", smiles="CCO")), seed=1,
+                          with_targets=False)
+    large = featurize_job(ligand_job(target, LigandSpec(id="b", smiles="c1ccccc1CCCCCCCCCCCCCC")),
+                          seed=1, with_targets=False)
+    # one job alone: exactly Predictor's own result
+    (alone,) = predict_group(predictor, [(small, 1)], SETTINGS)
+    _, reference = predictor.predict_job(small.job, PredictSettings(seeds=(1,), n_sample=2, n_step=3,
+                                                                    n_cycle=1))
+    for got, want in zip(alone, reference, strict=True):
+        np.testing.assert_allclose(got.coords, want.coords, atol=1e-5)
+        assert got.ranking_score == pytest.approx(want.ranking_score, abs=1e-6)
+    # two sizes in one forward: each job's outputs cut to its own size, finite
+    both = predict_group(predictor, [(small, 1), (large, 1)], SETTINGS)
+    for featurized, samples in zip((small, large), both, strict=True):
+        assert len(samples) == 2
+        assert samples[0].coords.shape == (featurized.tokens.n_atoms, 3)
+        assert samples[0].pae.shape == (featurized.tokens.n_tokens,) * 2
+        assert np.isfinite(samples[0].coords).all() and np.isfinite(samples[0].score())
+        metrics = screen_metrics(featurized.tokens, samples[0])
+        assert all(np.isfinite(v) for v in metrics.values())
+    # grouping: different sizes are separate groups, order is kept
+    assert group_by_size([small, large, small], max_group=8) == [[0, 2], [1]]
+    assert len(predict_many(predictor, [(small, 1), (large, 1), (small, 1)], SETTINGS)) == 3
