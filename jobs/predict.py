@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from foldray.errors import InputError
 from foldray.features.tokenize import DEFAULT_MAX_TOKENS
@@ -19,6 +20,9 @@ from foldray.inputs.load import iter_jobs
 from foldray.io.confidences import is_complete, job_dir
 from foldray.jobs.validate import format_error
 from foldray.model.config import RuntimeConfig
+
+if TYPE_CHECKING:
+    from foldray.predict import PredictSettings
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
@@ -31,11 +35,8 @@ def parse_seeds(text: str) -> tuple[int, ...]:
     return seeds
 
 
-def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    parser = parser or argparse.ArgumentParser(prog="foldray predict", description=__doc__)
-    parser.add_argument("inputs", nargs="+", metavar="INPUT",
-                        help="AF3 JSON / JSONL / mmCIF files or folders, local or URL")
-    parser.add_argument("--out", required=True, help="output folder or URL (s3://...)")
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Model, sampling and resume options shared by `predict` and `predict-batch`."""
     parser.add_argument("--config", default="tiny", choices=("tiny", "full"),
                         help="model size when no checkpoint is given (default tiny)")
     parser.add_argument("--checkpoint", default=None,
@@ -45,30 +46,51 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--samples", type=int, default=5, help="diffusion samples per seed")
     parser.add_argument("--recycles", type=int, default=None, help="trunk cycles (default: model's)")
     parser.add_argument("--steps", type=int, default=None, help="diffusion steps (default: model's)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     parser.add_argument("--chunk-size", type=int, default=None, help="pair-stack chunk size")
     parser.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS)
     parser.add_argument("--overwrite", action="store_true", help="redo jobs already complete")
     parser.add_argument("--quiet", action="store_true")
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(prog="foldray predict", description=__doc__)
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="AF3 JSON / JSONL / mmCIF files or folders, local or URL")
+    parser.add_argument("--out", required=True, help="output folder or URL (s3://...)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    add_model_arguments(parser)
     return parser
 
 
+def runtime_from_args(args: argparse.Namespace) -> RuntimeConfig:
+    return RuntimeConfig(precision=args.precision, chunk_size=args.chunk_size)
+
+
+def settings_from_args(args: argparse.Namespace) -> PredictSettings:
+    from foldray.predict import PredictSettings  # torch loads only when a command needs it
+
+    return PredictSettings(seeds=args.seeds, n_sample=args.samples, n_cycle=args.recycles,
+                           n_step=args.steps, max_tokens=args.max_tokens)
+
+
+def random_weights_warning(config: str) -> str:
+    return (f"warning: no --checkpoint given: the {config!r} model runs with RANDOM "
+            "weights; structures and confidences are meaningless (use this to test the "
+            "pipeline, not to predict)")
+
+
 def run(args: argparse.Namespace) -> int:
-    from foldray.predict import Predictor, PredictSettings
+    from foldray.predict import Predictor
 
     if args.samples < 1:
         print("error: --samples must be >= 1", file=sys.stderr)
         return 2
-    runtime = RuntimeConfig(precision=args.precision, chunk_size=args.chunk_size)
-    predictor = Predictor.load(args.checkpoint, config=args.config, runtime=runtime,
+    predictor = Predictor.load(args.checkpoint, config=args.config, runtime=runtime_from_args(args),
                                device=args.device)
     if predictor.random_weights:
-        print(f"warning: no --checkpoint given: the {args.config!r} model runs with RANDOM "
-              "weights; structures and confidences are meaningless (use this to test the "
-              "pipeline, not to predict)", file=sys.stderr)
-    settings = PredictSettings(seeds=args.seeds, n_sample=args.samples, n_cycle=args.recycles,
-                               n_step=args.steps, max_tokens=args.max_tokens)
+        print(random_weights_warning(args.config), file=sys.stderr)
+    settings = settings_from_args(args)
     n_ok = n_skipped = n_errors = 0
     for item in iter_jobs(args.inputs):
         if isinstance(item, InputError):

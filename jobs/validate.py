@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-from foldray.errors import InputError
+from foldray.errors import InputError, error_line
 from foldray.features.pipeline import featurize_job
 from foldray.features.tokenize import DEFAULT_MAX_TOKENS, TokenizedStructure
 from foldray.inputs.job import Job, LigandChain
@@ -34,8 +34,7 @@ def job_summary(job: Job, tokens: TokenizedStructure) -> dict:
 
 
 def format_error(err: InputError) -> str:
-    parts = [err.source or "-", err.job or "-", err.field or "-", err.message]
-    return "error: " + ": ".join(parts)
+    return "error: " + error_line(err)
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:

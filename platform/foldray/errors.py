@@ -33,5 +33,11 @@ class InputError(ValueError):
         return (_rebuild_input_error, (self.message, self.source, self.job, self.field))
 
 
+def error_line(err: InputError) -> str:
+    """`<file>: <job>: <field>: <message>`, '-' for a part not known: the report line of
+    `foldray validate` (after "error: "), also stored in batch results tables."""
+    return ": ".join([err.source or "-", err.job or "-", err.field or "-", err.message])
+
+
 def _rebuild_input_error(message: str, source: str, job: str, field: str) -> InputError:
     return InputError(message, source=source, job=job, field=field)

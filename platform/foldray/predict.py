@@ -9,20 +9,21 @@ one batch; every sample is scored by the confidence head and ranked as AlphaFold
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from foldray.features.batch import collate
-from foldray.features.pipeline import FeaturizedJob, featurize_job
+from foldray.features.pipeline import FeaturizedJob, featurize_seeds
 from foldray.features.tokenize import DEFAULT_MAX_TOKENS, TokenizedStructure
 from foldray.inputs.job import Job
 from foldray.io.confidences import SamplePrediction, write_prediction
 from foldray.io.weights import load_weights
 from foldray.model.alphafold3 import AlphaFold3, Prediction
 from foldray.model.confidence import distogram_breaks, token_frames
-from foldray.model.config import ModelConfig, RuntimeConfig
+from foldray.model.config import NAMED_CONFIGS, ModelConfig, RuntimeConfig
 from foldray.model.ranking import summary_confidences
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ class PredictSettings:
 
 
 def named_config(name: str) -> ModelConfig:
-    presets = {"full": ModelConfig.full, "tiny": ModelConfig.tiny}
+    presets = NAMED_CONFIGS    # full, tiny, full-openfold3, tiny-openfold3 (model/config.py)
     if name not in presets:
         raise ValueError(f"unknown model config {name!r} (choose from {', '.join(presets)})")
     return presets[name]()
@@ -106,9 +107,23 @@ class Predictor:
         """All seeds x samples of one job, with AF3's confidence metrics per sample."""
         samples: list[SamplePrediction] = []
         tokens = None
-        for seed in settings.seeds or job.seeds:
-            featurized = featurize_job(job, seed=seed, max_tokens=settings.max_tokens,
-                                       with_targets=False)
+        for seed in settings.seeds or job.seeds:   # one seed's features in memory at a time
+            featurized = featurize_seeds(job, (seed,), max_tokens=settings.max_tokens)
+            tokens, seed_samples = self.predict_featurized(featurized, settings)
+            samples.extend(seed_samples)
+        assert tokens is not None
+        return tokens, samples
+
+    def predict_featurized(self, featurized_by_seed: Mapping[int, FeaturizedJob],
+                           settings: PredictSettings = PredictSettings(),
+                           ) -> tuple[TokenizedStructure, list[SamplePrediction]]:
+        """`predict_job` from features made elsewhere (`featurize_seeds`), so a
+        batch pipeline can featurize on CPU workers and keep the accelerator on the model."""
+        if not featurized_by_seed:
+            raise ValueError("predict_featurized: no seeds to predict")
+        samples: list[SamplePrediction] = []
+        tokens = None
+        for seed, featurized in featurized_by_seed.items():
             tokens = featurized.tokens
             prediction, batch = self._run(featurized, seed, settings)
             samples.extend(self._samples(prediction, batch, seed, tokens))

@@ -69,10 +69,23 @@ def _entity_msas(job: Job, entity_index: int, max_rows: int) -> tuple[A3m | None
     return parsed[0], parsed[1]
 
 
-def msa_inputs(job: Job, tokens: TokenizedStructure,
-               max_rows: int = MAX_MSA_ROWS) -> tuple[list[ChainMsaInput], np.ndarray]:
-    """Per-chain MSA inputs and, per token, the MSA column it reads ([N_token] int64)."""
-    per_entity = [_entity_msas(job, i, max_rows) for i in range(len(job.entities))]
+def parse_entity_msas(job: Job, max_rows: int = MAX_MSA_ROWS) -> list[tuple[A3m | None, A3m | None]]:
+    """(unpaired, paired) parsed MSA of every entity; None where none is given.
+
+    Public so a caller featurizing many jobs that share entities (a library screen) can
+    parse them once and pass them to `msa_inputs`.
+    """
+    return [_entity_msas(job, i, max_rows) for i in range(len(job.entities))]
+
+
+def msa_inputs(job: Job, tokens: TokenizedStructure, max_rows: int = MAX_MSA_ROWS,
+               entity_msas: list[tuple[A3m | None, A3m | None]] | None = None,
+               ) -> tuple[list[ChainMsaInput], np.ndarray]:
+    """Per-chain MSA inputs and, per token, the MSA column it reads ([N_token] int64).
+
+    `entity_msas` (one pair per job entity) skips parsing: see `parse_entity_msas`.
+    """
+    per_entity = entity_msas if entity_msas is not None else parse_entity_msas(job, max_rows)
     inputs: list[ChainMsaInput] = []
     column = np.zeros(tokens.n_tokens, np.int64)
     offset = 0
@@ -150,3 +163,12 @@ def featurize_job(job: Job, *, seed: int = 0, max_tokens: int | None = DEFAULT_M
     features = featurize(tokens, msa, column, rng=rng, templates=templates)
     return FeaturizedJob(job=job, tokens=tokens, features=features, targets=targets,
                          crop_strategy=strategy)
+
+
+def featurize_seeds(job: Job, seeds: tuple[int, ...] | None = None, *,
+                    max_tokens: int | None = DEFAULT_MAX_TOKENS) -> dict[int, FeaturizedJob]:
+    """Inference features of a job once per seed (None: its modelSeeds); the seed only
+    changes reference-conformer rotations. The CPU half of prediction, run apart from the
+    model in batch pipelines."""
+    return {seed: featurize_job(job, seed=seed, max_tokens=max_tokens, with_targets=False)
+            for seed in (seeds or job.seeds)}

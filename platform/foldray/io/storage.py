@@ -89,3 +89,37 @@ def list_files(url: str, suffixes: tuple[str, ...], **storage_options: Any) -> I
     for found in sorted(fs.find(path)):
         if found.lower().endswith(suffixes):
             yield found if not is_url(url) else f"{protocol}://{found}"
+
+
+def check_writable(url: str, **storage_options: Any) -> None:
+    """Fail now, not after hours of compute, if `url` cannot take outputs.
+
+    Writes and deletes a small probe object under `url`. On object stores the bucket must
+    exist first: s3fs's makedirs, and some servers on a PUT, would create it, hiding a
+    typo in the bucket name. Raises
+    FileNotFoundError (missing bucket/folder), PermissionError (refused credentials) or
+    OSError, each naming the URL.
+    """
+    fs, path = filesystem(url, **storage_options)
+    probe = posixpath.join(path, f".foldray-write-probe-{uuid.uuid4().hex}")
+    prefix = f"{url}: cannot write outputs here"
+    try:
+        if is_url(url) and not url.startswith("file://"):
+            bucket = path.split("/", 1)[0]
+            if not fs.exists(bucket):   # some servers create a bucket on the first PUT
+                fs.info(bucket)         # raises the reason: refused credentials, no bucket
+                raise FileNotFoundError(f"bucket {bucket!r} not found")
+            fs.pipe(probe, b"ok")
+        else:
+            fs.makedirs(path, exist_ok=True)
+            with fs.open(probe, "wb") as handle:
+                handle.write(b"ok")
+        fs.rm(probe)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{prefix}: the bucket or folder does not exist ({err})") from err
+    except PermissionError as err:
+        raise PermissionError(f"{prefix}: access denied, check the credentials ({err})") from err
+    except OSError as err:
+        raise OSError(f"{prefix}: {err}") from err
+    except Exception as err:  # botocore/aiobotocore client errors are not OSErrors
+        raise OSError(f"{prefix}: {err.__class__.__name__}: {err}") from err
