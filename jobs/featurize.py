@@ -10,23 +10,12 @@ from __future__ import annotations
 
 import argparse
 import collections
-import os
 import sys
 import time
 from importlib import resources
 
 from foldray.features.tokenize import DEFAULT_MAX_TOKENS
-
-# Object-storage settings the driver has and CPU workers need. On a cluster, workers get
-# credentials from their instance role; an explicit endpoint (MinIO, SeaweedFS, R2, ...)
-# and region still have to travel with the job.
-FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION",
-                 "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-                 "AWS_EC2_METADATA_DISABLED")
-
-
-def worker_env() -> dict[str, str]:
-    return {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+from foldray.jobs.ray_setup import connect_ray, worker_remote_args
 
 
 def default_inputs() -> str:
@@ -52,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     import ray  # jobs wire Ray; the library never imports it
 
     from foldray.actors.featurize_stage import FeaturizeStage, read_jobs_stage
+    from foldray.actors.placement import stage_resources
     from foldray.inputs.load import find_inputs
     from foldray.io.results import write_results_table
 
@@ -61,19 +51,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: no input files under {inputs}", file=sys.stderr)
         return 2
     started = time.perf_counter()
-    owns_ray = not ray.is_initialized()
-    if owns_ray:
-        address = args.address or os.environ.get("RAY_ADDRESS") or "local"
-        init_kwargs = {"address": address, "log_to_driver": not args.quiet,
-                       "include_dashboard": False} if address == "local" else {"address": address}
-        if address == "local" and args.num_cpus:
-            init_kwargs["num_cpus"] = args.num_cpus
-        ray.init(**init_kwargs)
-    try:
+    with connect_ray(args.address, quiet=args.quiet, num_cpus=args.num_cpus):
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = not args.quiet
-        env = worker_env()
-        remote_args = {"runtime_env": {"env_vars": env}} if env else {}
+        remote_args = worker_remote_args()
+        place = stage_resources("featurize")
         jobs = ray.data.from_items([{"source": f} for f in files]).flat_map(read_jobs_stage,
                                                                             **remote_args)
         jobs = jobs.materialize()
@@ -83,11 +65,8 @@ def run(args: argparse.Namespace) -> int:
         results = jobs.map(FeaturizeStage, fn_constructor_kwargs={
             "out_url": args.out, "max_tokens": args.max_tokens, "seed": args.seed,
             "duplicates": duplicates}, compute=ray.data.ActorPoolStrategy(min_size=1),
-            **remote_args)
+            **remote_args, **({"resources": place} if place else {}))
         rows = results.take_all()
-    finally:
-        if owns_ray:
-            ray.shutdown()
     table_url = write_results_table(args.out, rows)
     counts = collections.Counter(r["status"] for r in rows)
     print(f"featurized {len(rows)} records in {time.perf_counter() - started:.1f} s: "

@@ -176,6 +176,7 @@ def _run_pipeline(args: argparse.Namespace, entries: list[dict[str, Any]]) -> li
     from ray.data.expressions import col
     from ray.util.annotations import RayDeprecationWarning
 
+    from foldray.actors.placement import stage_resources
     from foldray.actors.predict_rows import PENDING, RESULT_COLUMNS
     from foldray.actors.predict_stage import PredictStage
     from foldray.actors.prepare_stage import FeaturizeStage, read_stage
@@ -212,8 +213,13 @@ def _run_pipeline(args: argparse.Namespace, entries: list[dict[str, Any]]) -> li
                .materialize())
     # CPU stages are actor pools too: a worker decodes the CCD once, and Ray's idle-worker
     # reaping does not restart (and re-import) task workers between jobs.
+    # On a cluster with stage resources (cluster.yaml), CPU stages go to featurization
+    # nodes and model actors to GPU nodes; without them, anywhere with room.
+    cpu_place = stage_resources("featurize", args.num_cpus_per_worker)
+    model_place = stage_resources("model", args.num_gpus_per_actor or 1.0)
     cpu_stage = {"compute": ActorPoolStrategy(min_size=cpu_low, max_size=cpu_high),
-                 "num_cpus": args.num_cpus_per_worker, **remote}
+                 "num_cpus": args.num_cpus_per_worker, **remote,
+                 **({"resources": cpu_place} if cpu_place else {})}
     featurized = pending.map(FeaturizeStage, fn_constructor_kwargs={
         "seeds": args.seeds, "max_tokens": args.max_tokens}, **cpu_stage)
     with warnings.catch_warnings():
@@ -228,7 +234,8 @@ def _run_pipeline(args: argparse.Namespace, entries: list[dict[str, Any]]) -> li
                 "settings": settings_from_args(args)},
             compute=ActorPoolStrategy(min_size=low, max_size=high),
             num_gpus=args.num_gpus_per_actor, num_cpus=args.num_cpus_per_actor,
-            max_restarts=args.actor_restarts, max_task_retries=-1, **remote)
+            max_restarts=args.actor_restarts, max_task_retries=-1, **remote,
+            **({"resources": model_place} if model_place else {}))
     written = predicted.map(WriteStage, fn_constructor_kwargs={"out_url": args.out}, **cpu_stage)
     return finished + written.take_all()
 
