@@ -59,7 +59,8 @@ class AlphaFold3(nn.Module):
         self.token_bonds = LinearNoBias(1, c_z)                                # line 5
         self.z_recycle_norm = nn.LayerNorm(c_z)                                # line 8
         self.z_recycle = LinearNoBias(c_z, c_z)
-        self.template_embedder = TemplateEmbedder(c_z, config.template)        # line 9
+        self.template_embedder = TemplateEmbedder(                             # line 9
+            c_z, config.template, config.pairformer.tri_att_end_bias_ik)
         self.msa_module = MsaModule(c_z, c_in, config.msa, config.pairformer)  # line 10
         self.s_recycle_norm = nn.LayerNorm(c_s)                                # line 11
         self.s_recycle = LinearNoBias(c_s, c_s)

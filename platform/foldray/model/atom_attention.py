@@ -63,7 +63,11 @@ class AtomWindows:
 
     @classmethod
     def build(cls, n_atom: int, n_queries: int = 32, n_keys: int = 128,
-              device: torch.device | str | None = None) -> AtomWindows:
+              device: torch.device | str | None = None, *, shifted: bool = False,
+              ) -> AtomWindows:
+        """`shifted` (AtomAttentionConfig.shifted_windows): a window that overhangs either
+        end of [0, N_atom) moves inside it (AF3's released code, OpenFold3) rather than
+        masking the overhang; only windows longer than N_atom keep masked slots."""
         if n_atom <= 0:
             raise ValueError(f"AtomWindows: need at least one atom, got N_atom={n_atom}")
         if n_keys < n_queries or (n_keys - n_queries) % 2:
@@ -72,6 +76,10 @@ class AtomWindows:
         n_block = -(-n_atom // n_queries)
         start = torch.arange(n_block, device=device) * n_queries - (n_keys - n_queries) // 2
         index = start[:, None] + torch.arange(n_keys, device=device)          # [n_block, n_keys]
+        if shifted:
+            under = (-index[:, 0]).clamp(min=0)
+            over = (index[:, -1] - (n_atom - 1)).clamp(min=0)
+            index = index + torch.where(under > 0, under, -over)[:, None]
         valid = (index >= 0) & (index < n_atom)
         index = index.clamp(0, n_block * n_queries - 1)
         return cls(n_atom, n_queries, n_keys, index, valid)
@@ -167,13 +175,23 @@ class AtomTransformer(nn.Module):
     """
 
     def __init__(self, c_atom: int, c_atompair: int, n_block: int, n_head: int,
-                 n_queries: int = 32, n_keys: int = 128) -> None:
+                 n_queries: int = 32, n_keys: int = 128, *, shifted_windows: bool = False,
+                 separate_key_norm: bool = False) -> None:
         super().__init__()
         self.n_queries, self.n_keys = n_queries, n_keys
-        self.transformer = DiffusionTransformer(c_atom, c_atom, c_atompair, n_block, n_head)
+        self.shifted_windows = shifted_windows
+        self.transformer = DiffusionTransformer(c_atom, c_atom, c_atompair, n_block, n_head,
+                                                separate_key_norm=separate_key_norm)
+
+    @classmethod
+    def from_config(cls, atom: AtomAttentionConfig) -> AtomTransformer:
+        return cls(atom.c_atom, atom.c_atompair, atom.n_block, atom.n_head, atom.n_queries,
+                   atom.n_keys, shifted_windows=atom.shifted_windows,
+                   separate_key_norm=atom.separate_key_norm)
 
     def windows(self, n_atom: int, device: torch.device | str | None = None) -> AtomWindows:
-        return AtomWindows.build(n_atom, self.n_queries, self.n_keys, device)
+        return AtomWindows.build(n_atom, self.n_queries, self.n_keys, device,
+                                 shifted=self.shifted_windows)
 
     def forward(self, q: Tensor, c: Tensor, p: Tensor, atom_mask: Tensor) -> Tensor:
         """q [*, (N_sample,) N_atom, c_atom], c [*, N_atom, c_atom] (or with q's sample axis),
@@ -214,6 +232,9 @@ class AtomAttentionEncoder(nn.Module):
     and keys in mismatched layouts (its issue #730: v_lm mostly False), and it shifts the
     first/last key window to stay inside [0, N_atom) instead of masking; we keep the SI's
     centred windows, which also keeps outputs independent of padding.
+    OpenFold3 switches (AtomAttentionConfig, default off): `shifted_windows` (its windows
+    shift like AF3's), `separate_key_norm` (its keys get their own AdaLN) and
+    `mask_ref_embedding=False` (it does not multiply c_l by ref_mask).
     """
 
     def __init__(self, atom: AtomAttentionConfig, c_token: int, c_s: int | None = None,
@@ -239,8 +260,8 @@ class AtomAttentionEncoder(nn.Module):
         self.pair_mlp = nn.Sequential(                                            # line 14
             nn.ReLU(), LinearNoBias(c_pair, c_pair), nn.ReLU(), LinearNoBias(c_pair, c_pair),
             nn.ReLU(), LinearNoBias(c_pair, c_pair, zero_init=True))
-        self.transformer = AtomTransformer(c_atom, c_pair, atom.n_block, atom.n_head,   # line 15
-                                           atom.n_queries, atom.n_keys)
+        self.transformer = AtomTransformer.from_config(atom)                      # line 15
+        self.mask_ref_embedding = atom.mask_ref_embedding
         self.to_token = LinearNoBias(c_atom, c_token)                             # line 16
 
     def conditioning(self, features: dict[str, Tensor], s_trunk: Tensor | None = None,
@@ -259,7 +280,9 @@ class AtomAttentionEncoder(nn.Module):
         f = torch.cat([ref_pos, torch.arcsinh(features["ref_charge"].to(dtype))[..., None], ref_mask,
                        features["ref_element"].to(dtype),
                        features["ref_atom_name_chars"].to(dtype).flatten(-2)], dim=-1)
-        c = self.embed_ref(f) * ref_mask                                         # [*, N_atom, c_atom]
+        c = self.embed_ref(f)                                                    # [*, N_atom, c_atom]
+        if self.mask_ref_embedding:
+            c = c * ref_mask
 
         windows = self.transformer.windows(ref_pos.shape[-2], ref_pos.device)
         uid = features["ref_space_uid"]
@@ -330,8 +353,7 @@ class AtomAttentionDecoder(nn.Module):
     def __init__(self, atom: AtomAttentionConfig, c_token: int) -> None:
         super().__init__()
         self.embed_a = LinearNoBias(c_token, atom.c_atom)                           # line 1
-        self.transformer = AtomTransformer(atom.c_atom, atom.c_atompair, atom.n_block,  # line 2
-                                           atom.n_head, atom.n_queries, atom.n_keys)
+        self.transformer = AtomTransformer.from_config(atom)                        # line 2
         self.norm = nn.LayerNorm(atom.c_atom, bias=False)                         # line 3
         self.out = LinearNoBias(atom.c_atom, 3, zero_init=True)
 

@@ -10,6 +10,7 @@ keeps every code path at CPU size.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -24,6 +25,14 @@ class AtomAttentionConfig:
     n_head: int = 4
     n_queries: int = 32    # atoms per query block
     n_keys: int = 128      # atoms each block attends to
+    # Reference-implementation switches (default off = foldray's SI-faithful behaviour):
+    # shift edge key windows inside [0, N_atom) instead of masking their overhang
+    # (AlphaFold 3's released code, OpenFold3); equal to the reference for unpadded atoms.
+    shifted_windows: bool = False
+    # keys get their own AdaLN in the atom transformer (OpenFold3's CrossAttentionPairBias)
+    separate_key_norm: bool = False
+    # c_l = Linear(f) * ref_mask (AF3 code, Protenix); OpenFold3 does not multiply
+    mask_ref_embedding: bool = True
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,6 +41,8 @@ class PairformerConfig:
 
     n_block: int = 48
     n_head: int = 16            # single attention with pair bias (Algorithm 24)
+    # ending-node triangle attention biased by b_ik (OpenFold3) instead of the SI's b_ki
+    tri_att_end_bias_ik: bool = False
     c_hidden_mul: int = 128     # triangle multiplication (Algorithms 12-13)
     c_hidden_tri_att: int = 32  # triangle attention (Algorithms 14-15)
     n_head_tri: int = 4
@@ -63,6 +74,10 @@ class TemplateConfig:
     n_head_tri: int = 4
     transition_n: int = 2
     dropout: float = 0.25       # not in Algorithm 16; the Pairformer's rate (as Protenix)
+    # 0: average over real templates only (no template -> no update). N > 0: as OpenFold3,
+    # whose pipeline pads to N template slots and averages over all of them, so absent
+    # templates are empty slots that still run the stack on z (a nonzero update).
+    padded_slots: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,6 +102,9 @@ class DiffusionConfig:
     train_p_mean: float = -1.2
     train_p_std: float = 1.5
     augment_translation: float = 1.0   # Algorithm 19 s_trans (Å)
+    # Algorithm 21 line 1 concatenates the *raw* one-hot relative-position features
+    # (OpenFold3) instead of RelativePositionEncoding's projection to c_z (SI, AF3, Protenix)
+    raw_relpos: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -172,6 +190,19 @@ class ModelConfig:
             loss=LossConfig(diffusion_batch=4, mini_rollout_steps=20),
         )
 
+    @classmethod
+    def full_openfold3(cls) -> ModelConfig:
+        """OpenFold3's released architecture (openfold3 0.5 `model_config`), for its weights."""
+        return with_openfold3_behaviour(cls.full())
+
+    @classmethod
+    def tiny_openfold3(cls) -> ModelConfig:
+        """tiny() with OpenFold3's behaviour and 2 MSA blocks (so one has an MSA stack): the
+        config of the equivalence fixtures (benchmarks/equivalence)."""
+        tiny = cls.tiny()
+        return with_openfold3_behaviour(
+            dataclasses.replace(tiny, msa=dataclasses.replace(tiny.msa, n_block=2)))
+
     @property
     def c_token_inputs(self) -> int:
         """Width of the atom encoder's token output inside the input embedder (Algorithm 2)."""
@@ -192,6 +223,25 @@ class ModelConfig:
                 raise ValueError(f"unknown model config key {key!r}")
             kwargs[key] = _from_json(sub_types[key], value) if key in sub_types else value
         return cls(**kwargs)
+
+
+def with_openfold3_behaviour(config: ModelConfig) -> ModelConfig:
+    """Switch on every flag that reproduces OpenFold3 (its modules deviate from the SI
+    there), keeping the sizes; proven by benchmarks/equivalence on random weights."""
+    r = dataclasses.replace
+    return r(config,
+             atom=r(config.atom, shifted_windows=True, separate_key_norm=True,
+                    mask_ref_embedding=False),
+             pairformer=r(config.pairformer, tri_att_end_bias_ik=True),
+             template=r(config.template, padded_slots=4),
+             diffusion=r(config.diffusion, raw_relpos=True),
+             confidence=r(config.confidence, max_atoms_per_token=23))
+
+
+NAMED_CONFIGS: dict[str, Callable[[], ModelConfig]] = {
+    "full": ModelConfig.full, "tiny": ModelConfig.tiny,
+    "full-openfold3": ModelConfig.full_openfold3, "tiny-openfold3": ModelConfig.tiny_openfold3,
+}
 
 
 def _from_json(kind: type, values: dict[str, Any]) -> Any:

@@ -115,9 +115,12 @@ class DiffusionConditioning(nn.Module):
         super().__init__()
         c_s, c_z, c_f = config.c_s, config.c_z, config.diffusion.c_fourier
         self.sigma_data = config.diffusion.sigma_data
-        self.relative_position = RelativePositionEncoding.from_config(config)  # line 1
-        self.norm_z = nn.LayerNorm(2 * c_z, bias=False)                        # line 2
-        self.proj_z = LinearNoBias(2 * c_z, c_z)
+        raw = config.diffusion.raw_relpos     # OpenFold3: the one-hot features, unprojected
+        self.relative_position = RelativePositionEncoding(                      # line 1
+            c_z, config.r_max, config.s_max, project=not raw)
+        c_pair_in = c_z + (self.relative_position.n_features if raw else c_z)
+        self.norm_z = nn.LayerNorm(c_pair_in, bias=False)                      # line 2
+        self.proj_z = LinearNoBias(c_pair_in, c_z)
         self.transition_z = nn.ModuleList(Transition(c_z, n=2) for _ in range(2))  # lines 3-5
         self.norm_s = nn.LayerNorm(c_s + config.c_s_inputs, bias=False)      # line 7
         self.proj_s = LinearNoBias(c_s + config.c_s_inputs, c_s)
@@ -128,7 +131,8 @@ class DiffusionConditioning(nn.Module):
 
     def pair(self, features: Features, z_trunk: Tensor) -> Tensor:
         """Lines 1-5: [*, N_token, N_token, c_z] -> [*, N_token, N_token, c_z]."""
-        z = torch.cat([z_trunk, self.relative_position(features)], dim=-1)    # [*, N, N, 2 c_z]
+        p = self.relative_position(features).to(z_trunk.dtype)
+        z = torch.cat([z_trunk, p], dim=-1)                                    # [*, N, N, 2 c_z]
         z = self.proj_z(self.norm_z(z))
         for transition in self.transition_z:
             z = z + transition(z)

@@ -58,14 +58,17 @@ class RelativePositionEncoding(nn.Module):
     lands in bucket s_max, and different entities share the last bucket.
     """
 
-    def __init__(self, c_z: int, r_max: int = 32, s_max: int = 2) -> None:
+    def __init__(self, c_z: int, r_max: int = 32, s_max: int = 2, *, project: bool = True) -> None:
+        """`project=False` leaves out line 10's Linear: forward returns the one-hot features
+        (OpenFold3's diffusion conditioning concatenates them raw)."""
         super().__init__()
         self.r_max, self.s_max = r_max, s_max
         self.register_buffer("pos_bins", torch.arange(2 * r_max + 2, dtype=torch.float32),
                              persistent=False)
         self.register_buffer("chain_bins", torch.arange(2 * s_max + 2, dtype=torch.float32),
                              persistent=False)
-        self.linear = LinearNoBias(2 * (2 * r_max + 2) + 1 + (2 * s_max + 2), c_z)   # line 10
+        self.n_features = 2 * (2 * r_max + 2) + 1 + (2 * s_max + 2)
+        self.linear = LinearNoBias(self.n_features, c_z) if project else None        # line 10
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> RelativePositionEncoding:
@@ -98,7 +101,9 @@ class RelativePositionEncoding(nn.Module):
                           one_hot(d_chain, self.chain_bins)], dim=-1)           # line 9
 
     def forward(self, features: dict[str, Tensor]) -> Tensor:
-        """-> p [*, N_token, N_token, c_z]."""
+        """-> p [*, N_token, N_token, c_z] (the raw features without the projection)."""
+        if self.linear is None:
+            return self.encode(features)
         return self.linear(self.encode(features).to(self.linear.weight.dtype))   # line 10
 
 

@@ -65,7 +65,7 @@ class PairformerBlock(nn.Module):
         self.tri_att_start = TriangleAttentionStartingNode(                               # line 4
             c_z, config.c_hidden_tri_att, config.n_head_tri)
         self.tri_att_end = TriangleAttentionEndingNode(                                   # line 5
-            c_z, config.c_hidden_tri_att, config.n_head_tri)
+            c_z, config.c_hidden_tri_att, config.n_head_tri, bias_ik=config.tri_att_end_bias_ik)
         self.pair_transition = Transition(c_z, config.transition_n)                      # line 6
         self.attention = None
         self.single_transition = None

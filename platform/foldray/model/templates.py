@@ -36,12 +36,13 @@ TEMPLATE_PAIR_LAYOUT: tuple[tuple[str, int], ...] = (
 C_TEMPLATE_PAIR = sum(width for _, width in TEMPLATE_PAIR_LAYOUT)   # 108
 
 
-def template_pair_config(config: TemplateConfig) -> PairformerConfig:
+def template_pair_config(config: TemplateConfig, tri_att_end_bias_ik: bool = False,
+                         ) -> PairformerConfig:
     """The template stack's Pairformer sizes, derived from c_t as AF3's released code does."""
     return PairformerConfig(n_block=config.n_block, c_hidden_mul=config.c_t,
                             c_hidden_tri_att=config.c_t // config.n_head_tri,
                             n_head_tri=config.n_head_tri, transition_n=config.transition_n,
-                            dropout=config.dropout)
+                            dropout=config.dropout, tri_att_end_bias_ik=tri_att_end_bias_ik)
 
 
 def _masked_pair_parts(features: Mapping[str, Tensor], t: int, pair_mask: Tensor,
@@ -94,19 +95,23 @@ class TemplateEmbedder(nn.Module):
     padding templates do not change the result; AF3's released code divides by the padded
     template count. Identical when every template slot is filled. A batch element with no
     real template gets exactly zero; with none in the whole batch (N_templ = 0 or
-    template_mask all False) forward returns zeros without running the stack.
+    template_mask all False) forward returns zeros without running the stack. OpenFold3
+    pads to 4 slots and averages over all of them: TemplateConfig.padded_slots does that.
     SI deviation (line 9): v <- PairformerStack(v), as AF3's released code; the SI's
     "v += PairformerStack(v)" would add v twice, the stack's blocks already being residual.
     The template stack is a PairformerStack(c_s=None) sized by `template_pair_config`.
     """
 
-    def __init__(self, c_z: int, config: TemplateConfig) -> None:
+    def __init__(self, c_z: int, config: TemplateConfig, tri_att_end_bias_ik: bool = False,
+                 ) -> None:
         super().__init__()
         c_t = config.c_t
+        self.padded_slots = config.padded_slots
         self.norm_z = nn.LayerNorm(c_z)                                    # line 8
         self.embed_z = LinearNoBias(c_z, c_t)
         self.embed_a = LinearNoBias(C_TEMPLATE_PAIR, c_t)
-        self.pairformer = PairformerStack(None, c_t, template_pair_config(config))  # line 9
+        self.pairformer = PairformerStack(                                     # line 9
+            None, c_t, template_pair_config(config, tri_att_end_bias_ik))
         self.norm_v = nn.LayerNorm(c_t)                                    # line 10
         self.out = LinearNoBias(c_t, c_z)                                  # line 13
 
@@ -129,6 +134,9 @@ class TemplateEmbedder(nn.Module):
                 checkpoint_activations: bool = False) -> Tensor:
         """Returns the template update u [*, N_token, N_token, c_z] (to be added to z)."""
         template_mask = features["template_mask"]                          # [*, N_templ]
+        if self.padded_slots > 0:
+            return self._forward_padded(features, z, token_mask, chunk_size,
+                                        checkpoint_activations)
         if template_mask.shape[-1] == 0 or not bool(template_mask.any()):
             return torch.zeros_like(z)
         pair_mask = same_chain_pair_mask(features["asym_id"], token_mask)
@@ -145,3 +153,26 @@ class TemplateEmbedder(nn.Module):
         n_real = template_mask.sum(dim=-1).clamp(min=1).to(u.dtype)
         u = u / n_real[..., None, None, None]                              # line 12
         return self.out(torch.relu(u))                                     # line 13
+
+    def _forward_padded(self, features: Mapping[str, Tensor], z: Tensor, token_mask: Tensor,
+                        chunk_size: int | None, checkpoint_activations: bool) -> Tensor:
+        """TemplateConfig.padded_slots (OpenFold3): the mean runs over max(padded_slots,
+        N_templ) slots; every slot without a real template is an empty template (all
+        template features zero, so v = the projected z alone), computed once and weighted."""
+        template_mask = features["template_mask"]                          # [*, N_templ]
+        pair_mask = same_chain_pair_mask(features["asym_id"], token_mask)
+        n_slots = max(self.padded_slots, template_mask.shape[-1])
+        z_t = self.embed_z(self.norm_z(z))
+        u = torch.zeros_like(z_t)
+        for t in range(template_mask.shape[-1]):
+            real = template_mask[..., t]
+            if not bool(real.any()):
+                continue
+            v = z_t + self._embed_template(features, t, pair_mask, z.dtype)
+            _, v = self.pairformer(None, v, token_mask, chunk_size, checkpoint_activations)
+            u = u + self.norm_v(v) * real[..., None, None, None].to(v.dtype)
+        n_empty = (n_slots - template_mask.sum(dim=-1)).to(u.dtype)          # [*]
+        if bool((n_empty > 0).any()):
+            _, v = self.pairformer(None, z_t, token_mask, chunk_size, checkpoint_activations)
+            u = u + self.norm_v(v) * n_empty[..., None, None, None]
+        return self.out(torch.relu(u / n_slots))

@@ -22,7 +22,8 @@ from foldray.model.primitives import AdaLN, Linear, LinearNoBias
 class AttentionPairBias(nn.Module):
     """Algorithm 24: gated multi-head attention biased by the pair representation."""
 
-    def __init__(self, c_a: int, c_s: int | None, c_z: int, n_head: int) -> None:
+    def __init__(self, c_a: int, c_s: int | None, c_z: int, n_head: int, *,
+                 separate_key_norm: bool = False) -> None:
         super().__init__()
         if c_a % n_head:
             raise ValueError(f"c_a={c_a} is not divisible by n_head={n_head}")
@@ -37,6 +38,9 @@ class AttentionPairBias(nn.Module):
         self.gate = LinearNoBias(c_a, c_a)                                   # line 9
         self.out = LinearNoBias(c_a, c_a)                                    # line 11
         self.s_gate = Linear(c_s, c_a, bias_init=-2.0) if c_s is not None else None  # line 13
+        # OpenFold3 (AtomAttentionConfig.separate_key_norm): keys/values of the windowed atom
+        # attention read their own AdaLN of a; queries and the gate use `ada_ln`.
+        self.ada_ln_k = AdaLN(c_a, c_s) if separate_key_norm and c_s is not None else None
 
     def _heads(self, x: Tensor) -> Tensor:
         """[*, N, H*c] -> [*, H, N, c]."""
@@ -44,29 +48,32 @@ class AttentionPairBias(nn.Module):
 
     def forward(self, a: Tensor, s: Tensor | None, z: Tensor, beta: Tensor | None = None,
                 mask: Tensor | None = None, key_index: Tensor | None = None) -> Tensor:
+        a_k = self.ada_ln_k(a, s) if self.ada_ln_k is not None else None
         a = self.ada_ln(a, s) if self.ada_ln is not None else self.norm_a(a)
         bias = self.z_bias(self.norm_z(z)).movedim(-1, -3)     # [*, H, N, N] or [*, B, H, q, k]
         if beta is not None:
             bias = bias + beta.unsqueeze(-3)
         gate = torch.sigmoid(self.gate(a))
         if key_index is None:
-            q, k, v = self._heads(self.q(a)), self._heads(self.k(a)), self._heads(self.v(a))
+            kv = a if a_k is None else a_k
+            q, k, v = self._heads(self.q(a)), self._heads(self.k(kv)), self._heads(self.v(kv))
             o = kernels.attention(q, k, v, bias, mask)                     # [*, H, N, c]
             o = o.transpose(-2, -3).flatten(-2)                             # [*, N, H*c]
         else:
-            o = self._local(a, bias, mask, key_index)
+            o = self._local(a, bias, mask, key_index, a if a_k is None else a_k)
         out = self.out(gate * o)
         if self.s_gate is not None:
             out = torch.sigmoid(self.s_gate(s)) * out
         return out
 
-    def _local(self, a: Tensor, bias: Tensor, mask: Tensor | None, key_index: Tensor) -> Tensor:
+    def _local(self, a: Tensor, bias: Tensor, mask: Tensor | None, key_index: Tensor,
+               a_k: Tensor) -> Tensor:
         """Sequence-local attention: block b of queries attends to keys key_index[b]."""
         n_block, n_k = key_index.shape
         n = a.shape[-2]
         n_q = n // n_block
         q = self.q(a).unflatten(-2, (n_block, n_q))                         # [*, B, q, c_a]
-        k_in = a[..., key_index.flatten(), :].unflatten(-2, (n_block, n_k))  # [*, B, k, c_a]
+        k_in = a_k[..., key_index.flatten(), :].unflatten(-2, (n_block, n_k))  # [*, B, k, c_a]
         q, k, v = self._heads(q), self._heads(self.k(k_in)), self._heads(self.v(k_in))
         key_mask = None
         if mask is not None:
@@ -100,10 +107,12 @@ class DiffusionTransformer(nn.Module):
     a += Transition(a). We follow the released models so their weights run unchanged.
     """
 
-    def __init__(self, c_a: int, c_s: int, c_z: int, n_block: int, n_head: int) -> None:
+    def __init__(self, c_a: int, c_s: int, c_z: int, n_block: int, n_head: int, *,
+                 separate_key_norm: bool = False) -> None:
         super().__init__()
         self.attention = nn.ModuleList(
-            AttentionPairBias(c_a, c_s, c_z, n_head) for _ in range(n_block))
+            AttentionPairBias(c_a, c_s, c_z, n_head, separate_key_norm=separate_key_norm)
+            for _ in range(n_block))
         self.transition = nn.ModuleList(
             ConditionedTransitionBlock(c_a, c_s) for _ in range(n_block))
 

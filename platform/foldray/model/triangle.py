@@ -89,9 +89,11 @@ class _TriangleAttention(nn.Module):
 
     starting: bool
 
-    def __init__(self, c_z: int, c_hidden: int = 32, n_head: int = 4) -> None:
+    def __init__(self, c_z: int, c_hidden: int = 32, n_head: int = 4, *,
+                 bias_ik: bool = False) -> None:
         super().__init__()
         self.n_head, self.c = n_head, c_hidden
+        self.bias_ik = bias_ik      # ending node only: b_ik (OpenFold3) instead of b_ki
         self.norm = nn.LayerNorm(c_z)                                      # line 1
         self.q = LinearNoBias(c_z, n_head * c_hidden)                      # line 2
         self.k = LinearNoBias(c_z, n_head * c_hidden)
@@ -109,6 +111,8 @@ class _TriangleAttention(nn.Module):
         if not self.starting:   # attend along columns: rows of the transposed pair
             z, pair_mask = z.transpose(-2, -3), pair_mask.transpose(-1, -2)
         bias = self.bias(z).movedim(-1, -3).unsqueeze(-4)                  # [*, 1, H, N, N]
+        if self.bias_ik and not self.starting:
+            bias = bias.transpose(-1, -2)
 
         def rows(start: int, stop: int) -> Tensor:
             x = z[..., start:stop, :, :]                                   # [*, R, N, c_z]
@@ -134,7 +138,9 @@ class TriangleAttentionEndingNode(_TriangleAttention):
     """Algorithm 15 (SI 3.4): edge ij attends over edges kj; runs Algorithm 14's computation
     on the transposed pair (keys k masked by pair_mask[k, j]).
 
-    The bias is b_ki, as in the SI, AF2, OpenFold3 and Protenix (whose weights we import).
+    The bias is b_ki, as in the SI, AF2 and Protenix. OpenFold3 biases by b_ik instead
+    (its ending node runs the starting node on z^T with `transpose_bias=True`);
+    PairformerConfig.tri_att_end_bias_ik reproduces that for its weights.
     """
 
     starting = False
