@@ -15,7 +15,7 @@ import numpy as np
 from foldray.actors.predict_rows import PENDING, FeaturizedSeeds, PredictedJob
 from foldray.io.confidences import SamplePrediction
 from foldray.model.config import RuntimeConfig
-from foldray.predict import Predictor, PredictSettings
+from foldray.predictor import Predictor, PredictSettings
 
 
 def _rank(sample: SamplePrediction) -> float:

@@ -42,7 +42,7 @@ from foldray.features.pipeline import FeaturizedJob, featurize_job
 from foldray.inputs.job import Job
 from foldray.io import storage
 from foldray.io.confidences import SamplePrediction
-from foldray.predict import Predictor, PredictSettings
+from foldray.predictor import Predictor, PredictSettings
 from foldray.screening import LigandSpec, TargetCache, featurize_screen_job, ligand_job, target_key
 from foldray.serving import (
     Limits,

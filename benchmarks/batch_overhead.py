@@ -43,7 +43,7 @@ def sequential(inputs: Path, out: Path, args: argparse.Namespace) -> float:
     import torch
 
     from foldray.inputs.load import read_jobs
-    from foldray.predict import Predictor, PredictSettings
+    from foldray.predictor import Predictor, PredictSettings
 
     torch.set_num_threads(args.threads)   # as the inference actor (Ray: 1 thread per CPU)
     started = time.perf_counter()

@@ -41,7 +41,7 @@ def run_case(config_name: str, n_token: int, device: str, n_sample: int) -> dict
     from foldray.features.batch import collate
     from foldray.features.pipeline import featurize_job
     from foldray.model.alphafold3 import AlphaFold3
-    from foldray.predict import named_config
+    from foldray.predictor import named_config
 
     torch.manual_seed(0)
     features = featurize_job(protein_job(n_token)).features

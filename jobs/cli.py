@@ -8,12 +8,28 @@ import os
 import sys
 import traceback
 
-from foldray.jobs import featurize, predict, validate
+from foldray.jobs import (
+    example,
+    featurize,
+    import_weights,
+    predict,
+    predict_batch,
+    report,
+    serve,
+    train,
+    validate,
+)
 
 COMMANDS = {
     "validate": (validate, "check inputs: parse, tokenize and featurize every job"),
     "predict": (predict, "predict structures locally (AF3 output layout), no Ray needed"),
     "featurize": (featurize, "featurize many jobs on Ray (local or cluster) into a folder/bucket"),
+    "predict-batch": (predict_batch, "predict many jobs with Ray Data, folder/bucket to folder/bucket"),
+    "report": (report, "plots and an offline HTML page for a prediction or a results table"),
+    "example": (example, "print a bundled AF3 input job to start from"),
+    "train": (train, "train or fine-tune on Ray Train from a YAML config (local or cluster)"),
+    "serve": (serve, "serve the HTTP API (predictions, library screens) with Ray Serve"),
+    "import-weights": (import_weights, "convert an OpenFold3/Protenix checkpoint into a foldray checkpoint"),
 }
 
 

@@ -19,10 +19,10 @@ from foldray.features.tokenize import DEFAULT_MAX_TOKENS
 from foldray.inputs.load import iter_jobs
 from foldray.io.confidences import is_complete, job_dir
 from foldray.jobs.validate import format_error
-from foldray.model.config import RuntimeConfig
+from foldray.model.config import NAMED_CONFIGS, RuntimeConfig
 
 if TYPE_CHECKING:
-    from foldray.predict import PredictSettings
+    from foldray.predictor import PredictSettings
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
@@ -37,7 +37,7 @@ def parse_seeds(text: str) -> tuple[int, ...]:
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Model, sampling and resume options shared by `predict` and `predict-batch`."""
-    parser.add_argument("--config", default="tiny", choices=("tiny", "full"),
+    parser.add_argument("--config", default="tiny", choices=tuple(NAMED_CONFIGS),
                         help="model size when no checkpoint is given (default tiny)")
     parser.add_argument("--checkpoint", default=None,
                         help="foldray safetensors checkpoint (path or URL); its config is used")
@@ -68,7 +68,7 @@ def runtime_from_args(args: argparse.Namespace) -> RuntimeConfig:
 
 
 def settings_from_args(args: argparse.Namespace) -> PredictSettings:
-    from foldray.predict import PredictSettings  # torch loads only when a command needs it
+    from foldray.predictor import PredictSettings  # torch loads only when a command needs it
 
     return PredictSettings(seeds=args.seeds, n_sample=args.samples, n_cycle=args.recycles,
                            n_step=args.steps, max_tokens=args.max_tokens)
@@ -81,7 +81,7 @@ def random_weights_warning(config: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from foldray.predict import Predictor
+    from foldray.predictor import Predictor
 
     if args.samples < 1:
         print("error: --samples must be >= 1", file=sys.stderr)

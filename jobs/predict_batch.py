@@ -55,10 +55,12 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser = parser or argparse.ArgumentParser(
         prog="foldray predict-batch", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--inputs", nargs="+", required=True,
+    parser.add_argument("--inputs", nargs="+", default=None,
                         help="folders/prefixes or files (AF3 JSON, JSONL, mmCIF), or a "
-                             ".parquet/.csv manifest; local or URL")
-    parser.add_argument("--out", required=True, help="output folder or URL (s3://bucket/prefix)")
+                             ".parquet/.csv manifest; local or URL (default: the bundled "
+                             "examples, so a first run needs no files)")
+    parser.add_argument("--out", default="foldray_out/predictions",
+                        help="output folder or URL (s3://bucket/prefix)")
     add_model_arguments(parser)
     parser.add_argument("--num-gpus-per-actor", type=float, default=0.0,
                         help="GPUs per inference actor (0: CPU inference)")
@@ -140,7 +142,9 @@ def run(args: argparse.Namespace) -> int:
         print("error: --samples must be >= 1", file=sys.stderr)
         return 2
     from foldray.io import storage
+    from foldray.jobs.featurize import default_inputs
 
+    args.inputs = args.inputs or [default_inputs()]
     started = time.perf_counter()
     try:   # before Ray or the model: a wrong bucket or key fails in seconds
         storage.check_writable(args.out)

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from foldray.jobs.ray_setup import connect_ray, worker_env
+from foldray.model.config import NAMED_CONFIGS
 
 APP_NAME = "foldray"
 
@@ -28,7 +29,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--host", default=None, help="HTTP bind address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help="HTTP port (default 8000)")
     parser.add_argument("--checkpoint", default=None, help="safetensors checkpoint path or URL")
-    parser.add_argument("--model-config", choices=("tiny", "full"), default=None,
+    parser.add_argument("--model-config", choices=tuple(NAMED_CONFIGS), default=None,
                         help="model preset when no checkpoint is given (default tiny)")
     parser.add_argument("--num-gpus", type=float, default=None, help="GPUs per model replica")
     parser.add_argument("--token-file", default=None, help="file holding the bearer token")

@@ -21,7 +21,7 @@ from foldray.features.batch import collate
 from foldray.features.pipeline import FeaturizedJob
 from foldray.io.confidences import SamplePrediction
 from foldray.model.alphafold3 import Prediction
-from foldray.predict import Predictor, PredictSettings
+from foldray.predictor import Predictor, PredictSettings
 
 TOKEN_STEP = 16   # jobs whose token counts round up to the same multiple share a forward
 ATOM_STEP = 64

@@ -120,7 +120,7 @@ def test_checkpoint_is_loaded_with_its_own_config(tmp_path, capsys):
     from foldray.io.weights import save_weights
     from foldray.model.alphafold3 import AlphaFold3
     from foldray.model.config import ModelConfig
-    from foldray.predict import Predictor
+    from foldray.predictor import Predictor
 
     config = dataclasses.replace(ModelConfig.tiny(), c_s=56)      # not a named preset
     torch.manual_seed(5)

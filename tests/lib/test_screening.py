@@ -9,7 +9,7 @@ from foldray.batched_predict import group_by_size, predict_group, predict_many
 from foldray.errors import InputError
 from foldray.features.pipeline import featurize_job
 from foldray.inputs.af3_json import parse_af3_json
-from foldray.predict import Predictor, PredictSettings
+from foldray.predictor import Predictor, PredictSettings
 from foldray.screening import (
     LigandSpec,
     TargetCache,

@@ -21,7 +21,7 @@ from foldray.io.weights import WeightsError, load_weights
 from foldray.jobs import import_weights as import_job
 from foldray.model.alphafold3 import AlphaFold3
 from foldray.model.config import ModelConfig
-from foldray.predict import named_config
+from foldray.predictor import named_config
 from tests.data_paths import REPO
 
 FIXTURES = REPO / "tests" / "fixtures" / "equivalence"
