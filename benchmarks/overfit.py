@@ -43,6 +43,7 @@ from foldray.model.config import DiffusionConfig, ModelConfig
 from foldray.model.diffusion import diffusion_training_inputs
 from foldray.model.losses import total_loss
 from foldray.training import lddt, train_step, training_sample
+from foldray.training.permutation import permute_ground_truth
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -68,13 +69,18 @@ def model_config(name: str, diffusion_batch: int, mini_rollout_steps: int) -> Mo
 @torch.no_grad()
 def eval_diffusion_loss(model: AlphaFold3, batch: dict[str, torch.Tensor], n_copies: int,
                         seed: int) -> dict[str, float]:
-    """The diffusion loss terms on a fixed draw of augmentations / noise levels / noise."""
+    """The diffusion loss terms on a fixed draw of augmentations / noise levels / noise,
+    against the truth renamed as training renames it (SI 4.2: symmetric atoms and chain
+    copies follow a mini-rollout of the model), so a naming the model learned on purpose
+    is not counted as error."""
     was_training = model.training
     model.eval()
     generator = torch.Generator().manual_seed(seed)
     config = model.config
     trunk = model.run_trunk(batch)
-    x_gt, gt_mask = batch["gt_coords"], batch["gt_mask"] & batch["atom_mask"]
+    rollout = model.sample(batch, trunk, n_sample=1, n_step=config.loss.mini_rollout_steps,
+                           generator=generator)
+    x_gt, gt_mask = permute_ground_truth(rollout[:, 0], batch)
     noised = diffusion_training_inputs(x_gt, gt_mask, n_copies, config.diffusion, generator)
     x_denoised = model.diffusion_module(noised.x_noisy, noised.t, batch, trunk.s_inputs, trunk.s,
                                         trunk.z)
@@ -92,7 +98,10 @@ def sampled_lddt(model: AlphaFold3, batch: dict[str, torch.Tensor], n_sample: in
     model.eval()
     prediction = model.predict(batch, n_sample=n_sample, n_step=n_step,
                                generator=torch.Generator().manual_seed(seed))
-    x_gt, gt_mask = batch["gt_coords"][:, None], (batch["gt_mask"] & batch["atom_mask"])[:, None]
+    # each sample against the truth renamed to match it (SI 4.2), as AF3's evaluations do
+    renamed = [permute_ground_truth(prediction.x[:, i], batch) for i in range(n_sample)]
+    x_gt = torch.stack([x for x, _ in renamed], 1)
+    gt_mask = torch.stack([m for _, m in renamed], 1)
     all_pairs = lddt(prediction.x, x_gt, gt_mask)[0]
     inter = lddt(prediction.x, x_gt, gt_mask, atom_to_token=batch["atom_to_token"][:, None])[0]
     return {"lddt_per_sample": all_pairs.tolist(), "lddt_inter_residue_per_sample": inter.tolist()}
