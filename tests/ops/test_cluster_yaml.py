@@ -60,3 +60,14 @@ def test_node_resources_split_gpu_and_cpu_machines():
 
 def test_stages_ask_for_nothing_extra_on_a_cluster_without_stage_resources(ray_session):
     assert stage_resources("featurize") == {} and stage_resources("model") == {}
+
+
+def test_the_job_runtime_env_example_is_a_valid_ray_runtime_env():
+    from ray.runtime_env import RuntimeEnv
+
+    spec = _load("configs/job-runtime-env.yaml")
+    assert set(spec) <= set(RuntimeEnv.known_fields)          # Ray would take typos as plugins
+    env = RuntimeEnv(**spec)                                  # type checks (env_vars: str -> str)
+    assert env["working_dir"] == "." and ".git" in env["excludes"]
+    assert not any("SECRET" in key or "ACCESS_KEY" in key for key in env["env_vars"])
+    assert all(isinstance(v, str) for v in env["env_vars"].values())
