@@ -20,6 +20,7 @@ from foldray.inputs.load import iter_jobs
 from foldray.io.confidences import is_complete, job_dir
 from foldray.jobs.validate import format_error
 from foldray.model.config import NAMED_CONFIGS, RuntimeConfig
+from foldray.progress import StageBars, interactive
 
 if TYPE_CHECKING:
     from foldray.predictor import PredictSettings
@@ -91,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
     if predictor.random_weights:
         print(random_weights_warning(args.config), file=sys.stderr)
     settings = settings_from_args(args)
+    bars = StageBars(enabled=interactive(args.quiet))    # recycles and diffusion steps
+    predictor.progress = bars
     n_ok = n_skipped = n_errors = 0
     for item in iter_jobs(args.inputs):
         if isinstance(item, InputError):
@@ -103,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"skip: {item.name}: complete in {job_dir(args.out, item)}")
             continue
         started = time.perf_counter()
+        bars.prefix = f"{item.name}: "
         try:
             url = predictor.predict_to(args.out, item, settings)
         except InputError as err:

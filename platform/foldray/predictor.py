@@ -24,6 +24,7 @@ from foldray.io.weights import load_weights
 from foldray.model.alphafold3 import AlphaFold3, Prediction
 from foldray.model.confidence import distogram_breaks, token_frames
 from foldray.model.config import NAMED_CONFIGS, ModelConfig, RuntimeConfig
+from foldray.model.diffusion import Progress
 from foldray.model.ranking import summary_confidences
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,8 @@ class Predictor:
         self.runtime = runtime or RuntimeConfig()
         self.device = torch.device(device)
         self.random_weights = random_weights
+        # progress(stage, done, total) for recycles and diffusion steps (foldray.progress)
+        self.progress: Progress | None = None
 
     @classmethod
     def load(cls, checkpoint: str | None = None, *, config: str | ModelConfig = "tiny",
@@ -99,7 +102,8 @@ class Predictor:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
             prediction = self.model.predict(batch, n_sample=settings.n_sample,
                                             n_cycle=settings.n_cycle, n_step=settings.n_step,
-                                            generator=generator, runtime=self.runtime)
+                                            generator=generator, runtime=self.runtime,
+                                            progress=self.progress)
         return prediction, batch
 
     def predict_job(self, job: Job, settings: PredictSettings = PredictSettings(),

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from foldray.model.confidence import ConfidenceHead, ConfidenceOutput, DistogramHead
 from foldray.model.config import ModelConfig, RuntimeConfig
-from foldray.model.diffusion import DiffusionModule, sample_diffusion
+from foldray.model.diffusion import DiffusionModule, Progress, sample_diffusion
 from foldray.model.embedders import InputFeatureEmbedder, RelativePositionEncoding
 from foldray.model.msa import MsaModule
 from foldray.model.pairformer import PairformerStack
@@ -73,7 +73,8 @@ class AlphaFold3(nn.Module):
     def run_trunk(self, features: Features, *, n_cycle: int | None = None,
                   runtime: RuntimeConfig | None = None,
                   msa_rows: int | None = None,
-                  generator: torch.Generator | None = None) -> TrunkOutput:
+                  generator: torch.Generator | None = None,
+                  progress: Progress | None = None) -> TrunkOutput:
         """Lines 1-14. Only the last cycle carries gradients (earlier cycles are recycled
         inputs, as in AF2/AF3 training); `msa_rows` subsamples MSA rows per cycle (training)."""
         runtime = runtime or RuntimeConfig()
@@ -101,17 +102,19 @@ class AlphaFold3(nn.Module):
                 s, z = self.pairformer(s, z, token_mask, chunk_size=chunk,
                                        checkpoint_activations=ckpt)            # line 12
             s_hat, z_hat = s, z                                                # line 13
+            if progress is not None:
+                progress("recycle", cycle + 1, n_cycle)
         return TrunkOutput(s_inputs=s_inputs, s=s, z=z)
 
     def sample(self, features: Features, trunk: TrunkOutput, *, n_sample: int,
                n_step: int | None = None, generator: torch.Generator | None = None,
-               runtime: RuntimeConfig | None = None) -> Tensor:
+               runtime: RuntimeConfig | None = None, progress: Progress | None = None) -> Tensor:
         """Line 15: x [B, n_sample, N_atom, 3] (call under torch.no_grad() for inference)."""
         runtime = runtime or RuntimeConfig()
         denoise = self.diffusion_module.denoiser(features, trunk.s_inputs, trunk.s, trunk.z,
                                                  diffusion_chunk=runtime.diffusion_chunk)
         return sample_diffusion(denoise, features, n_sample, self.config.diffusion, generator,
-                                n_step=n_step)
+                                n_step=n_step, progress=progress)
 
     def confidence(self, features: Features, trunk: TrunkOutput, x: Tensor,
                    runtime: RuntimeConfig | None = None) -> ConfidenceOutput:
@@ -126,11 +129,13 @@ class AlphaFold3(nn.Module):
     @torch.no_grad()
     def predict(self, features: Features, *, n_sample: int = 5, n_cycle: int | None = None,
                 n_step: int | None = None, generator: torch.Generator | None = None,
-                runtime: RuntimeConfig | None = None) -> Prediction:
-        """Algorithm 1 end to end for inference."""
-        trunk = self.run_trunk(features, n_cycle=n_cycle, runtime=runtime)
+                runtime: RuntimeConfig | None = None,
+                progress: Progress | None = None) -> Prediction:
+        """Algorithm 1 end to end for inference; `progress(stage, done, total)` is told
+        every recycle and diffusion step (progress bars)."""
+        trunk = self.run_trunk(features, n_cycle=n_cycle, runtime=runtime, progress=progress)
         x = self.sample(features, trunk, n_sample=n_sample, n_step=n_step, generator=generator,
-                        runtime=runtime)
+                        runtime=runtime, progress=progress)
         confidence = self.confidence(features, trunk, x, runtime)
         return Prediction(x=x, confidence=confidence,
                           distogram_logits=self.distogram_head(trunk.z), trunk=trunk)

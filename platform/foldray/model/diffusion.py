@@ -34,6 +34,9 @@ from foldray.model.embedders import FourierEmbedding, RelativePositionEncoding
 from foldray.model.primitives import LinearNoBias, Transition
 from foldray.model.transformer import DiffusionTransformer
 
+# progress(stage, done, total): a hook for progress bars (foldray.progress); never required
+Progress = Callable[[str, int, int], None]
+
 Features = Mapping[str, Tensor]
 DenoiseFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -280,7 +283,8 @@ def noise_schedule(n_step: int, config: DiffusionConfig, *, device: torch.device
 def sample_diffusion(denoise_fn: DenoiseFn, features: Features | None, n_sample: int,
                      config: DiffusionConfig, generator: torch.Generator | None = None,
                      atom_mask: Tensor | None = None, *, n_step: int | None = None,
-                     dtype: torch.dtype = torch.float32) -> Tensor:
+                     dtype: torch.dtype = torch.float32,
+                     progress: Progress | None = None) -> Tensor:
     """Algorithm 18 (SI 3.7): EDM-style stochastic sampling, all samples batched.
 
     denoise_fn(x_noisy [*, n_sample, N_atom, 3], t [*, n_sample]) -> x_denoised, e.g.
@@ -288,6 +292,7 @@ def sample_diffusion(denoise_fn: DenoiseFn, features: Features | None, n_sample:
     to features["atom_mask"]; padding atoms come back as 0. n_step defaults to config.n_step
     (the training mini-rollout passes a smaller one). Does not touch autograd: wrap the call
     in torch.no_grad() where no gradients are wanted. Returns x [*, n_sample, N_atom, 3].
+    `progress("diffusion", step, n_step)` is called after every step (progress bars).
 
     SI deviation: line 9 reads delta = (x_noisy - x_denoised) / t_hat, as in the released
     AlphaFold 3 code and Protenix (which calls the SI's (x - x_denoised) / t_hat a typo): the
@@ -305,7 +310,8 @@ def sample_diffusion(denoise_fn: DenoiseFn, features: Features | None, n_sample:
     levels = noise_schedule(config.n_step if n_step is None else n_step, config).tolist()
 
     x = levels[0] * _randn(shape, generator, like) * m                      # line 1
-    for c_prev, c in zip(levels[:-1], levels[1:], strict=True):             # line 2
+    n_total = len(levels) - 1
+    for step, (c_prev, c) in enumerate(zip(levels[:-1], levels[1:], strict=True), 1):  # line 2
         x = centre_random_augmentation(x, atom_mask, config.augment_translation, generator)  # line 3
         gamma = config.gamma_0 if c > config.gamma_min else 0.0             # line 4
         t_hat = c_prev * (gamma + 1.0)                                      # line 5
@@ -315,6 +321,8 @@ def sample_diffusion(denoise_fn: DenoiseFn, features: Features | None, n_sample:
         x_denoised = denoise_fn(x_noisy, t)                                 # line 8
         delta = (x_noisy - x_denoised) / t_hat                              # line 9 (see above)
         x = x_noisy + config.step_scale * (c - t_hat) * delta               # lines 10-11
+        if progress is not None:
+            progress("diffusion", step, n_total)
     return x * m
 
 
