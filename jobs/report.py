@@ -83,8 +83,7 @@ def _folder_rows(root: str) -> list[dict[str, Any]]:
 
 def _relative(target: str, start_dir: str) -> str:
     """A link that works once the whole output tree is on disk (local or synced down)."""
-    strip = lambda u: u.split("://", 1)[-1]  # noqa: E731
-    return posixpath.relpath(strip(target), strip(start_dir))
+    return posixpath.relpath(target.split("://", 1)[-1], start_dir.split("://", 1)[-1])
 
 
 def write_table_report(rows: list[dict[str, Any]], title: str, html_url: str, *,

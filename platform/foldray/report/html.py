@@ -82,9 +82,18 @@ def _cell(value: Any) -> str:
     return f'<td class="text">{html.escape(str(value))}</td>'
 
 
-def _table(columns: Sequence[str], rows: Sequence[Sequence[Any]], sortable: bool = True) -> str:
+def _link(value: Any, url: str) -> str:
+    return f'<td class="text"><a href="{html.escape(url)}">{html.escape(str(value))}</a></td>'
+
+
+def _table(columns: Sequence[str], rows: Sequence[Sequence[Any]], sortable: bool = True,
+           links: Sequence[str | None] | None = None, link_at: int = -1) -> str:
+    """An HTML table; `links[r]` (when set) turns row r's cell in column `link_at` into a link."""
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in rows)
+    body = "".join(
+        "<tr>" + "".join(_link(v, links[r]) if k == link_at and links and links[r] else _cell(v)
+                         for k, v in enumerate(row)) + "</tr>"
+        for r, row in enumerate(rows))
     cls = ' class="sortable"' if sortable else ""
     return f"<table{cls}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
@@ -182,20 +191,8 @@ def table_report(title: str, rows: Sequence[dict[str, Any]], *, sort_by: str | N
     if score:
         order.sort(key=lambda i: -_num(rows[i].get(score)))
     link_at = columns.index(link_column) if link_column in columns else -1
-    body = []
-    for i in order:
-        cells = []
-        for k, column in enumerate(columns):
-            value = rows[i].get(column)
-            if k == link_at and links and i in links:
-                cells.append(f'<td class="text"><a href="{html.escape(links[i])}">'
-                             f'{html.escape(str(value))}</a></td>')
-            else:
-                cells.append(_cell(value))
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    table = (f'<table class="sortable"><thead><tr>{head}</tr></thead>'
-             f'<tbody>{"".join(body)}</tbody></table>')
+    table = _table(columns, [[rows[i].get(c) for c in columns] for i in order],
+                   links=[(links or {}).get(i) for i in order], link_at=link_at)
     failures = [r for r in rows if str(r.get("status", "ok")) not in OK_STATUSES]
     counts: dict[str, int] = {}
     for r in rows:
