@@ -43,7 +43,7 @@ def result_row(status: str, *, payload: Any = None, **values: Any) -> dict[str, 
     row: dict[str, Any] = {column: None for column in RESULT_COLUMNS}
     row.update(name="", source="", safe_name="", error="", output="", n_tokens=-1, n_atoms=-1,
                featurize_seconds=0.0, model_seconds=0.0, write_seconds=0.0, actor_id="",
-               node_id="")
+               node_id="", featurize_node_id="")
     row.update(values, status=status, payload=payload)
     return row
 

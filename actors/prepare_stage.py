@@ -52,7 +52,10 @@ class FeaturizeStage:
     """CPU actor: features per seed for a pending job (same seeds `Predictor.predict_job` uses)."""
 
     def __init__(self, seeds: tuple[int, ...] | None, max_tokens: int | None) -> None:
+        import ray
+
         self.seeds, self.max_tokens = seeds, max_tokens
+        self.node_id = ray.get_runtime_context().get_node_id()   # reported per row: placement
         warm_up()  # decode the CCD once per actor, not inside the first job
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
@@ -64,5 +67,5 @@ class FeaturizeStage:
             by_seed = featurize_seeds(job, self.seeds, max_tokens=self.max_tokens)
         except InputError as err:
             return error_row(row, err.located(source=job.source, job=job.name))
-        return dict(row) | {"payload": FeaturizedSeeds(by_seed),
+        return dict(row) | {"payload": FeaturizedSeeds(by_seed), "featurize_node_id": self.node_id,
                             "featurize_seconds": time.perf_counter() - started}

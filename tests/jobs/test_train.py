@@ -10,13 +10,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
-import signal
-import socket
 import subprocess
-import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -27,8 +22,8 @@ from foldray.jobs.train import main
 from foldray.training.checkpoint import param_checksum
 from foldray.training.config import OptimizerConfig
 from foldray.training.optim import lr_at
-from tests.conftest import child_env
 from tests.data_paths import MSAS, REPO, STRUCTURES
+from tests.local_cluster import LocalCluster
 
 CONFIG = str(REPO / "configs" / "tiny_cpu.yaml")
 TINY = [
@@ -133,91 +128,16 @@ def test_finetune_starts_from_the_checkpoint_weights_and_trains(s3_run, s3_serve
 # ---------------------------------------------------------------------------- (c) + (e) cluster
 
 
-def _free_ports(n: int) -> list[int]:
-    sockets, ports = [], []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        sockets.append(s)
-        ports.append(s.getsockname()[1])
-    for s in sockets:
-        s.close()
-    return ports
-
-
-def _node_ports() -> list[str]:
-    manager, objects, agent, agent_grpc, metrics, runtime_env = _free_ports(6)
-    return [f"--node-manager-port={manager}", f"--object-manager-port={objects}",
-            f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
-            f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={runtime_env}"]
-
-
-def _spawn(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    with open(log, "wb") as handle:           # the child keeps its own copy of the descriptor
-        return subprocess.Popen(cmd, env=env, stdout=handle, stderr=subprocess.STDOUT)
-
-
-def _wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.5)
-    raise TimeoutError(what)
-
-
 @pytest.fixture
 def two_node_cluster(tmp_path):
-    """`ray start --head --block` plus a second `ray start --address --block` node, 1 CPU each,
-    free ports, own temp dir, dashboard on loopback; stopped by SIGTERM to the two PIDs we
-    started (at once, without the 30 s drain: ~3 s).
-
-    Ray 2.60 turns `--node-ip-address=127.0.0.1` into the machine's routable address for a
-    multi-node cluster (services.resolve_ip_for_localhost), so the nodes are not loopback-only:
-    token authentication stays on, with a random token in RAY_AUTH_TOKEN for every process
-    we start (nothing is written under ~/.ray)."""
-    temp_dir = Path(f"/tmp/fr-train-{os.getpid()}-{time.monotonic_ns() % 10 ** 6}")
-    gcs, dashboard, client, min_worker = _free_ports(4)
-    env = child_env({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex + uuid.uuid4().hex,
-                     "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"})
-    head = _spawn(
-        ["ray", "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-         f"--ray-client-server-port={client}", "--num-cpus=1", f"--temp-dir={temp_dir}",
-         "--disable-usage-stats", *_node_ports()], env, tmp_path / "head.log")
-    procs = [head]
+    """Head + a second `ray start --address` node, 1 CPU each (tests/local_cluster.py)."""
+    cluster = LocalCluster(tmp_path)
     try:
-        address = f"http://127.0.0.1:{dashboard}"
-
-        def up() -> bool:
-            assert head.poll() is None, (tmp_path / "head.log").read_text()
-            try:
-                return subprocess.run(["ray", "job", "list", "--address", address], env=env,
-                                      capture_output=True, timeout=20).returncode == 0
-            except subprocess.TimeoutExpired:
-                return False
-
-        _wait_for(up, 90, "head node did not come up")
-        worker = _spawn(
-            ["ray", "start", f"--address=127.0.0.1:{gcs}", "--block", "--node-ip-address=127.0.0.1",
-             "--num-cpus=1", "--disable-usage-stats", f"--min-worker-port={min_worker}",
-             f"--max-worker-port={min_worker + 200}", *_node_ports()], env, tmp_path / "worker.log")
-        procs.append(worker)
-        time.sleep(5)
-        assert worker.poll() is None, (tmp_path / "worker.log").read_text()
-        yield address, env
+        cluster.start_head(num_cpus=1)
+        cluster.add_node(num_cpus=1)
+        yield cluster.dashboard_address, cluster.env
     finally:
-        # SIGTERM to both at once stops them in ~3 s; the worker node alone waits ~30 s
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        subprocess.run(["rm", "-rf", str(temp_dir)], check=False)
+        cluster.shutdown()
 
 
 def test_ray_job_submit_on_two_nodes(two_node_cluster, tmp_path):

@@ -11,7 +11,12 @@ import pytest
 import ray
 import yaml
 
-from foldray.actors.placement import FEATURIZE_RESOURCE, MODEL_RESOURCE, stage_resources
+from foldray.actors.placement import (
+    FEATURIZE_RESOURCE,
+    MODE_VARIABLE,
+    MODEL_RESOURCE,
+    stage_resources,
+)
 from foldray.jobs.node_resources import node_resources
 
 REPO = Path(__file__).resolve().parents[2]
@@ -58,8 +63,25 @@ def test_node_resources_split_gpu_and_cpu_machines():
     assert node_resources(n_gpu=0, n_cpu=16) == {FEATURIZE_RESOURCE: 16}
 
 
-def test_stages_ask_for_nothing_extra_on_a_cluster_without_stage_resources(ray_session):
+def test_stages_ask_for_nothing_extra_on_a_cluster_without_stage_resources(ray_session, monkeypatch):
+    monkeypatch.delenv(MODE_VARIABLE, raising=False)
     assert stage_resources("featurize") == {} and stage_resources("model") == {}
+    monkeypatch.setenv(MODE_VARIABLE, "off")
+    assert stage_resources("model") == {}
+
+
+def test_an_autoscaling_cluster_asks_for_stage_resources_before_any_node_has_them(ray_session,
+                                                                                 monkeypatch):
+    # cluster.yaml's worker types start at zero nodes: the head sets the mode for its jobs
+    head_start = " ".join(_load("cluster.yaml")["head_start_ray_commands"])
+    assert f"export {MODE_VARIABLE}=on;" in head_start
+    assert _load("configs/job-runtime-env.yaml")["env_vars"][MODE_VARIABLE] == "on"
+    monkeypatch.setenv(MODE_VARIABLE, "on")
+    assert stage_resources("featurize", 0.5) == {FEATURIZE_RESOURCE: 0.5}
+    assert stage_resources("model") == {MODEL_RESOURCE: 1.0}
+    monkeypatch.setenv(MODE_VARIABLE, "yes")
+    with pytest.raises(ValueError, match=MODE_VARIABLE):
+        stage_resources("model")
 
 
 def test_the_job_runtime_env_example_is_a_valid_ray_runtime_env():

@@ -16,7 +16,7 @@ STATUS_COLUMNS = ("source", "name", "safe_name", "status", "error", "output", "n
 
 
 # `foldray predict-batch`: one row per job; metrics are the top-ranked sample's (null when
-# the job was not predicted in this run), seconds per stage, and where the model ran.
+# the job was not predicted in this run), seconds per stage, and where each stage ran.
 PREDICT_SCHEMA = pa.schema([
     ("name", pa.string()), ("source", pa.string()), ("safe_name", pa.string()),
     ("status", pa.string()),            # ok / error / skipped
@@ -25,6 +25,7 @@ PREDICT_SCHEMA = pa.schema([
     ("mean_plddt", pa.float64()), ("output", pa.string()),
     ("featurize_seconds", pa.float64()), ("model_seconds", pa.float64()),
     ("write_seconds", pa.float64()), ("actor_id", pa.string()), ("node_id", pa.string()),
+    ("featurize_node_id", pa.string()),   # where the CPU featurization ran (node_id: the model)
 ])
 
 
