@@ -51,10 +51,11 @@ def read_stage(row: dict[str, Any], *, out_url: str, max_tokens: int | None,
 class FeaturizeStage:
     """CPU actor: features per seed for a pending job (same seeds `Predictor.predict_job` uses)."""
 
-    def __init__(self, seeds: tuple[int, ...] | None, max_tokens: int | None) -> None:
+    def __init__(self, seeds: tuple[int, ...] | None, max_tokens: int | None,
+                 share_trunk: bool = False) -> None:
         import ray
 
-        self.seeds, self.max_tokens = seeds, max_tokens
+        self.seeds, self.max_tokens, self.share_trunk = seeds, max_tokens, share_trunk
         self.node_id = ray.get_runtime_context().get_node_id()   # reported per row: placement
         warm_up()  # decode the CCD once per actor, not inside the first job
 
@@ -64,7 +65,8 @@ class FeaturizeStage:
         job: Job = row["payload"]
         started = time.perf_counter()
         try:
-            by_seed = featurize_seeds(job, self.seeds, max_tokens=self.max_tokens)
+            by_seed = featurize_seeds(job, self.seeds, max_tokens=self.max_tokens,
+                                      share_trunk=self.share_trunk)
         except InputError as err:
             return error_row(row, err.located(source=job.source, job=job.name))
         return dict(row) | {"payload": FeaturizedSeeds(by_seed), "featurize_node_id": self.node_id,

@@ -47,6 +47,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples", type=int, default=5, help="diffusion samples per seed")
     parser.add_argument("--recycles", type=int, default=None, help="trunk cycles (default: model's)")
     parser.add_argument("--steps", type=int, default=None, help="diffusion steps (default: model's)")
+    parser.add_argument("--share-trunk", action="store_true",
+                        help="one trunk run per job for all seeds (seeds then differ only in "
+                             "diffusion noise): faster with many seeds, less diverse")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     parser.add_argument("--chunk-size", type=int, default=None, help="pair-stack chunk size")
     parser.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS)
@@ -72,7 +75,8 @@ def settings_from_args(args: argparse.Namespace) -> PredictSettings:
     from foldray.predictor import PredictSettings  # torch loads only when a command needs it
 
     return PredictSettings(seeds=args.seeds, n_sample=args.samples, n_cycle=args.recycles,
-                           n_step=args.steps, max_tokens=args.max_tokens)
+                           n_step=args.steps, max_tokens=args.max_tokens,
+                           share_trunk=args.share_trunk)
 
 
 def random_weights_warning(config: str) -> str:

@@ -225,7 +225,8 @@ def _run_pipeline(args: argparse.Namespace, entries: list[dict[str, Any]]) -> li
                  "num_cpus": args.num_cpus_per_worker, **remote,
                  **({"resources": cpu_place} if cpu_place else {})}
     featurized = pending.map(FeaturizeStage, fn_constructor_kwargs={
-        "seeds": args.seeds, "max_tokens": args.max_tokens}, **cpu_stage)
+        "seeds": args.seeds, "max_tokens": args.max_tokens, "share_trunk": args.share_trunk},
+        **cpu_stage)
     with warnings.catch_warnings():
         # Ray 2.60 flags every extra remote arg as deprecated but has no named parameter for
         # restarts; its default (-1) would retry an actor that dies on every record forever.

@@ -107,7 +107,7 @@ def predict(job: Job | dict | str | Path, *, checkpoint: str | None = None, conf
             seeds: tuple[int, ...] | None = None, samples: int = 5, recycles: int | None = None,
             steps: int | None = None, device: str = "cpu", precision: str = "fp32",
             chunk_size: int | None = None, out: str | Path | None = None,
-            ) -> Prediction | list[Prediction]:
+            share_trunk: bool = False) -> Prediction | list[Prediction]:
     """Predict a job given as a Job, an AF3 JSON dict, or a file / URL (AF3 JSON, JSONL,
     mmCIF/PDB). One job gives a Prediction, a file with several jobs a list.
 
@@ -126,6 +126,7 @@ def predict(job: Job | dict | str | Path, *, checkpoint: str | None = None, conf
         warnings.warn(f"no checkpoint: the {config!r} model has RANDOM weights; structures and "
                       "confidences are meaningless", stacklevel=2)
     out_url = str(out) if out is not None else tempfile.mkdtemp(prefix="foldray_")
-    settings = PredictSettings(seeds=seeds, n_sample=samples, n_cycle=recycles, n_step=steps)
+    settings = PredictSettings(seeds=seeds, n_sample=samples, n_cycle=recycles, n_step=steps,
+                               share_trunk=share_trunk)
     results = [load_prediction(predictor.predict_to(out_url, j, settings)) for j in jobs]
     return results[0] if len(results) == 1 else results

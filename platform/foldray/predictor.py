@@ -21,7 +21,7 @@ from foldray.features.tokenize import DEFAULT_MAX_TOKENS, TokenizedStructure
 from foldray.inputs.job import Job
 from foldray.io.confidences import SamplePrediction, write_prediction
 from foldray.io.weights import load_weights
-from foldray.model.alphafold3 import AlphaFold3, Prediction
+from foldray.model.alphafold3 import AlphaFold3, Prediction, TrunkOutput
 from foldray.model.confidence import distogram_breaks, token_frames
 from foldray.model.config import NAMED_CONFIGS, ModelConfig, RuntimeConfig
 from foldray.model.diffusion import Progress
@@ -41,6 +41,9 @@ class PredictSettings:
     n_cycle: int | None = None
     n_step: int | None = None
     max_tokens: int | None = DEFAULT_MAX_TOKENS
+    # Seeds after the first reuse its features and trunk; only their diffusion noise differs.
+    # Saves (seeds - 1) trunk runs at the cost of less diversity between seeds.
+    share_trunk: bool = False
 
 
 def named_config(name: str) -> ModelConfig:
@@ -94,7 +97,7 @@ class Predictor:
         return self.model.config
 
     def _run(self, featurized: FeaturizedJob, seed: int, settings: PredictSettings,
-             ) -> tuple[Prediction, dict[str, torch.Tensor]]:
+             trunk: TrunkOutput | None = None) -> tuple[Prediction, dict[str, torch.Tensor]]:
         batch = collate([featurized.features], token_buckets=None, atom_buckets=None)
         batch = {k: v.to(self.device) for k, v in batch.items()}
         generator = torch.Generator(device=self.device).manual_seed(seed)
@@ -103,7 +106,7 @@ class Predictor:
             prediction = self.model.predict(batch, n_sample=settings.n_sample,
                                             n_cycle=settings.n_cycle, n_step=settings.n_step,
                                             generator=generator, runtime=self.runtime,
-                                            progress=self.progress)
+                                            progress=self.progress, trunk=trunk)
         return prediction, batch
 
     def predict_job(self, job: Job, settings: PredictSettings = PredictSettings(),
@@ -111,7 +114,11 @@ class Predictor:
         """All seeds x samples of one job, with AF3's confidence metrics per sample."""
         samples: list[SamplePrediction] = []
         tokens = None
-        for seed in settings.seeds or job.seeds:   # one seed's features in memory at a time
+        seeds = settings.seeds or job.seeds
+        if settings.share_trunk:
+            featurized = featurize_seeds(job, seeds, max_tokens=settings.max_tokens, share_trunk=True)
+            return self.predict_featurized(featurized, settings)
+        for seed in seeds:                         # one seed's features in memory at a time
             featurized = featurize_seeds(job, (seed,), max_tokens=settings.max_tokens)
             tokens, seed_samples = self.predict_featurized(featurized, settings)
             samples.extend(seed_samples)
@@ -126,10 +133,15 @@ class Predictor:
         if not featurized_by_seed:
             raise ValueError("predict_featurized: no seeds to predict")
         samples: list[SamplePrediction] = []
-        tokens = None
+        tokens, trunk = None, None
+        first = next(iter(featurized_by_seed.values()))
         for seed, featurized in featurized_by_seed.items():
+            if settings.share_trunk:
+                featurized = first        # the trunk ran on these features
             tokens = featurized.tokens
-            prediction, batch = self._run(featurized, seed, settings)
+            prediction, batch = self._run(featurized, seed, settings, trunk=trunk)
+            if settings.share_trunk:
+                trunk = prediction.trunk
             samples.extend(self._samples(prediction, batch, seed, tokens))
         assert tokens is not None
         return tokens, samples

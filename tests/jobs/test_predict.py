@@ -136,3 +136,34 @@ def test_checkpoint_is_loaded_with_its_own_config(tmp_path, capsys):
                  str(ckpt), *FAST]) == 0
     assert "RANDOM" not in capsys.readouterr().err
     assert (out / "1l2y" / "1l2y_model.cif").exists()
+
+
+def test_shared_trunk_runs_the_trunk_once_for_all_seeds(tmp_path):
+    from foldray.features.pipeline import featurize_seeds
+    from foldray.predictor import Predictor, PredictSettings
+
+    (job,) = parse_af3_json((INPUTS / "tiny_protein_ligand_smiles.json").read_text())
+    predictor = Predictor.load(config="tiny")
+    trunk_runs = []
+    run_trunk = predictor.model.run_trunk
+    predictor.model.run_trunk = lambda *a, **k: trunk_runs.append(1) or run_trunk(*a, **k)
+    fast = dict(n_sample=2, n_cycle=1, n_step=4)
+    _, separate = predictor.predict_job(job, PredictSettings(seeds=(3, 8), **fast))
+    assert len(trunk_runs) == 2
+    _, shared = predictor.predict_job(job, PredictSettings(seeds=(3, 8), share_trunk=True, **fast))
+    assert len(trunk_runs) == 3                                    # one more run for both seeds
+    assert [(s.seed, s.sample_index) for s in shared] == [(3, 0), (3, 1), (8, 0), (8, 1)]
+    # the first seed is exactly what it is without sharing; the second has its own noise
+    for a, b in zip(separate[:2], shared[:2], strict=True):
+        np.testing.assert_allclose(a.coords, b.coords, atol=1e-5)
+    assert not np.allclose(shared[0].coords, shared[2].coords, atol=1e-2)
+    # ... on the first seed's features: one featurization for all seeds
+    by_seed = featurize_seeds(job, (3, 8), share_trunk=True)
+    assert by_seed[3] is by_seed[8]
+    per_seed = featurize_seeds(job, (3, 8))
+    assert per_seed[3] is not per_seed[8]
+    out = tmp_path / "out"
+    assert main(["predict", str(INPUTS / "1l2y.json"), "--out", str(out), "--seeds", "1,2",
+                 "--share-trunk", *FAST]) == 0
+    assert {p.name for p in (out / "1l2y").glob("seed-*")} == {
+        "seed-1_sample-0", "seed-1_sample-1", "seed-2_sample-0", "seed-2_sample-1"}

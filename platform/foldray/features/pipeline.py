@@ -166,9 +166,15 @@ def featurize_job(job: Job, *, seed: int = 0, max_tokens: int | None = DEFAULT_M
 
 
 def featurize_seeds(job: Job, seeds: tuple[int, ...] | None = None, *,
-                    max_tokens: int | None = DEFAULT_MAX_TOKENS) -> dict[int, FeaturizedJob]:
+                    max_tokens: int | None = DEFAULT_MAX_TOKENS,
+                    share_trunk: bool = False) -> dict[int, FeaturizedJob]:
     """Inference features of a job once per seed (None: its modelSeeds); the seed only
     changes reference-conformer rotations. The CPU half of prediction, run apart from the
-    model in batch pipelines."""
+    model in batch pipelines. With `share_trunk` every seed maps to the first seed's
+    features (one object: it pickles once), as the model then runs one trunk for all."""
+    seeds = seeds or job.seeds
+    if share_trunk:
+        first = featurize_job(job, seed=seeds[0], max_tokens=max_tokens, with_targets=False)
+        return dict.fromkeys(seeds, first)
     return {seed: featurize_job(job, seed=seed, max_tokens=max_tokens, with_targets=False)
-            for seed in (seeds or job.seeds)}
+            for seed in seeds}

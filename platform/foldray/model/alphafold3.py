@@ -129,11 +129,13 @@ class AlphaFold3(nn.Module):
     @torch.no_grad()
     def predict(self, features: Features, *, n_sample: int = 5, n_cycle: int | None = None,
                 n_step: int | None = None, generator: torch.Generator | None = None,
-                runtime: RuntimeConfig | None = None,
-                progress: Progress | None = None) -> Prediction:
+                runtime: RuntimeConfig | None = None, progress: Progress | None = None,
+                trunk: TrunkOutput | None = None) -> Prediction:
         """Algorithm 1 end to end for inference; `progress(stage, done, total)` is told
-        every recycle and diffusion step (progress bars)."""
-        trunk = self.run_trunk(features, n_cycle=n_cycle, runtime=runtime, progress=progress)
+        every recycle and diffusion step (progress bars). A given `trunk` (from an earlier
+        call on the same features) skips the trunk: only sampling and confidence run."""
+        if trunk is None:
+            trunk = self.run_trunk(features, n_cycle=n_cycle, runtime=runtime, progress=progress)
         x = self.sample(features, trunk, n_sample=n_sample, n_step=n_step, generator=generator,
                         runtime=runtime, progress=progress)
         confidence = self.confidence(features, trunk, x, runtime)
