@@ -12,6 +12,7 @@ from foldray.jobs import (
     example,
     featurize,
     import_weights,
+    msa,
     predict,
     predict_batch,
     report,
@@ -30,6 +31,7 @@ COMMANDS = {
     "train": (train, "train or fine-tune on Ray Train from a YAML config (local or cluster)"),
     "serve": (serve, "serve the HTTP API (predictions, library screens) with Ray Serve"),
     "import-weights": (import_weights, "convert an OpenFold3/Protenix checkpoint into a foldray checkpoint"),
+    "msa": (msa, "genetic search (jackhmmer/nhmmer, pyhmmer) on Ray: fill jobs' MSAs, cached"),
 }
 
 

@@ -30,6 +30,7 @@ import warnings
 from typing import Any
 
 from foldray.errors import InputError, error_line
+from foldray.jobs.msa import add_msa_arguments, check_search_config, search_stage
 from foldray.jobs.predict import (
     add_model_arguments,
     random_weights_warning,
@@ -75,6 +76,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                         help="featurize and write actor pools, each (default 1-<CPUs / 2>)")
     parser.add_argument("--actor-restarts", type=int, default=3,
                         help="restarts of a dead inference actor before the run fails")
+    add_msa_arguments(parser)
     parser.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or local)")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for an embedded local Ray")
     return parser
@@ -154,6 +156,9 @@ def run(args: argparse.Namespace) -> int:
         entries, bad_locations = collect_entries(args.inputs)
     except Exception as err:  # s3fs/botocore errors when listing inputs
         return _storage_error(f"inputs {args.inputs}", err)
+    if (msa_error := check_search_config(args)) is not None:  # missing database: fail now
+        print(f"error: {msa_error}", file=sys.stderr)
+        return 2
     if args.checkpoint is None:
         print(random_weights_warning(args.config), file=sys.stderr)
     with connect_ray(args.address, quiet=args.quiet, num_cpus=args.num_cpus):
@@ -215,6 +220,8 @@ def _run_pipeline(args: argparse.Namespace, entries: list[dict[str, Any]]) -> li
                .sort("n_tokens", descending=True)
                .repartition(target_num_rows_per_block=1)
                .materialize())
+    if args.msa == "search":  # genetic search (foldray msa) before featurization
+        pending = search_stage(args, pending)
     # CPU stages are actor pools too: a worker decodes the CCD once, and Ray's idle-worker
     # reaping does not restart (and re-import) task workers between jobs.
     # On a cluster with stage resources (cluster.yaml), CPU stages go to featurization

@@ -1,0 +1,98 @@
+"""Ray side of the genetic search: shard workers on CPU nodes and the fan-out over them.
+
+Each `ShardWorker` actor loads its shards of every database once (round-robin: worker w
+holds shards w, w + W, ...) and keeps them for all queries. `RayShards` is the library's
+`ShardSearch`: it maps one profile over every shard of a database as actor calls and returns
+the per-shard hits, which `foldray.msa.search` merges. A worker that dies is restarted by Ray
+(it reloads its shards) and the call is retried.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+
+import ray
+from pyhmmer import plan7
+
+from foldray.actors.placement import stage_resources
+from foldray.msa.config import DatabaseConfig, MsaConfig
+from foldray.msa.databases import load_shards
+from foldray.msa.search import search_shard
+
+MAX_RESTARTS = 3  # worker process deaths survived per actor
+MAX_TASK_RETRIES = 3  # shard searches retried on a restarted worker
+
+
+class ShardWorker:
+    """Holds shards ``{(database, index): Shard}`` in memory; searches one per call."""
+
+    def __init__(self, databases: tuple[DatabaseConfig, ...], indices: tuple[int, ...],
+                 n_shard: int) -> None:
+        self.shards = {(db.name, i): shard for db in databases
+                       for i, shard in load_shards(db, indices, n_shard).items()}
+
+    def sizes(self) -> dict[tuple[str, int], tuple[int, int]]:
+        return {key: (len(shard.sequences), shard.n_residues) for key, shard in self.shards.items()}
+
+    def search(self, db: DatabaseConfig, index: int, hmm_bytes: bytes, z: float,
+               short_query: bool) -> bytes:
+        """Pickled TopHits (stdlib pickle: cloudpickle cannot pickle pyhmmer's alphabets)."""
+        with plan7.HMMFile(io.BytesIO(hmm_bytes)) as handle:
+            hmm = handle.read()
+        return pickle.dumps(search_shard(self.shards[(db.name, index)], db, hmm, z, short_query))
+
+    def pid(self) -> int:
+        """The worker's process id (tests check that a killed worker came back)."""
+        return os.getpid()
+
+
+class RayShards:
+    """`ShardSearch` over ``n_worker`` Ray actors holding ``config.shards`` shards per database."""
+
+    def __init__(self, config: MsaConfig, n_worker: int, *, num_cpus: float = 1.0,
+                 runtime_env: dict | None = None) -> None:
+        # Never more workers than shards, nor than the cluster's CPUs can hold at once
+        # (an actor that cannot be placed would wait forever).
+        cpus = ray.cluster_resources().get("CPU", 1.0)
+        n_worker = max(1, min(n_worker, config.shards, int(cpus // num_cpus) if num_cpus else n_worker))
+        self.n_shard = config.shards
+        place = stage_resources("featurize")
+        options = {"num_cpus": num_cpus, "max_restarts": MAX_RESTARTS,
+                   "max_task_retries": MAX_TASK_RETRIES}
+        if place:
+            options["resources"] = place
+        if runtime_env:
+            options["runtime_env"] = runtime_env
+        actor = ray.remote(ShardWorker).options(**options)
+        self.owner: dict[int, ray.actor.ActorHandle] = {}  # shard index -> worker
+        self.workers = []
+        for w in range(n_worker):
+            indices = tuple(range(w, self.n_shard, n_worker))
+            worker = actor.remote(config.databases, indices, self.n_shard)
+            self.workers.append(worker)
+            self.owner.update({i: worker for i in indices})
+        sizes: dict[tuple[str, int], tuple[int, int]] = {}
+        for part in ray.get([worker.sizes.remote() for worker in self.workers]):
+            sizes.update(part)
+        self._sizes = sizes
+        self.calls = 0  # shard searches submitted
+
+    def database_size(self, db: DatabaseConfig) -> tuple[int, int]:
+        parts = [self._sizes[(db.name, i)] for i in range(self.n_shard)]
+        return sum(p[0] for p in parts), sum(p[1] for p in parts)
+
+    def search(self, db: DatabaseConfig, hmm: plan7.HMM, z: float, short_query: bool,
+               ) -> list[plan7.TopHits]:
+        buffer = io.BytesIO()
+        hmm.write(buffer, binary=True)  # HMMs travel as HMMER files (no pickling of alphabets)
+        hmm_ref = ray.put(buffer.getvalue())
+        refs = [self.owner[i].search.remote(db, i, hmm_ref, z, short_query) for i in range(self.n_shard)]
+        self.calls += len(refs)
+        return [pickle.loads(data) for data in ray.get(refs)]
+
+    def close(self) -> None:
+        for worker in self.workers:
+            ray.kill(worker, no_restart=True)
+        self.workers.clear()

@@ -1,0 +1,109 @@
+"""Genetic-search throughput (issue 10): queries per minute, 1 vs 2 shard workers, with and
+without the MSA cache.
+
+Queries are real protein chains of shared/data (see `queries`); the database is
+shared/data/seqdb/protein_db.fasta (9,674 sequences) split into `--shards` shards. Each query
+is one jackhmmer search with the SI settings (E 1e-4; `--iterations` rounds, SI: 1). For each
+worker count the queries run once against an empty cache (every search runs on the shard
+actors) and once more against the filled cache (no search runs). An in-process 1-shard search
+(no Ray) is the baseline. Writes benchmarks/results/msa_scaling.json.
+
+    python benchmarks/msa_scaling.py [--queries 12] [--shards 4] [--iterations 1]
+
+The machine may be shared: the load average is recorded with the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform as stdlib_platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PROTEIN_DB = ROOT.parent / "shared" / "data" / "seqdb" / "protein_db.fasta"
+
+
+def queries(n: int) -> list[str]:
+    """Up to n real chains: the queries of the 102m / 1k1a / 5zyh MSAs (families with hundreds
+    of hits in the database), then the other pdb| records of the database (>= 50 residues)."""
+    msas = ROOT.parent / "shared" / "data" / "msas"
+    found = [(msas / f"{name}_A.a3m").read_text().splitlines()[1].strip()
+             for name in ("102m", "1k1a", "5zyh")]
+    name, seq = None, []
+    for line in PROTEIN_DB.read_text().splitlines() + [">end"]:
+        if line.startswith(">"):
+            if name and name.startswith("pdb|") and len("".join(seq)) >= 50 and "".join(seq) not in found:
+                found.append("".join(seq))
+            name, seq = line[1:].split()[0], []
+        else:
+            seq.append(line.strip())
+    return found[:n]
+
+
+def timed_run(sequences: list[str], config, shards, cache_url: str | None) -> dict:
+    from foldray.msa.cache import MsaCache
+    from foldray.msa.fill import ChainSearcher
+
+    searcher = ChainSearcher(config, shards, MsaCache(cache_url) if cache_url else None)
+    started = time.perf_counter()
+    for sequence in sequences:
+        searcher.database_a3m(sequence, "protein", config.databases[0])
+    seconds = time.perf_counter() - started
+    return {"seconds": round(seconds, 3), "queries_per_minute": round(60 * len(sequences) / seconds, 1),
+            "searched": searcher.counts.searched, "cached": searcher.counts.cached}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--queries", type=int, default=12)
+    parser.add_argument("--shards", type=int, default=4)
+    parser.add_argument("--iterations", type=int, default=1)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "msa_scaling.json"))
+    args = parser.parse_args()
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+
+    from foldray.actors.msa_stage import RayShards
+    from foldray.msa.config import DatabaseConfig, MsaConfig
+    from foldray.msa.search import LocalShards
+
+    sequences = queries(args.queries)
+    db = DatabaseConfig(name="uniref90", url=str(PROTEIN_DB), iterations=args.iterations)
+    config = MsaConfig(databases=(db,), shards=args.shards)
+    results: dict = {"queries": len(sequences), "query_lengths": [len(s) for s in sequences],
+                     "database_sequences": 9674, "shards": args.shards, "iterations": args.iterations,
+                     "machine": {"cpus": os.cpu_count(), "python": stdlib_platform.python_version(),
+                                 "loadavg_before": os.getloadavg()}}
+    local = LocalShards(1)
+    local.database_size(db)  # load outside the timing, like the actors' start-up
+    results["in_process_1_shard"] = timed_run(sequences, dataclasses.replace(config, shards=1), local, None)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        for workers in (1, 2):
+            started = time.perf_counter()
+            shards = RayShards(config, workers)
+            startup = time.perf_counter() - started
+            with tempfile.TemporaryDirectory(prefix="msa-cache-") as cache:
+                cold = timed_run(sequences, config, shards, cache)
+                warm = timed_run(sequences, config, shards, cache)
+            results[f"ray_{workers}_workers"] = {"actor_startup_seconds": round(startup, 3),
+                                                 "no_cache": cold, "cached": warm}
+            shards.close()
+    finally:
+        ray.shutdown()
+    results["machine"]["loadavg_after"] = os.getloadavg()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

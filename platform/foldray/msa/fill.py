@@ -1,0 +1,134 @@
+"""Fill jobs' MSAs from the genetic search: AF3's data-pipeline-only mode (SI 2.2).
+
+Per chain: every ``unpaired`` database of its molecule type is searched (or read from the
+cache), the results are stacked in config order and deduplicated into the main MSA
+(``unpairedMsa``); the ``paired`` (UniProt) result becomes ``pairedMsa`` for proteins, which
+`foldray.features.msa` pairs by species at featurization (SI 2.3). A chain with no hits gets
+the query alone and a `NoHitsWarning`. Chains that already carry an MSA are left alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from foldray.inputs.job import Job, PolymerChain
+from foldray.msa.cache import MsaCache, cache_key
+from foldray.msa.config import DatabaseConfig, MsaConfig
+from foldray.msa.databases import database_identity
+from foldray.msa.search import ShardSearch, iterative_search
+
+SEARCHED_TYPES = ("protein", "rna")  # AF3 searches no DNA MSA
+
+
+class NoHitsWarning(UserWarning):
+    """A chain found no homologs: it gets a single-sequence MSA."""
+
+
+@dataclass(frozen=True)
+class ChainMsas:
+    unpaired: str  # a3m, query first
+    paired: str | None  # a3m of the paired database (protein), None without one
+
+
+@dataclass
+class SearchCounts:
+    """What a run did: database searches run vs. served from the cache."""
+
+    searched: int = 0
+    cached: int = 0
+
+
+class ChainSearcher:
+    """Searches chains against the config's databases through the cache."""
+
+    def __init__(self, config: MsaConfig, shards: ShardSearch, cache: MsaCache | None) -> None:
+        self.config, self.shards, self.cache = config, shards, cache
+        self.counts = SearchCounts()
+        self._identity = {db.name: database_identity(db) for db in config.databases}
+
+    def database_a3m(self, sequence: str, mol_type: str, db: DatabaseConfig) -> str:
+        key = cache_key(sequence, mol_type, db, self._identity[db.name])
+        if self.cache is not None and (text := self.cache.get(key)) is not None:
+            self.counts.cached += 1
+            return text
+        a3m = iterative_search(sequence, db, self.shards).a3m
+        self.counts.searched += 1
+        if self.cache is not None:
+            self.cache.put(key, a3m)
+        return a3m
+
+    def chain(self, sequence: str, mol_type: str) -> ChainMsas:
+        dbs = self.config.for_mol_type(mol_type)
+        unpaired = [self.database_a3m(sequence, mol_type, db) for db in dbs if db.role == "unpaired"]
+        paired = [self.database_a3m(sequence, mol_type, db) for db in dbs if db.role == "paired"]
+        main = stack_a3m(sequence, unpaired)
+        if main.count(">") == 1 and all(text.count(">") == 1 for text in paired):
+            warnings.warn(f"{mol_type} chain {sequence[:20]}... ({len(sequence)} residues) has no "
+                          f"hits in {[db.name for db in dbs]}: single-sequence MSA",
+                          NoHitsWarning, stacklevel=2)
+        return ChainMsas(unpaired=main, paired=paired[0] if paired and mol_type == "protein" else None)
+
+
+def _records(a3m: str) -> list[tuple[str, str]]:
+    """(header, aligned row) pairs of a3m text written by `hits_to_a3m` (one line per row)."""
+    lines = [line for line in a3m.splitlines() if line]
+    return [(lines[i][1:], lines[i + 1]) for i in range(0, len(lines) - 1, 2)]
+
+
+def stack_a3m(sequence: str, texts: Iterable[str]) -> str:
+    """The main MSA: query, then each database's hits in order, duplicates dropped (SI 2.2)."""
+    out = [">query", sequence.upper()]
+    seen = {sequence.upper()}
+    for text in texts:
+        for header, row in _records(text)[1:]:
+            key = "".join(c for c in row if not c.islower())  # aligned residues, insertions ignored
+            if key not in seen:
+                seen.add(key)
+                out += [f">{header}", row]
+    return "\n".join(out) + "\n"
+
+
+def chains_to_search(jobs: Iterable[Job]) -> list[tuple[str, str]]:
+    """Unique (sequence, mol_type) of protein/RNA chains without a given MSA, in job order."""
+    found: dict[tuple[str, str], None] = {}
+    for job in jobs:
+        for entity in job.entities:
+            if isinstance(entity, PolymerChain) and _needs_search(entity):
+                found.setdefault((entity.sequence.upper(), entity.mol_type), None)
+    return list(found)
+
+
+def _needs_search(chain: PolymerChain) -> bool:
+    return chain.mol_type in SEARCHED_TYPES and chain.unpaired_msa is None
+
+
+def fill_job(job: Job, msas: Callable[[str, str], ChainMsas]) -> Job:
+    """The job with ``unpairedMsa`` / ``pairedMsa`` set for every chain that had none."""
+    entities = []
+    for entity in job.entities:
+        if isinstance(entity, PolymerChain) and _needs_search(entity):
+            found = msas(entity.sequence.upper(), entity.mol_type)
+            changes = {"unpaired_msa": found.unpaired}
+            if entity.mol_type == "protein":
+                # AF3 data pipeline: pairedMsa "" when there is nothing to pair; no template search.
+                changes["paired_msa"] = entity.paired_msa if entity.paired_msa is not None \
+                    else (found.paired or "")
+                if entity.templates is None:
+                    changes["templates"] = ()
+            entity = dataclasses.replace(entity, **changes)
+        entities.append(entity)
+    return dataclasses.replace(job, entities=tuple(entities))
+
+
+def fill_jobs(jobs: list[Job], searcher: ChainSearcher,
+              on_chain: Callable[[], None] | None = None) -> list[Job]:
+    """Search every chain that needs it once (chains shared by jobs too), then fill all jobs."""
+    found: dict[tuple[str, str], ChainMsas] = {}
+    for sequence, mol_type in chains_to_search(jobs):
+        found[(sequence, mol_type)] = searcher.chain(sequence, mol_type)
+        if on_chain is not None:
+            on_chain()
+    return [fill_job(job, lambda sequence, mol_type: found[(sequence, mol_type)]) for job in jobs]
