@@ -9,9 +9,13 @@ the per-shard hits, which `foldray.msa.search` merges. A worker that dies is res
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import pickle
+import threading
+from collections import OrderedDict
+from typing import Any
 
 import ray
 from pyhmmer import plan7
@@ -96,3 +100,66 @@ class RayShards:
         for worker in self.workers:
             ray.kill(worker, no_restart=True)
         self.workers.clear()
+
+
+class JobMsaFiller:
+    """Genetic search for long-lived services (the Serve featurizer): fills the MSAs of jobs
+    whose chains have none, through the content-addressed cache, and remembers filled jobs
+    by content so a screen's target is searched (or read from the cache) once, not once per
+    ligand. Shard workers start on the first search, so requests that bring their own MSAs
+    never load a database."""
+
+    def __init__(self, config_url: str, *, cache_url: str | None = None, workers: int = 1,
+                 num_cpus: float = 1.0, max_remembered: int = 64) -> None:
+        from foldray.msa.config import load_config
+        from foldray.msa.databases import check_databases
+
+        self.config = load_config(config_url)
+        check_databases(self.config)                 # a missing database fails at deploy time
+        self.cache_url = cache_url or self.config.cache_url
+        if self.cache_url is None:
+            raise ValueError(f"{config_url}: msa search in a service needs a cache URL "
+                             "(msa_cache or cache_url in the config), e.g. s3://bucket/msa_cache")
+        self.workers, self.num_cpus = workers, num_cpus
+        self._searcher = None
+        self._filled: OrderedDict[str, Any] = OrderedDict()
+        self.max_remembered = max_remembered
+        # Serve runs sync methods on a thread pool: the ligands of a screen arrive together,
+        # and only the first may search their target; the others wait for its result.
+        self._lock = threading.Lock()
+
+    @property
+    def counts(self) -> dict[str, int]:
+        counts = self._searcher.counts if self._searcher is not None else None
+        return {"msa_searched": counts.searched if counts else 0,
+                "msa_cached": counts.cached if counts else 0}
+
+    def _chain_searcher(self):
+        if self._searcher is None:
+            from foldray.msa.cache import MsaCache
+            from foldray.msa.fill import ChainSearcher
+
+            shards = RayShards(self.config, self.workers, num_cpus=self.num_cpus)
+            self._searcher = ChainSearcher(self.config, shards, MsaCache(self.cache_url))
+        return self._searcher
+
+    def fill(self, job: Any) -> Any:
+        """`job` with every protein/RNA chain's MSA filled (unchanged when none is missing)."""
+        import warnings
+
+        from foldray.msa.fill import NoHitsWarning, chains_to_search, fill_jobs
+        from foldray.screening import target_key
+
+        if not chains_to_search([job]):
+            return job
+        key = target_key(job)           # content only: jobs differing in name share an entry
+        with self._lock:
+            if key not in self._filled:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", NoHitsWarning)   # single-sequence MSA is valid
+                    (filled,) = fill_jobs([job], self._chain_searcher())
+                self._filled[key] = filled.entities
+                while len(self._filled) > self.max_remembered:
+                    self._filled.popitem(last=False)
+            self._filled.move_to_end(key)
+            return dataclasses.replace(job, entities=self._filled[key])

@@ -10,7 +10,9 @@ Three deployments, so the accelerator only runs the model:
   answers with job ids at once and runs each job as a background task. It holds the job
   table, so it runs as one replica (the table is in its memory, bounded).
 - `Featurizer` (CPU): featurization with a per-target cache for screens, and rendering
-  (mmCIF, confidences, AF3 output folders) after prediction.
+  (mmCIF, confidences, AF3 output folders) after prediction. With `msa_config` (an
+  msa.yaml, see `foldray msa`) chains sent without an MSA are searched on shard workers
+  through the MSA cache (`msa_cache`): a screen's target is searched once.
 - `Model`: loads the checkpoint once; `@serve.batch` collects requests and runs jobs of
   similar size in one forward pass; bounded queues, autoscaling, `num_gpus` per replica.
 Calls to the model that fail because a replica died or is overloaded are retried by the
@@ -76,6 +78,7 @@ DEFAULTS: dict[str, Any] = {
     "max_body_bytes": Limits.max_body_bytes, "max_tokens": Limits.max_tokens,
     "max_jobs": Limits.max_jobs, "max_ligands": Limits.max_ligands,
     "retry_max_s": 300.0, "env_vars": None, "access_log": True,
+    "msa_config": None, "msa_cache": None, "msa_workers": 1, "msa_worker_cpus": 1.0,
 }
 
 
@@ -107,16 +110,25 @@ class ModelRequest:
 class Featurizer:
     """CPU work before and after the model: features (target cache) and output rendering."""
 
-    def __init__(self, target_cache_size: int = 16) -> None:
+    def __init__(self, target_cache_size: int = 16, msa: dict[str, Any] | None = None) -> None:
         self.cache = TargetCache(target_cache_size)
+        self.msa = None
+        if msa and msa["msa_config"]:
+            from foldray.actors.msa_stage import JobMsaFiller
+
+            self.msa = JobMsaFiller(msa["msa_config"], cache_url=msa["msa_cache"],
+                                    workers=msa["msa_workers"], num_cpus=msa["msa_worker_cpus"])
 
     def featurize(self, request: FeaturizeRequest) -> dict[str, Any]:
         """{"features": {seed: FeaturizedJob}} or {"error": validate line}."""
-        job = request.job
+        job, target = request.job, request.target
         try:
-            if request.target is not None and request.ligand is not None:
-                job = ligand_job(request.target, request.ligand)
-                prepared = self.cache.get(request.target)
+            if self.msa is not None:          # chains without an MSA: search (cached) first
+                job = self.msa.fill(job) if job is not None else None
+                target = self.msa.fill(target) if target is not None else None
+            if target is not None and request.ligand is not None:
+                job = ligand_job(target, request.ligand)
+                prepared = self.cache.get(target)
                 seeds = request.seeds or job.seeds
                 features = {s: featurize_screen_job(job, prepared, seed=s, max_tokens=request.max_tokens)
                             for s in seeds}
@@ -136,7 +148,7 @@ class Featurizer:
 
     def stats(self) -> dict[str, int]:
         return {"target_cache_hits": self.cache.hits, "target_cache_misses": self.cache.misses,
-                "pid": os.getpid()}
+                "pid": os.getpid(), **(self.msa.counts if self.msa is not None else {})}
 
 
 @serve.deployment(name="Model")
@@ -483,7 +495,7 @@ def build_app(args: dict[str, Any] | None = None) -> Any:
     featurizer = Featurizer.options(
         num_replicas=config["featurizer_replicas"],
         ray_actor_options={"num_cpus": config["featurizer_num_cpus"], "runtime_env": runtime_env},
-    ).bind(config["target_cache_size"])
+    ).bind(config["target_cache_size"], {k: config[k] for k in DEFAULTS if k.startswith("msa_")})
     model_options: dict[str, Any] = {
         "ray_actor_options": {"num_cpus": config["model_num_cpus"], "num_gpus": config["num_gpus"],
                               "runtime_env": runtime_env},

@@ -27,7 +27,7 @@ from foldray.client import FoldrayClient, FoldrayError
 from foldray.errors import InputError
 from foldray.inputs.af3_json import parse_af3_json
 from foldray.jobs.validate import format_error
-from tests.data_paths import BAD_INPUTS, INPUTS, LIGANDS, REPO
+from tests.data_paths import BAD_INPUTS, INPUTS, LIGANDS, REPO, SEQDB
 
 TRP_CAGE = "NLYIQWLKDGGPSSGRPPPS"        # 1L2Y, 20 residues
 TOKEN = "test-token-0123456789abcdef"
@@ -329,3 +329,43 @@ def test_cli_refuses_without_token_then_serves_insecure_and_config_is_valid(serv
     prediction = FoldrayClient(served.url).predict(json.loads((INPUTS / "1l2y.json").read_text()),
                                                    timeout=120)
     assert prediction.summary_confidences["chain_ids"] == ["A"]
+
+
+def test_screen_target_without_msa_is_searched_once_through_the_msa_cache(served, tmp_path):
+    """`msa_config`: the featurizer searches chains sent without an MSA (real jackhmmer over
+    the real 9,674-sequence database, 2 shards on a Ray shard worker), once per target."""
+    from ray import serve
+
+    from foldray.actors.serve import build_app
+
+    (tmp_path / "token").write_text(TOKEN)
+    cache = tmp_path / "msa_cache"
+    config = tmp_path / "msa.yaml"
+    config.write_text(yaml.safe_dump({"shards": 2, "databases": [
+        {"name": "uniref90", "url": str(SEQDB / "protein_db.fasta"), "tool": "jackhmmer",
+         "role": "unpaired", "max_sequences": 64}]}))
+    serve.run(build_app({**TINY, "token_file": str(tmp_path / "token"), "msa_config": str(config),
+                         "msa_cache": str(cache), "msa_worker_cpus": 0.25}),
+              name="msa", route_prefix="/msa")
+    try:
+        client = FoldrayClient(served.url + "/msa", token=TOKEN, timeout=30)
+        globin = json.loads((INPUTS / "102m.json").read_text())["sequences"][0]["protein"]["sequence"]
+        ligands = [{"id": f"lig{i}", "smiles": s} for i, s in enumerate(["CCO", "c1ccccc1O", "CC(=O)N"])]
+        table = client.screen({"protein": globin}, ligands, concurrency=3, progress=False)
+        assert [r["status"] for r in table.to_pylist()] == ["ok"] * 3
+        stats = client.stats()["featurizer"]
+        # one chain, one database: searched once although 3 ligands arrived at the same time
+        assert stats["msa_searched"] == 1 and stats["msa_cached"] == 0
+        (a3m,) = cache.rglob("*.a3m")                                        # stored for every caller
+        records = [line for line in a3m.read_text().splitlines() if line.startswith(">")]
+        assert 2 <= len(records) <= 65                                        # query + globin hits
+        # a second screen and a plain prediction of the same chain: no new search
+        again = client.screen({"protein": globin}, ligands[:1], progress=False)
+        assert again.to_pylist()[0]["status"] == "ok"
+        result = client.predict({"name": "globin", "modelSeeds": [1], "dialect": "alphafold3",
+                                 "version": 2, "sequences": [{"protein": {"id": "A", "sequence": globin}}]},
+                                timeout=300)
+        assert result.summary_confidences["ptm"] is not None
+        assert client.stats()["featurizer"]["msa_searched"] == 1
+    finally:
+        serve.delete("msa")
