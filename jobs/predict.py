@@ -20,7 +20,7 @@ from foldray.inputs.load import iter_jobs
 from foldray.io.confidences import is_complete, job_dir
 from foldray.jobs.validate import format_error
 from foldray.model.config import NAMED_CONFIGS, RuntimeConfig
-from foldray.progress import StageBars, interactive
+from foldray.progress import JobsBar, StageBars, interactive
 
 if TYPE_CHECKING:
     from foldray.predictor import PredictSettings
@@ -96,30 +96,37 @@ def run(args: argparse.Namespace) -> int:
     if predictor.random_weights:
         print(random_weights_warning(args.config), file=sys.stderr)
     settings = settings_from_args(args)
+    items = list(iter_jobs(args.inputs))      # parsed up front: the jobs bar knows its total
+    jobs_bar = JobsBar(len(items), enabled=interactive(args.quiet), desc="jobs")
     bars = StageBars(enabled=interactive(args.quiet))    # recycles and diffusion steps
     predictor.progress = bars
     n_ok = n_skipped = n_errors = 0
-    for item in iter_jobs(args.inputs):
-        if isinstance(item, InputError):
-            n_errors += 1
-            print(format_error(item), file=sys.stderr)
-            continue
-        if not args.overwrite and is_complete(args.out, item):
-            n_skipped += 1
-            if not args.quiet:
-                print(f"skip: {item.name}: complete in {job_dir(args.out, item)}")
-            continue
-        started = time.perf_counter()
-        bars.prefix = f"{item.name}: "
-        try:
-            url = predictor.predict_to(args.out, item, settings)
-        except InputError as err:
-            n_errors += 1
-            print(format_error(err.located(source=item.source, job=item.name)), file=sys.stderr)
-            continue
-        n_ok += 1
-        if not args.quiet:
-            print(f"ok: {item.name}: {url} ({time.perf_counter() - started:.1f} s)")
+    try:
+        for item in items:
+            if isinstance(item, InputError):
+                n_errors += 1
+                jobs_bar.write(format_error(item), file=sys.stderr)
+            elif not args.overwrite and is_complete(args.out, item):
+                n_skipped += 1
+                if not args.quiet:
+                    jobs_bar.write(f"skip: {item.name}: complete in {job_dir(args.out, item)}")
+            else:
+                started = time.perf_counter()
+                bars.prefix = f"{item.name}: "
+                try:
+                    url = predictor.predict_to(args.out, item, settings)
+                except InputError as err:
+                    n_errors += 1
+                    jobs_bar.write(format_error(err.located(source=item.source, job=item.name)),
+                                   file=sys.stderr)
+                else:
+                    n_ok += 1
+                    if not args.quiet:
+                        jobs_bar.write(f"ok: {item.name}: {url} ({time.perf_counter() - started:.1f} s)")
+            jobs_bar.update(status=f"{n_ok} ok, {n_skipped} skipped, {n_errors} failed")
+    finally:
+        bars.close()
+        jobs_bar.close()
     if not args.quiet:
         print(f"predicted {n_ok}, skipped {n_skipped} complete, {n_errors} failed")
     return 2 if n_errors else 0

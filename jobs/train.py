@@ -19,11 +19,16 @@ import dataclasses
 import json
 import os
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from typing import Any
 from urllib.parse import urlparse
 
+from foldray.io import storage
 from foldray.jobs.ray_setup import connect_ray, worker_env
+from foldray.progress import StepBar, interactive
 from foldray.training.config import DataSource, TrainConfig, load_train_config
 
 
@@ -36,6 +41,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or local)")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for an embedded local Ray")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no step bar on the terminal (workers still log foldray-train: lines)")
     return parser
 
 
@@ -121,6 +128,45 @@ def make_trainer(config: TrainConfig) -> Any:
     )
 
 
+def metrics_url(config: TrainConfig) -> str:
+    """The metrics.jsonl rank 0 rewrites at every report (see foldray.actors.train_worker)."""
+    return storage.join(config.run.storage_path, config.name, "foldray", "metrics.jsonl")
+
+
+@contextmanager
+def step_bar(config: TrainConfig, *, enabled: bool, every_s: float = 2.0) -> Iterator[StepBar]:
+    """A driver-side step bar while `fit()` runs: polls the run's metrics file.
+
+    Workers run in other processes (or nodes) and their output reaches the driver as log
+    lines, where a worker-side tqdm would print one line per refresh; so the workers keep
+    logging and the driver, when it owns a terminal, draws the bar from what rank 0 reported.
+    """
+    from foldray.training.metrics import read_metrics
+
+    bar = StepBar(config.run.max_steps, enabled=enabled, desc=f"train {config.name}")
+    stop = threading.Event()
+
+    def follow() -> None:
+        while not stop.wait(every_s):
+            try:
+                bar.show(read_metrics(metrics_url(config)))
+            except (OSError, ValueError):   # a half-listed object store: try again next time
+                continue
+
+    thread = threading.Thread(target=follow, name="foldray-train-progress", daemon=True)
+    if enabled:
+        thread.start()
+    try:
+        yield bar
+    finally:
+        stop.set()
+        if enabled:
+            thread.join(timeout=10)
+            with suppress(OSError, ValueError):
+                bar.show(read_metrics(metrics_url(config)))
+        bar.close()
+
+
 def run(args: argparse.Namespace) -> int:
     from foldray.errors import InputError
 
@@ -133,7 +179,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(config.to_dict(), indent=1))
         return 0
     started = time.perf_counter()
-    with connect_ray(args.address, num_cpus=args.num_cpus):
+    with connect_ray(args.address, num_cpus=args.num_cpus), \
+            step_bar(config, enabled=interactive(args.quiet)):
         result = make_trainer(config).fit()
     metrics = result.metrics or {}
     checkpoint = result.checkpoint.path if result.checkpoint else None

@@ -17,6 +17,7 @@ from foldray.features.pipeline import featurize_job
 from foldray.features.tokenize import DEFAULT_MAX_TOKENS, TokenizedStructure
 from foldray.inputs.job import Job, LigandChain
 from foldray.inputs.load import iter_jobs
+from foldray.progress import JobsBar, interactive
 
 
 def job_summary(job: Job, tokens: TokenizedStructure) -> dict:
@@ -44,26 +45,33 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--json", action="store_true", help="print one JSON list of valid jobs")
     parser.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS,
                         help=f"token budget per job (default {DEFAULT_MAX_TOKENS})")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar (none off a terminal)")
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     records, n_errors = [], 0
-    for item in iter_jobs(args.inputs):
+    items = list(iter_jobs(args.inputs))       # parsing is quick; featurizing is the long part
+    bar = JobsBar(len(items), enabled=interactive(args.quiet), desc="validate")
+    for item in items:
         if isinstance(item, InputError):
             n_errors += 1
-            print(format_error(item), file=sys.stderr)
+            bar.write(format_error(item), file=sys.stderr)
+            bar.update(status=f"{n_errors} invalid")
             continue
         try:
             featurized = featurize_job(item, max_tokens=args.max_tokens, with_targets=False)
         except InputError as err:
             n_errors += 1
-            print(format_error(err.located(source=item.source, job=item.name)), file=sys.stderr)
+            bar.write(format_error(err.located(source=item.source, job=item.name)), file=sys.stderr)
+            bar.update(status=f"{n_errors} invalid")
             continue
         records.append(job_summary(item, featurized.tokens))
         if not args.json:
-            print(f"ok: {item.source}: {item.name}: {featurized.tokens.n_tokens} tokens, "
-                  f"{featurized.tokens.n_atoms} atoms, {len(featurized.tokens.chains)} chains")
+            bar.write(f"ok: {item.source}: {item.name}: {featurized.tokens.n_tokens} tokens, "
+                      f"{featurized.tokens.n_atoms} atoms, {len(featurized.tokens.chains)} chains")
+        bar.update()
+    bar.close()
     if args.json:
         print(json.dumps(records, indent=2))
     return 2 if n_errors else 0

@@ -1,8 +1,10 @@
-"""Progress bars for long local work (tqdm): jobs, recycles, diffusion steps.
+"""Progress bars for long local work (tqdm): jobs, recycles, diffusion steps, training steps.
 
 `StageBars` is the `progress(stage, done, total)` hook the model takes
 (AlphaFold3.predict, Predictor): one bar per stage, replaced when a new round starts.
-Bars show only on a terminal and never with `--quiet`, so logs and pipes stay clean.
+`JobsBar` counts jobs in `validate` / `predict`; `StepBar` shows training steps on the
+driver of `foldray train`. Bars show only on a terminal and never with `--quiet`, so logs
+and pipes stay clean.
 """
 
 from __future__ import annotations
@@ -45,3 +47,67 @@ class StageBars:
         for bar in self.bars.values():
             bar.close()
         self.bars.clear()
+
+
+class JobsBar:
+    """One bar over many jobs (`validate`, `predict` of a folder): `done/total jobs, rate, ETA`.
+
+    `write` prints a result line above the bar (tqdm.write), so per-job lines and the bar do
+    not tear each other apart on a terminal; when disabled it is a plain print.
+    """
+
+    def __init__(self, total: int | None, *, enabled: bool, desc: str = "jobs", unit: str = "job") -> None:
+        self.bar: Any = None
+        if enabled:
+            self.bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True,
+                            position=0, leave=True)
+
+    def update(self, n: int = 1, status: str | None = None) -> None:
+        if self.bar is not None:
+            if status:
+                self.bar.set_postfix_str(status, refresh=False)
+            self.bar.update(n)
+
+    def write(self, line: str, *, file: Any = None) -> None:
+        out = file or sys.stdout
+        if self.bar is not None:
+            tqdm.write(line, file=out)
+        else:
+            print(line, file=out)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class StepBar:
+    """Training steps seen from the driver: `step/max_steps` with the latest loss.
+
+    Ray Train workers log `foldray-train:` lines (job logs, dashboard); this bar is the
+    interactive view for a driver attached to a terminal, fed from the run's metrics rows.
+    """
+
+    def __init__(self, max_steps: int, *, enabled: bool, desc: str = "train") -> None:
+        self.bar: Any = None
+        if enabled:
+            self.bar = tqdm(total=max_steps, desc=desc, unit="step", file=sys.stderr,
+                            dynamic_ncols=True)
+
+    def show(self, rows: list[dict[str, Any]]) -> None:
+        """Move to the last reported step (rows as in metrics.jsonl; a resume may go back)."""
+        if self.bar is None or not rows:
+            return
+        last = rows[-1]
+        step = int(last.get("step", 0))
+        if step < self.bar.n:
+            self.bar.reset(total=self.bar.total)
+        loss = last.get("loss")
+        if isinstance(loss, (int, float)):
+            self.bar.set_postfix_str(f"loss {loss:.4g}", refresh=False)
+        self.bar.update(step - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

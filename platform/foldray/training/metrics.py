@@ -28,3 +28,10 @@ class MetricsLog:
         self.rows.append({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                           for k, v in row.items()})
         storage.write_text_atomic(self.url, "".join(json.dumps(r) + "\n" for r in self.rows))
+
+
+def read_metrics(url: str) -> list[dict[str, Any]]:
+    """The rows written so far (empty before the first report); for progress and tooling."""
+    if not storage.exists(url):
+        return []
+    return [json.loads(line) for line in storage.read_text(url).splitlines() if line.strip()]
