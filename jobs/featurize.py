@@ -15,7 +15,7 @@ import time
 from importlib import resources
 
 from foldray.features.tokenize import DEFAULT_MAX_TOKENS
-from foldray.jobs.ray_setup import connect_ray, worker_remote_args
+from foldray.jobs.ray_setup import absolute_local, connect_ray, worker_remote_args
 
 
 def default_inputs() -> str:
@@ -45,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     from foldray.inputs.load import find_inputs
     from foldray.io.results import write_results_table
 
-    inputs = args.inputs or [default_inputs()]
+    inputs = [absolute_local(u) for u in (args.inputs or [default_inputs()])]
+    args.out = absolute_local(args.out)      # workers run in their own working directory
     files = [path for location in inputs for path in find_inputs(location)]
     if not files:
         print(f"error: no input files under {inputs}", file=sys.stderr)

@@ -37,7 +37,7 @@ from foldray.jobs.predict import (
     runtime_from_args,
     settings_from_args,
 )
-from foldray.jobs.ray_setup import connect_ray, worker_remote_args
+from foldray.jobs.ray_setup import absolute_local, connect_ray, worker_remote_args
 
 
 def parse_actors(text: str) -> tuple[int, int]:
@@ -146,7 +146,10 @@ def run(args: argparse.Namespace) -> int:
     from foldray.io import storage
     from foldray.jobs.featurize import default_inputs
 
-    args.inputs = args.inputs or [default_inputs()]
+    # workers resolve paths in their own working directory: make local ones absolute here
+    args.inputs = [absolute_local(u) for u in (args.inputs or [default_inputs()])]
+    args.out, args.checkpoint = absolute_local(args.out), absolute_local(args.checkpoint)
+    args.msa_config, args.msa_cache = absolute_local(args.msa_config), absolute_local(args.msa_cache)
     started = time.perf_counter()
     try:   # before Ray or the model: a wrong bucket or key fails in seconds
         storage.check_writable(args.out)

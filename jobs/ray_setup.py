@@ -20,6 +20,12 @@ FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_D
                  "AWS_EC2_METADATA_DISABLED")
 
 
+def absolute_local(url: str | None) -> str | None:
+    """A local relative path resolved against the driver's working directory (URLs and None
+    unchanged): Ray workers run in their own working directory, or on another node."""
+    return url if url is None or "://" in url else os.path.abspath(url)
+
+
 def worker_env() -> dict[str, str]:
     return {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
 

@@ -45,12 +45,20 @@ def _has_summary(url: str) -> bool:
     return fs.isdir(path) and any(e.endswith(SUMMARY_SUFFIX) for e in fs.ls(path, detail=False))
 
 
+def _parent(url: str) -> str:
+    """The folder of a file path or URL; "." for a bare file name (`--html page.html`)."""
+    head, sep, _ = url.rpartition("/")
+    if not sep:
+        return "."
+    return head or "/"
+
+
 def write_prediction_report(folder: str, html_url: str | None = None) -> str:
     """PNGs + page for one job folder; returns the page URL."""
     prediction = load_prediction(folder)
     pngs = {name: figure_png(fig) for name, fig in prediction_figures(prediction).items()}
     target = html_url or storage.join(folder, REPORT_DIR, "report.html")
-    base = target.rsplit("/", 1)[0]
+    base = _parent(target)
     for name, png in pngs.items():
         storage.write_bytes_atomic(storage.join(base, f"{name}.png"), png)
     storage.write_text_atomic(target, prediction_report(prediction, pngs))
@@ -89,7 +97,7 @@ def _relative(target: str, start_dir: str) -> str:
 def write_table_report(rows: list[dict[str, Any]], title: str, html_url: str, *,
                        per_job: bool, sort_by: str | None) -> str:
     links: dict[int, str] = {}
-    page_dir = html_url.rsplit("/", 1)[0]
+    page_dir = _parent(html_url)
     for i, row in enumerate(rows):
         folder = str(row.get("output") or "")
         if not folder or str(row.get("status", "ok")) not in ("ok", "skipped"):

@@ -226,8 +226,9 @@ def test_killed_inference_actor_is_replaced_and_records_retried(ray_session, tmp
         assert st[0].count_atom_sites() == tokenize(parsed).n_atoms
 
 
-def test_manifests_csv_of_json_and_parquet_of_paths(ray_session, tmp_path):
-    """Both manifest forms: a CSV column of AF3 JSON texts, a Parquet column of input paths."""
+def test_manifests_csv_of_json_and_parquet_of_paths(ray_session, tmp_path, monkeypatch):
+    """Both manifest forms: a CSV column of AF3 JSON texts, a Parquet column of input paths;
+    given as paths relative to the driver's directory (Ray workers run elsewhere)."""
     jobs = variants(3, "manifest")
     pa_csv.write_csv(pa.table({"json": [json.dumps(j) for j in jobs], "note": ["a", "b", "c"]}),
                      str(tmp_path / "jobs.csv"))
@@ -236,8 +237,8 @@ def test_manifests_csv_of_json_and_parquet_of_paths(ray_session, tmp_path):
     pq.write_table(pa.table({"input": ["files/one.json", "files/missing.json"]}),
                    tmp_path / "paths.parquet")
     out = tmp_path / "out"
-    code = main(["predict-batch", "--inputs", str(tmp_path / "jobs.csv"),
-                 str(tmp_path / "paths.parquet"), "--out", str(out), *FAST])
+    monkeypatch.chdir(tmp_path)
+    code = main(["predict-batch", "--inputs", "jobs.csv", "paths.parquet", "--out", "out", *FAST])
     assert code == 2                                    # the missing file is reported
     rows = {r["name"] or r["source"]: r for r in pq.read_table(out / "results.parquet").to_pylist()}
     assert {name: r["status"] for name, r in rows.items()} == {
@@ -245,6 +246,7 @@ def test_manifests_csv_of_json_and_parquet_of_paths(ray_session, tmp_path):
         str(tmp_path / "files" / "missing.json"): "error"}
     assert rows[jobs[0]["name"]]["source"] == f"{tmp_path / 'jobs.csv'}#row=0"
     assert "no such file or folder" in rows[str(tmp_path / "files" / "missing.json")]["error"]
+    assert (out / "1bna" / "1bna_model.cif").exists()  # beside results.parquet, not in a worker's cwd
 
 
 def test_missing_bucket_fails_before_any_work(s3_server, s3_bucket, s3_env, capsys):

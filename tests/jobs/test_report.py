@@ -114,6 +114,16 @@ def test_report_on_a_folder_and_on_a_results_table_links_every_job(predictions, 
     assert "unclosed ring" in page and "6 rows" in page
 
 
+def test_html_given_as_a_bare_file_name_lands_in_the_working_directory(predictions, tmp_path,
+                                                                         monkeypatch):
+    folder = _job_folder(predictions, "dna")
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", str(folder), "--html", "job.html"]) == 0
+    assert (tmp_path / "job.html").stat().st_size > 0 and (tmp_path / "pae.png").exists()
+    assert main(["report", str(predictions), "--html", "batch.html", "--no-per-job"]) == 0
+    assert "href=" in (tmp_path / "batch.html").read_text()
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
