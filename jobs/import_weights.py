@@ -2,8 +2,8 @@
 
 Converts a reference checkpoint you downloaded yourself (foldray never downloads weights)
 into a foldray checkpoint: one safetensors file holding the weights and the model config
-(`full-openfold3` by default for OpenFold3), usable by `foldray predict --checkpoint DST`,
-predict-batch, serve and train. SRC and DST may be local paths or URLs (s3://...).
+(`full-openfold3` by default for OpenFold3, `full-protenix` for Protenix), usable by
+`foldray predict --checkpoint DST`, predict-batch, serve and train. SRC and DST may be local paths or URLs (s3://...).
 The source is read as safetensors or a torch zip checkpoint with torch.load(weights_only=True);
 pickle files are refused. Every tensor must map: otherwise the error names each missing or
 unexpected tensor. Exit 0 on success, 2 when the checkpoint cannot be imported.

@@ -52,8 +52,9 @@ def run_foldray(model: AlphaFold3, features: Mapping[str, np.ndarray],
 
     s_inputs = model.input_embedder(f)
     out["input_embedder.s_inputs"] = s_inputs
-    out["input_embedder.s_init"] = model.s_init(s_inputs)
-    z_init = model.z_init_i(s_inputs)[..., :, None, :] + model.z_init_j(s_inputs)[..., None, :, :]
+    out["input_embedder.s_init"] = s_init = model.s_init(s_inputs)
+    z_in = s_init if model.config.z_init_from_s_init else s_inputs      # Protenix: from s_init
+    z_init = model.z_init_i(z_in)[..., :, None, :] + model.z_init_j(z_in)[..., None, :, :]
     z_init = z_init + model.relative_position(f)
     out["input_embedder.z_init"] = z_init + model.token_bonds(f["token_bonds"][..., None].float())
 
@@ -76,8 +77,9 @@ def run_foldray(model: AlphaFold3, features: Mapping[str, np.ndarray],
     t_hat = torch.as_tensor(np.asarray(ref_inputs["t_hat"]))
     out["diffusion.x_denoised"] = model.diffusion_module(x_noisy, t_hat, f, s_inputs_r, s_r, z_r)
 
+    x_conf = ref.get("heads.x_pred", ref["diffusion.x_denoised"])   # Protenix: one sample
     conf = model.confidence_head(
-        s_inputs_r, s_r, z_r, ref["diffusion.x_denoised"], atom_to_token=f["atom_to_token"],
+        s_inputs_r, s_r, z_r, x_conf, atom_to_token=f["atom_to_token"],
         token_rep_atom=f["token_rep_atom"], token_mask=token_mask, atom_mask=f["atom_mask"])
     out["heads.plddt_logits"] = conf.plddt_logits
     out["heads.pae_logits"] = conf.pae_logits
@@ -130,8 +132,8 @@ def errors(ours: Mapping[str, Tensor], theirs: Mapping[str, np.ndarray]) -> dict
     and the module's worst."""
     report: dict[str, dict] = {}
     for module, names in MODULES.items():
-        if not all(name in ours for name in names):
-            continue
+        if not all(name in ours and name in theirs for name in names):
+            continue   # a module the reference run did not record (Protenix: no templates)
         tensors = {}
         for name in names:
             a = ours[name].double()

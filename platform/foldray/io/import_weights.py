@@ -1,4 +1,4 @@
-"""Import reference checkpoints (OpenFold3; Protenix to come) into foldray's `AlphaFold3`.
+"""Import reference checkpoints (OpenFold3, Protenix) into foldray's `AlphaFold3`.
 
 Why: training AF3 costs hundreds of GPU-days; OpenFold3 and Protenix publish Apache-2.0
 weights. A checkpoint is read safely (safetensors, or a torch zip file through
@@ -335,8 +335,15 @@ def _check_openfold3_extras(m: _Mapper) -> None:
                 m.used.add(key)
 
 
+def _map_protenix(ref: Mapping[str, Tensor], config: ModelConfig,
+                  expected: Mapping[str, torch.Size]) -> tuple[dict[str, Tensor], _Mapper]:
+    from foldray.io.import_protenix import map_protenix  # it imports this module's helpers
+
+    return map_protenix(ref, config, expected)
+
+
 MAPPERS: dict[str, Callable[..., tuple[dict[str, Tensor], _Mapper]]] = {
-    "openfold3": map_openfold3,
+    "openfold3": map_openfold3, "protenix": _map_protenix,
 }
 DEFAULT_CONFIGS = {"openfold3": "full-openfold3", "protenix": "full-protenix"}
 

@@ -12,12 +12,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from foldray import kernels
 from foldray.model.confidence import ConfidenceHead, ConfidenceOutput, DistogramHead
 from foldray.model.config import ModelConfig, RuntimeConfig
 from foldray.model.diffusion import DiffusionModule, Progress, sample_diffusion
 from foldray.model.embedders import InputFeatureEmbedder, RelativePositionEncoding
 from foldray.model.msa import MsaModule
-from foldray.model.pairformer import PairformerStack
+from foldray.model.pairformer import PairformerStack, auto_chunk_size
 from foldray.model.primitives import LinearNoBias
 from foldray.model.templates import TemplateEmbedder
 
@@ -53,8 +54,9 @@ class AlphaFold3(nn.Module):
         c_s, c_z, c_in = config.c_s, config.c_z, config.c_s_inputs
         self.input_embedder = InputFeatureEmbedder(config)                     # line 1
         self.s_init = LinearNoBias(c_in, c_s)                                  # line 2
-        self.z_init_i = LinearNoBias(c_in, c_z)                                # line 3
-        self.z_init_j = LinearNoBias(c_in, c_z)
+        c_zin = c_s if config.z_init_from_s_init else c_in                   # Protenix: from s_init
+        self.z_init_i = LinearNoBias(c_zin, c_z)                               # line 3
+        self.z_init_j = LinearNoBias(c_zin, c_z)
         self.relative_position = RelativePositionEncoding.from_config(config)  # line 4
         self.token_bonds = LinearNoBias(1, c_z)                                # line 5
         self.z_recycle_norm = nn.LayerNorm(c_z)                                # line 8
@@ -70,6 +72,7 @@ class AlphaFold3(nn.Module):
                                               config.pairformer)               # line 16
         self.distogram_head = DistogramHead(c_z, config.confidence)            # line 17
 
+    @kernels.applies_runtime         # RuntimeConfig.kernels picks Triton or torch ops
     def run_trunk(self, features: Features, *, n_cycle: int | None = None,
                   runtime: RuntimeConfig | None = None,
                   msa_rows: int | None = None,
@@ -82,10 +85,13 @@ class AlphaFold3(nn.Module):
         if n_cycle < 1:
             raise ValueError(f"n_cycle must be >= 1, got {n_cycle}")
         token_mask = features["token_mask"]
-        chunk, ckpt = runtime.chunk_size, runtime.checkpoint_activations
+        chunk = self.chunk_size(runtime, token_mask.shape[-1], n_batch=token_mask.shape[:-1].numel(),
+                                z_device=token_mask.device)
+        ckpt = runtime.checkpoint_activations
         s_inputs = self.input_embedder(features)                               # [B, N, c_in]
         s_init = self.s_init(s_inputs)
-        z_init = self.z_init_i(s_inputs)[..., :, None, :] + self.z_init_j(s_inputs)[..., None, :, :]
+        z_in = s_init if self.config.z_init_from_s_init else s_inputs
+        z_init = self.z_init_i(z_in)[..., :, None, :] + self.z_init_j(z_in)[..., None, :, :]
         z_init = z_init + self.relative_position(features)
         z_init = z_init + self.token_bonds(features["token_bonds"][..., None].to(z_init.dtype))
         s_hat, z_hat = torch.zeros_like(s_init), torch.zeros_like(z_init)      # line 6
@@ -106,6 +112,7 @@ class AlphaFold3(nn.Module):
                 progress("recycle", cycle + 1, n_cycle)
         return TrunkOutput(s_inputs=s_inputs, s=s, z=z)
 
+    @kernels.applies_runtime         # RuntimeConfig.kernels picks Triton or torch ops
     def sample(self, features: Features, trunk: TrunkOutput, *, n_sample: int,
                n_step: int | None = None, generator: torch.Generator | None = None,
                runtime: RuntimeConfig | None = None, progress: Progress | None = None) -> Tensor:
@@ -116,6 +123,7 @@ class AlphaFold3(nn.Module):
         return sample_diffusion(denoise, features, n_sample, self.config.diffusion, generator,
                                 n_step=n_step, progress=progress)
 
+    @kernels.applies_runtime         # RuntimeConfig.kernels picks Triton or torch ops
     def confidence(self, features: Features, trunk: TrunkOutput, x: Tensor,
                    runtime: RuntimeConfig | None = None) -> ConfidenceOutput:
         """Line 16, every sample scored in one batch (or `diffusion_chunk` at a time)."""
@@ -123,10 +131,25 @@ class AlphaFold3(nn.Module):
         return self.confidence_head(
             trunk.s_inputs, trunk.s, trunk.z, x, atom_to_token=features["atom_to_token"],
             token_rep_atom=features["token_rep_atom"], token_mask=features["token_mask"],
-            atom_mask=features["atom_mask"], chunk_size=runtime.chunk_size,
+            atom_mask=features["atom_mask"],
+            chunk_size=self.chunk_size(runtime, features["token_mask"].shape[-1],
+                                       n_batch=x.shape[:-3].numel() * (
+                                           x.shape[-3] if runtime.diffusion_chunk is None
+                                           else min(x.shape[-3], runtime.diffusion_chunk)),
+                                       z_device=x.device),
             sample_chunk=runtime.diffusion_chunk)
 
+    def chunk_size(self, runtime: RuntimeConfig, n_token: int, *, n_batch: int = 1,
+                   z_device: torch.device | None = None) -> int | None:
+        """RuntimeConfig.chunk_size, or when that is None one chosen from the memory available
+        (`auto_chunk_size`: None = no chunking when the unchunked pair stack fits)."""
+        if runtime.chunk_size is not None:
+            return runtime.chunk_size
+        return auto_chunk_size(n_token, self.config.c_z, self.config.pairformer.n_head_tri,
+                               n_batch=n_batch, device=z_device)
+
     @torch.no_grad()
+    @kernels.applies_runtime
     def predict(self, features: Features, *, n_sample: int = 5, n_cycle: int | None = None,
                 n_step: int | None = None, generator: torch.Generator | None = None,
                 runtime: RuntimeConfig | None = None, progress: Progress | None = None,

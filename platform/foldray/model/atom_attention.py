@@ -176,18 +176,20 @@ class AtomTransformer(nn.Module):
 
     def __init__(self, c_atom: int, c_atompair: int, n_block: int, n_head: int,
                  n_queries: int = 32, n_keys: int = 128, *, shifted_windows: bool = False,
-                 separate_key_norm: bool = False) -> None:
+                 separate_key_norm: bool = False, chained_key_norm: bool = False) -> None:
         super().__init__()
         self.n_queries, self.n_keys = n_queries, n_keys
         self.shifted_windows = shifted_windows
         self.transformer = DiffusionTransformer(c_atom, c_atom, c_atompair, n_block, n_head,
-                                                separate_key_norm=separate_key_norm)
+                                                separate_key_norm=separate_key_norm,
+                                                chained_key_norm=chained_key_norm)
 
     @classmethod
     def from_config(cls, atom: AtomAttentionConfig) -> AtomTransformer:
         return cls(atom.c_atom, atom.c_atompair, atom.n_block, atom.n_head, atom.n_queries,
                    atom.n_keys, shifted_windows=atom.shifted_windows,
-                   separate_key_norm=atom.separate_key_norm)
+                   separate_key_norm=atom.separate_key_norm,
+                   chained_key_norm=atom.chained_key_norm)
 
     def windows(self, n_atom: int, device: torch.device | str | None = None) -> AtomWindows:
         return AtomWindows.build(n_atom, self.n_queries, self.n_keys, device,

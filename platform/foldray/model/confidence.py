@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from foldray.model.config import ConfidenceConfig, PairformerConfig
 from foldray.model.pairformer import PairformerStack
-from foldray.model.primitives import LinearNoBias
+from foldray.model.primitives import Linear, LinearNoBias
 
 # SI 4.3.2 frame atoms of polymer tokens; everything else uses nearest neighbours.
 PROTEIN_FRAME_ATOMS = ("N", "CA", "C")
@@ -225,6 +225,10 @@ class ConfidenceHead(nn.Module):
                                config.n_distance_bins)
         self.register_buffer("distance_lower", lower, persistent=False)
         self.distance = LinearNoBias(config.n_distance_bins, c_z)           # line 3
+        # Protenix (ConfidenceConfig.raw_distance / norm_s_trunk): a term linear in d itself,
+        # and LayerNorm(clamp(s_trunk, +-512)) as the Pairformer's single input
+        self.distance_raw = LinearNoBias(1, c_z) if config.raw_distance else None
+        self.norm_s_trunk = nn.LayerNorm(c_s) if config.norm_s_trunk else None
         self.pairformer = PairformerStack(                                  # line 4
             c_s, c_z, dataclasses.replace(pairformer, dropout=config.pairformer_dropout),
             n_block=config.n_block)
@@ -247,6 +251,8 @@ class ConfidenceHead(nn.Module):
         (None = all at once); results are identical, only peak memory changes.
         SI 4.3.5: no gradient reaches the trunk or the predicted structure."""
         s_inputs, s, z, x_pred = s_inputs.detach(), s.detach(), z.detach(), x_pred.detach()
+        if self.norm_s_trunk is not None:
+            s = self.norm_s_trunk(s.clamp(-512.0, 512.0))
         token_mask, atom_mask = token_mask.bool(), atom_mask.bool()
         z = z + self.s_i(s_inputs)[..., :, None, :] + self.s_j(s_inputs)[..., None, :, :]  # line 1
         n_sample = x_pred.shape[-3]
@@ -267,6 +273,8 @@ class ConfidenceHead(nn.Module):
         pair_mask = token_mask[..., :, None] & token_mask[..., None, :]
         one_hot = distance_one_hot(d, self.distance_lower) * pair_mask[..., None, :, :, None]
         z = z[..., None, :, :, :] + self.distance(one_hot.to(z.dtype))      # line 3, [*, S, N, N, c_z]
+        if self.distance_raw is not None:
+            z = z + self.distance_raw((d * pair_mask[..., None, :, :])[..., None].to(z.dtype))
         s = s[..., None, :, :].expand(*z.shape[:-3], n_token, s.shape[-1])
         mask = token_mask[..., None, :].expand(*z.shape[:-3], n_token)
         lead = z.shape[:-3]
@@ -275,8 +283,11 @@ class ConfidenceHead(nn.Module):
                                checkpoint_activations=checkpoint)                   # line 4
         s, z = s.reshape(*lead, *s.shape[-2:]).float(), z.reshape(*lead, *z.shape[-3:]).float()
         pae = self.pae(self.pae_norm(z))                                     # line 5
-        pde = self.pde(self.pde_norm(z))
-        pde = pde + pde.transpose(-2, -3)                                    # line 6
+        if self.config.pde_symmetric_input:   # Protenix: W LN(z + z^T)
+            pde = self.pde(self.pde_norm(z + z.transpose(-2, -3)))
+        else:
+            pde = self.pde(self.pde_norm(z))
+            pde = pde + pde.transpose(-2, -3)                                # line 6
         plddt = self._per_atom(self.plddt_norm(s), self.plddt_weight, atom_to_token, atom_mask)
         resolved = self._per_atom(self.resolved_norm(s), self.resolved_weight, atom_to_token, atom_mask)
         return plddt, pae, pde, resolved
@@ -302,7 +313,8 @@ class DistogramHead(nn.Module):
 
     def __init__(self, c_z: int, config: ConfidenceConfig) -> None:
         super().__init__()
-        self.linear = LinearNoBias(c_z, config.n_bins_distogram, zero_init=True)
+        linear = Linear if config.distogram_bias else LinearNoBias     # Protenix: with bias
+        self.linear = linear(c_z, config.n_bins_distogram, zero_init=True)
 
     def forward(self, z: Tensor) -> Tensor:
         h = self.linear(z)                                                   # [*, N, N, bins]

@@ -33,6 +33,9 @@ class AtomAttentionConfig:
     separate_key_norm: bool = False
     # c_l = Linear(f) * ref_mask (AF3 code, Protenix); OpenFold3 does not multiply
     mask_ref_embedding: bool = True
+    # Protenix (with separate_key_norm): the keys' AdaLN reads the queries' AdaLN output
+    # (its AttentionPairBias cross-attention mode normalises a twice for keys/values)
+    chained_key_norm: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,6 +81,10 @@ class TemplateConfig:
     # whose pipeline pads to N template slots and averages over all of them, so absent
     # templates are empty slots that still run the stack on z (a nonzero update).
     padded_slots: int = 0
+    # Template stack triangle widths; None derives them from c_t (AF3). Protenix keeps the
+    # Pairformer's 128 / 32 per head for its 64-wide template stack.
+    c_hidden_mul: int | None = None
+    c_hidden_tri_att: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,6 +112,8 @@ class DiffusionConfig:
     # Algorithm 21 line 1 concatenates the *raw* one-hot relative-position features
     # (OpenFold3) instead of RelativePositionEncoding's projection to c_z (SI, AF3, Protenix)
     raw_relpos: bool = False
+    # the sampler's last noise level c_T is 0 instead of sigma_data * s_min (Protenix)
+    final_level_zero: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,6 +136,13 @@ class ConfidenceConfig:
     max_atoms_per_token: int = 24      # per-atom pLDDT / resolved weights (AF3 dense atom layout)
     pairformer_dropout: float = 0.0    # Protenix trains the confidence Pairformer without dropout
     n_bins_distogram: int = 64  # 2..22 Å: 63 breaks 2.3125 .. 21.6875
+    # Protenix switches: LayerNorm(clamp(s_trunk, +-512)) before the head's Pairformer; an
+    # extra LinearNoBias of the raw distance beside its one-hot; PDE = W LN(z + z^T) instead
+    # of W LN(z) symmetrised; a bias in the distogram projection.
+    norm_s_trunk: bool = False
+    raw_distance: bool = False
+    pde_symmetric_input: bool = False
+    distogram_bias: bool = False
     distogram_min: float = 2.0
     distogram_max: float = 22.0
 
@@ -160,6 +176,8 @@ class ModelConfig:
     n_cycle: int = 4
     r_max: int = 32             # Algorithm 3 relative position clip
     s_max: int = 2              # Algorithm 3 relative chain clip
+    # Algorithm 1 line 3 projects s_init (c_s) instead of s_inputs into z_init (Protenix)
+    z_init_from_s_init: bool = False
     atom: AtomAttentionConfig = field(default_factory=AtomAttentionConfig)
     pairformer: PairformerConfig = field(default_factory=PairformerConfig)
     msa: MsaConfig = field(default_factory=MsaConfig)
@@ -203,6 +221,32 @@ class ModelConfig:
         return with_openfold3_behaviour(
             dataclasses.replace(tiny, msa=dataclasses.replace(tiny.msa, n_block=2)))
 
+    @classmethod
+    def full_protenix(cls) -> ModelConfig:
+        """Protenix's released architecture (protenix 2.0 `protenix_base_default_v1.0.0`:
+        templates on, ESM and constraints off), for its weights."""
+        full = cls.full()
+        return with_protenix_behaviour(dataclasses.replace(
+            full, n_cycle=10, template=dataclasses.replace(full.template, c_hidden_mul=128,
+                                                           c_hidden_tri_att=32)))
+
+    @classmethod
+    def tiny_protenix(cls) -> ModelConfig:
+        """CPU-small Protenix (benchmarks/equivalence fixtures): Protenix hard-codes its triangle
+        (128, 4 x 32), outer-product (32) and MSA-averaging (8 x 8) widths and 16 heads in the
+        confidence Pairformer, and its input embedder's 3 atom blocks of 4 heads, so those keep
+        the released values; c_s is 48 (16 heads)."""
+        tiny = cls.tiny()
+        r = dataclasses.replace
+        return with_protenix_behaviour(r(
+            tiny, c_s=48, c_z=24,
+            atom=r(tiny.atom, n_block=3, n_head=4),   # Protenix's input embedder: fixed 3 x 4
+            pairformer=r(tiny.pairformer, n_head=16, c_hidden_mul=128, c_hidden_tri_att=32,
+                         n_head_tri=4),
+            msa=r(tiny.msa, n_block=2, c_m=16, c_hidden_opm=32, n_head_pwa=8, c_hidden_pwa=8),
+            template=r(tiny.template, c_t=16, c_hidden_mul=128, c_hidden_tri_att=32),
+            diffusion=r(tiny.diffusion, c_token=56, n_head=4, c_fourier=256)))
+
     @property
     def c_token_inputs(self) -> int:
         """Width of the atom encoder's token output inside the input embedder (Algorithm 2)."""
@@ -238,9 +282,21 @@ def with_openfold3_behaviour(config: ModelConfig) -> ModelConfig:
              confidence=r(config.confidence, max_atoms_per_token=23))
 
 
+def with_protenix_behaviour(config: ModelConfig) -> ModelConfig:
+    """Switch on every flag that reproduces Protenix (its modules deviate from the SI there),
+    keeping the sizes; proven by benchmarks/equivalence on random weights."""
+    r = dataclasses.replace
+    return r(config, z_init_from_s_init=True,
+             atom=r(config.atom, separate_key_norm=True, chained_key_norm=True),
+             diffusion=r(config.diffusion, final_level_zero=True),
+             confidence=r(config.confidence, norm_s_trunk=True, raw_distance=True,
+                          pde_symmetric_input=True, distogram_bias=True))
+
+
 NAMED_CONFIGS: dict[str, Callable[[], ModelConfig]] = {
     "full": ModelConfig.full, "tiny": ModelConfig.tiny,
     "full-openfold3": ModelConfig.full_openfold3, "tiny-openfold3": ModelConfig.tiny_openfold3,
+    "full-protenix": ModelConfig.full_protenix, "tiny-protenix": ModelConfig.tiny_protenix,
 }
 
 

@@ -277,7 +277,10 @@ def noise_schedule(n_step: int, config: DiffusionConfig, *, device: torch.device
     inv_p = 1.0 / config.rho
     t = torch.linspace(0.0, 1.0, n_step + 1, dtype=torch.float64)
     levels = config.s_max ** inv_p + t * (config.s_min ** inv_p - config.s_max ** inv_p)
-    return (config.sigma_data * levels ** config.rho).to(device=device, dtype=dtype)
+    levels = config.sigma_data * levels ** config.rho
+    if config.final_level_zero:   # Protenix: c_T = 0 (the last step lands on its denoised point)
+        levels[-1] = 0.0
+    return levels.to(device=device, dtype=dtype)
 
 
 def sample_diffusion(denoise_fn: DenoiseFn, features: Features | None, n_sample: int,

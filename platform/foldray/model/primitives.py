@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from foldray import kernels
+
 
 class LinearNoBias(nn.Linear):
     """The SI's LinearNoBias. `zero_init` for output projections that start as identity updates."""
@@ -31,12 +33,22 @@ class Linear(nn.Linear):
             nn.init.zeros_(self.weight)
 
 
+class LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm (same parameters and state_dict names) computed by `kernels.layer_norm`,
+    so the fused Triton kernel runs on CUDA."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if len(self.normalized_shape) != 1:
+            return super().forward(x)
+        return kernels.layer_norm(x, self.weight, self.bias, self.eps)
+
+
 class Transition(nn.Module):
     """Algorithm 11: LayerNorm, SwiGLU with expansion n, projection back to c."""
 
     def __init__(self, c: int, n: int = 4) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(c)                     # line 1
+        self.norm = LayerNorm(c)                        # line 1
         self.a = LinearNoBias(c, n * c)                 # line 2
         self.b = LinearNoBias(c, n * c)                 # line 3
         self.out = LinearNoBias(n * c, c)               # line 4
@@ -51,8 +63,8 @@ class AdaLN(nn.Module):
 
     def __init__(self, c_a: int, c_s: int) -> None:
         super().__init__()
-        self.norm_a = nn.LayerNorm(c_a, elementwise_affine=False)      # line 1
-        self.norm_s = nn.LayerNorm(c_s, bias=False)                     # line 2
+        self.norm_a = LayerNorm(c_a, elementwise_affine=False)         # line 1
+        self.norm_s = LayerNorm(c_s, bias=False)                        # line 2
         self.scale = Linear(c_s, c_a)                                   # line 3
         self.shift = LinearNoBias(c_s, c_a)
 

@@ -39,8 +39,10 @@ C_TEMPLATE_PAIR = sum(width for _, width in TEMPLATE_PAIR_LAYOUT)   # 108
 def template_pair_config(config: TemplateConfig, tri_att_end_bias_ik: bool = False,
                          ) -> PairformerConfig:
     """The template stack's Pairformer sizes, derived from c_t as AF3's released code does."""
-    return PairformerConfig(n_block=config.n_block, c_hidden_mul=config.c_t,
-                            c_hidden_tri_att=config.c_t // config.n_head_tri,
+    c_mul = config.c_t if config.c_hidden_mul is None else config.c_hidden_mul
+    c_att = config.c_t // config.n_head_tri if config.c_hidden_tri_att is None else config.c_hidden_tri_att
+    return PairformerConfig(n_block=config.n_block, c_hidden_mul=c_mul,
+                            c_hidden_tri_att=c_att,
                             n_head_tri=config.n_head_tri, transition_n=config.transition_n,
                             dropout=config.dropout, tri_att_end_bias_ik=tri_att_end_bias_ik)
 

@@ -23,7 +23,7 @@ class AttentionPairBias(nn.Module):
     """Algorithm 24: gated multi-head attention biased by the pair representation."""
 
     def __init__(self, c_a: int, c_s: int | None, c_z: int, n_head: int, *,
-                 separate_key_norm: bool = False) -> None:
+                 separate_key_norm: bool = False, chained_key_norm: bool = False) -> None:
         super().__init__()
         if c_a % n_head:
             raise ValueError(f"c_a={c_a} is not divisible by n_head={n_head}")
@@ -41,6 +41,7 @@ class AttentionPairBias(nn.Module):
         # OpenFold3 (AtomAttentionConfig.separate_key_norm): keys/values of the windowed atom
         # attention read their own AdaLN of a; queries and the gate use `ada_ln`.
         self.ada_ln_k = AdaLN(c_a, c_s) if separate_key_norm and c_s is not None else None
+        self.chained_key_norm = chained_key_norm   # Protenix: ada_ln_k reads ada_ln's output
 
     def _heads(self, x: Tensor) -> Tensor:
         """[*, N, H*c] -> [*, H, N, c]."""
@@ -48,8 +49,12 @@ class AttentionPairBias(nn.Module):
 
     def forward(self, a: Tensor, s: Tensor | None, z: Tensor, beta: Tensor | None = None,
                 mask: Tensor | None = None, key_index: Tensor | None = None) -> Tensor:
-        a_k = self.ada_ln_k(a, s) if self.ada_ln_k is not None else None
+        if mask is not None and not torch.is_grad_enabled() and bool(mask.all()):
+            mask = None        # inference: an all-real mask adds exactly 0; skip its [*, H, N, N] bias
+        a_k = self.ada_ln_k(a, s) if self.ada_ln_k is not None and not self.chained_key_norm else None
         a = self.ada_ln(a, s) if self.ada_ln is not None else self.norm_a(a)
+        if self.ada_ln_k is not None and self.chained_key_norm:
+            a_k = self.ada_ln_k(a, s)
         bias = self.z_bias(self.norm_z(z)).movedim(-1, -3)     # [*, H, N, N] or [*, B, H, q, k]
         if beta is not None:
             bias = bias + beta.unsqueeze(-3)
@@ -73,8 +78,11 @@ class AttentionPairBias(nn.Module):
         n = a.shape[-2]
         n_q = n // n_block
         q = self.q(a).unflatten(-2, (n_block, n_q))                         # [*, B, q, c_a]
-        k_in = a_k[..., key_index.flatten(), :].unflatten(-2, (n_block, n_k))  # [*, B, k, c_a]
-        q, k, v = self._heads(q), self._heads(self.k(k_in)), self._heads(self.v(k_in))
+        # project keys/values once per atom, then gather the (4x overlapping) windows
+        flat = key_index.flatten()
+        k = self.k(a_k)[..., flat, :].unflatten(-2, (n_block, n_k))         # [*, B, k, c_a]
+        v = self.v(a_k)[..., flat, :].unflatten(-2, (n_block, n_k))
+        q, k, v = self._heads(q), self._heads(k), self._heads(v)
         key_mask = None
         if mask is not None:
             key_mask = mask[..., key_index.flatten()].unflatten(-1, (n_block, n_k))  # [*, B, k]
@@ -108,10 +116,11 @@ class DiffusionTransformer(nn.Module):
     """
 
     def __init__(self, c_a: int, c_s: int, c_z: int, n_block: int, n_head: int, *,
-                 separate_key_norm: bool = False) -> None:
+                 separate_key_norm: bool = False, chained_key_norm: bool = False) -> None:
         super().__init__()
         self.attention = nn.ModuleList(
-            AttentionPairBias(c_a, c_s, c_z, n_head, separate_key_norm=separate_key_norm)
+            AttentionPairBias(c_a, c_s, c_z, n_head, separate_key_norm=separate_key_norm,
+                              chained_key_norm=chained_key_norm)
             for _ in range(n_block))
         self.transition = nn.ModuleList(
             ConditionedTransitionBlock(c_a, c_s) for _ in range(n_block))

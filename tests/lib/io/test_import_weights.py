@@ -116,7 +116,7 @@ def test_cli_reports_unimportable_checkpoints(tmp_path, capsys):
     assert import_job.run(args) == 2
     assert "aux_heads.distogram.linear.weight" in capsys.readouterr().err
     assert not (tmp_path / "x.safetensors").exists()
-    with pytest.raises(WeightsError, match="not implemented"):
+    with pytest.raises(WeightsError, match="missing in the protenix checkpoint"):
         import_checkpoint("protenix", str(WEIGHTS), str(tmp_path / "p.safetensors"))
 
 
