@@ -314,7 +314,7 @@ class RuntimeConfig:
     """How to run a model: never changes what it computes beyond numerics."""
 
     kernels: Kernels = "auto"
-    chunk_size: int | None = None          # pair-stack chunking; None = no chunking
+    chunk_size: int | None = None          # pair-stack chunking; None = chosen from free memory
     precision: Precision = "fp32"
     diffusion_chunk: int | None = None     # samples denoised at once; None = all
     checkpoint_activations: bool = False   # training memory saver
