@@ -17,7 +17,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from foldray.io.import_weights import _Mapper
+from foldray.io.import_weights import _Mapper, gated_attention
 from foldray.io.weights import WeightsError
 from foldray.model.config import ModelConfig
 
@@ -35,13 +35,6 @@ def _adaln(m: _Mapper, f: str, r: str) -> None:
     m.linear(f"{f}.shift", f"{r}.linear_nobias_s")
 
 
-def _attention(m: _Mapper, f: str, r: str) -> None:
-    """Gated multi-head attention (Protenix `Attention`, q with bias)."""
-    for ours, theirs in (("q", "linear_q"), ("k", "linear_k"), ("v", "linear_v"),
-                         ("gate", "linear_g"), ("out", "linear_o")):
-        m.linear(f"{f}.{ours}", f"{r}.{theirs}")
-
-
 def _pair_block(m: _Mapper, f: str, r: str) -> None:
     """Triangle updates + pair transition (Algorithm 17 lines 2-6)."""
     for side in ("out", "in"):
@@ -56,7 +49,7 @@ def _pair_block(m: _Mapper, f: str, r: str) -> None:
         ff, rr = f"{f}.tri_att_{node}", f"{r}.tri_att_{node}"
         m.norm(f"{ff}.norm", f"{rr}.layer_norm")
         m.linear(f"{ff}.bias", f"{rr}.linear")
-        _attention(m, ff, f"{rr}.mha")
+        gated_attention(m, ff, f"{rr}.mha")
     _transition(m, f"{f}.pair_transition", f"{r}.pair_transition")
 
 
@@ -69,7 +62,7 @@ def _pairformer(m: _Mapper, f: str, r: str, n_block: int, single: bool = True) -
             m.norm(f"{fb}.attention.norm_a", f"{a}.layernorm_a")
             m.norm(f"{fb}.attention.norm_z", f"{a}.layernorm_z")
             m.linear(f"{fb}.attention.z_bias", f"{a}.linear_nobias_z")
-            _attention(m, f"{fb}.attention", f"{a}.attention")
+            gated_attention(m, f"{fb}.attention", f"{a}.attention")
             _transition(m, f"{fb}.single_transition", f"{rb}.single_transition")
 
 
@@ -82,7 +75,7 @@ def _diffusion_transformer(m: _Mapper, f: str, r: str, n_block: int, local: bool
             _adaln(m, f"{fa}.ada_ln_k", f"{ra}.layernorm_kv")
         m.norm(f"{fa}.norm_z", f"{ra}.layernorm_z", ref_has_bias=False)
         m.linear(f"{fa}.z_bias", f"{ra}.linear_nobias_z")
-        _attention(m, fa, f"{ra}.attention")
+        gated_attention(m, fa, f"{ra}.attention")
         m.linear(f"{fa}.s_gate", f"{ra}.linear_a_last")
         ft, rt = f"{f}.transition.{i}", f"{r}.blocks.{i}.conditioned_transition_block"
         _adaln(m, f"{ft}.ada_ln", f"{rt}.adaln")

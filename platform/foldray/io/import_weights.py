@@ -132,7 +132,8 @@ def _of3_adaln(m: _Mapper, f: str, r: str) -> None:
     m.linear(f"{f}.shift", f"{r}.linear_s")
 
 
-def _of3_mha(m: _Mapper, f: str, r: str) -> None:
+def gated_attention(m: _Mapper, f: str, r: str) -> None:
+    """Gated multi-head attention: OpenFold3 and Protenix name its projections alike."""
     for ours, theirs in (("q", "linear_q"), ("k", "linear_k"), ("v", "linear_v"),
                          ("gate", "linear_g"), ("out", "linear_o")):
         m.linear(f"{f}.{ours}", f"{r}.{theirs}")
@@ -153,7 +154,7 @@ def _of3_pair_block(m: _Mapper, f: str, r: str) -> None:
         ff, rr = f"{f}.tri_att_{node}", f"{r}.tri_att_{node}"
         m.norm(f"{ff}.norm", f"{rr}.layer_norm")
         m.linear(f"{ff}.bias", f"{rr}.linear_z")
-        _of3_mha(m, ff, f"{rr}.mha")
+        gated_attention(m, ff, f"{rr}.mha")
     _of3_transition(m, f"{f}.pair_transition", f"{r}.pair_transition")
 
 
@@ -164,7 +165,7 @@ def _of3_pairformer(m: _Mapper, f: str, r: str, n_block: int) -> None:
         m.norm(f"{fb}.attention.norm_a", f"{rb}.attn_pair_bias.layer_norm_a")
         m.norm(f"{fb}.attention.norm_z", f"{rb}.attn_pair_bias.layer_norm_z")
         m.linear(f"{fb}.attention.z_bias", f"{rb}.attn_pair_bias.linear_z")
-        _of3_mha(m, f"{fb}.attention", f"{rb}.attn_pair_bias.mha")
+        gated_attention(m, f"{fb}.attention", f"{rb}.attn_pair_bias.mha")
         _of3_transition(m, f"{fb}.single_transition", f"{rb}.single_transition")
 
 
@@ -182,7 +183,7 @@ def _of3_diffusion_transformer(m: _Mapper, f: str, r: str, n_block: int, local: 
         m.put(f"{fa}.norm_z.weight", z_norm.clone())
         m.put(f"{fa}.norm_z.bias", torch.zeros_like(z_norm))
         m.linear(f"{fa}.z_bias", f"{ra}.linear_z")
-        _of3_mha(m, fa, f"{ra}.mha")
+        gated_attention(m, fa, f"{ra}.mha")
         m.linear(f"{fa}.s_gate", f"{ra}.linear_ada_out")
         ft, rt = f"{f}.transition.{i}", f"{r}.blocks.{i}.conditioned_transition"
         _of3_adaln(m, f"{ft}.ada_ln", f"{rt}.layer_norm")
