@@ -60,6 +60,12 @@ def pytest_configure(config: pytest.Config) -> None:
     already started Ray; setting it here makes every Ray use in the run consistent.
     """
     os.environ.update(RAY_TEST_ENV)
+    # Triton fixes "compiled" or "interpreted" for its own standard library (tl.zeros, tl.sum,
+    # ...) when triton.language is first imported, and torch or Ray may import it long before
+    # tests/lib/kernels runs; interpreted kernels then fail inside those helpers. Decide once,
+    # here, before any import. Model code only runs interpreted kernels when kernels='triton' is
+    # forced on CPU tensors, so the rest of the suite is unaffected.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
