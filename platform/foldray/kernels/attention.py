@@ -48,11 +48,40 @@ def attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None,
 
 def attention_reference(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None,
                         key_mask: Tensor | None = None) -> Tensor:
-    """The PyTorch reference: scaled_dot_product_attention with the mask as a finite bias."""
-    attn_bias = bias
+    """The PyTorch reference: scaled_dot_product_attention with the mask as a finite bias.
+
+    Why the reshapes: PyTorch's fused (flash) CPU kernel only takes 4-D inputs; 5-D and 6-D
+    ones (triangle attention, windowed atom attention) fall back to the unfused path, which
+    writes the whole logits tensor and is ~7x slower at 256 tokens. So the leading dims are
+    flattened into one and the bias is kept at its broadcast shape (never expanded to the
+    logits' size). An all-True key mask adds nothing and is dropped.
+    """
+    if key_mask is not None and bool(key_mask.all()):
+        key_mask = None
+    attn_bias = bias.to(q.dtype) if bias is not None else None
     if key_mask is not None:
         masked = mask_to_bias(key_mask, q.dtype)[..., None, None, :]      # [*, 1, 1, K]
         attn_bias = masked if attn_bias is None else attn_bias + masked
+    lead = q.shape[:-3]                                                   # [*] before H, Q, c
+    if len(lead) == 1 and k.shape[:-3] == lead:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias)
+    heads, n_q, n_k = q.shape[-3], q.shape[-2], k.shape[-2]
+    q4 = q.reshape(-1, heads, n_q, q.shape[-1])
+    k4 = k.expand(*lead, *k.shape[-3:]).reshape(-1, heads, n_k, k.shape[-1])
+    v4 = v.expand(*lead, *v.shape[-3:]).reshape(-1, heads, n_k, v.shape[-1])
     if attn_bias is not None:
-        attn_bias = attn_bias.to(q.dtype).expand(*q.shape[:-1], k.shape[-2])
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias)
+        attn_bias = _flatten_bias(attn_bias, lead, (heads, n_q, n_k))
+    out = F.scaled_dot_product_attention(q4, k4, v4, attn_mask=attn_bias)
+    return out.reshape(*lead, heads, n_q, v.shape[-1])
+
+
+def _flatten_bias(bias: Tensor, lead: torch.Size, tail: tuple[int, int, int]) -> Tensor:
+    """A bias broadcastable to [*lead, H, Q, K] as one broadcastable to [prod(lead), H, Q, K]:
+    no copy when every leading dim is 1 (shared bias) or full size; else expanded."""
+    bias = bias.reshape((1,) * (len(lead) + 3 - bias.dim()) + tuple(bias.shape))
+    bias_lead, bias_tail = bias.shape[:len(lead)], bias.shape[len(lead):]
+    if all(b == 1 for b in bias_lead):
+        return bias.reshape(1, *bias_tail)
+    if tuple(bias_lead) != tuple(lead):
+        bias = bias.expand(*lead, *bias_tail)
+    return bias.reshape(-1, *bias_tail)

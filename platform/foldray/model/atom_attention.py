@@ -195,22 +195,39 @@ class AtomTransformer(nn.Module):
         return AtomWindows.build(n_atom, self.n_queries, self.n_keys, device,
                                  shifted=self.shifted_windows)
 
-    def forward(self, q: Tensor, c: Tensor, p: Tensor, atom_mask: Tensor) -> Tensor:
-        """q [*, (N_sample,) N_atom, c_atom], c [*, N_atom, c_atom] (or with q's sample axis),
-        p [*, n_block, n_q, n_k, c_atompair], atom_mask [*, N_atom] -> q, same shape."""
-        n_atom = q.shape[-2]
-        windows = self.windows(n_atom, q.device)
+    def pair_biases(self, p: Tensor, atom_mask: Tensor) -> list[Tensor]:
+        """Each block's attention bias [*, B, H, n_q, n_k] from p and the window key mask.
+
+        Both are fixed for a trunk output, so the sampler computes these once instead of
+        normalizing p in every block of every step; with n_head * n_block <= c_atompair
+        (3 x 4 <= 16 in AF3) they also take less memory than p itself.
+        """
+        windows = self.windows(atom_mask.shape[-1], p.device)
         if p.shape[-4:-1] != (windows.n_block, self.n_queries, self.n_keys):
             raise ValueError(f"AtomTransformer: p has blocked shape {tuple(p.shape[-4:-1])}, expected "
-                             f"{(windows.n_block, self.n_queries, self.n_keys)} for N_atom={n_atom}")
+                             f"{(windows.n_block, self.n_queries, self.n_keys)} for "
+                             f"N_atom={atom_mask.shape[-1]}")
         key_mask = windows.key_mask(atom_mask)                                 # [*, B, n_k]
+        beta = kernels.mask_to_bias(key_mask, p.dtype)[..., None, :]          # [*, B, 1, n_k]
+        return self.transformer.pair_biases(p, beta)
+
+    def forward(self, q: Tensor, c: Tensor, p: Tensor | None, atom_mask: Tensor, *,
+                biases: list[Tensor] | None = None) -> Tensor:
+        """q [*, (N_sample,) N_atom, c_atom], c [*, N_atom, c_atom] (or with q's sample axis),
+        p [*, n_block, n_q, n_k, c_atompair], atom_mask [*, N_atom] -> q, same shape.
+        `biases`: `pair_biases(p, atom_mask)` computed beforehand (p is then unused)."""
+        n_atom = q.shape[-2]
+        windows = self.windows(n_atom, q.device)
+        if biases is None:
+            if p is None:
+                raise ValueError("AtomTransformer: give p or precomputed biases")
+            biases = self.pair_biases(p, atom_mask)
         if q.dim() > atom_mask.dim() + 1:                                      # sample axis
-            key_mask, p = key_mask.unsqueeze(-3), p.unsqueeze(-5)
+            biases = [b.unsqueeze(-5) for b in biases]
             if c.dim() < q.dim():
                 c = c.unsqueeze(-3)
-        beta = kernels.mask_to_bias(key_mask, q.dtype)[..., None, :]          # [*, B, 1, n_k]
-        q = self.transformer(windows.pad(q), windows.pad(c), p, beta=beta,
-                             key_index=windows.key_index)
+        q = self.transformer(windows.pad(q), windows.pad(c), None, key_index=windows.key_index,
+                             biases=biases)
         return q[..., :n_atom, :]
 
 
@@ -310,12 +327,14 @@ class AtomAttentionEncoder(nn.Module):
     def forward(self, features: dict[str, Tensor], r_noisy: Tensor | None = None,
                 s_trunk: Tensor | None = None, z_trunk: Tensor | None = None,
                 conditioning: tuple[Tensor, Tensor] | None = None,
+                pair_biases: list[Tensor] | None = None,
                 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """-> a [*, (N_sample,) N_token, c_token], q_skip [*, (N_sample,) N_atom, c_atom],
         c_skip [*, N_atom, c_atom], p_skip [*, n_block, n_q, n_k, c_atompair].
 
         r_noisy [*, N_atom, 3] or [*, N_sample, N_atom, 3]; c_skip and p_skip are shared by
-        the samples. `conditioning` is a cached `self.conditioning(features, s_trunk, z_trunk)`.
+        the samples. `conditioning` is a cached `self.conditioning(features, s_trunk, z_trunk)`,
+        `pair_biases` a cached `self.transformer.pair_biases(p, atom_mask)`.
         """
         if self.has_trunk != (r_noisy is not None):
             raise ValueError("AtomAttentionEncoder: r_noisy is required with a trunk (c_s, c_z) "
@@ -331,7 +350,7 @@ class AtomAttentionEncoder(nn.Module):
             else:
                 c_q = c
             q = c_q + self.embed_r(r_noisy) * mask                               # line 11
-        q = self.transformer(q, c, p, atom_mask) * mask                          # line 15
+        q = self.transformer(q, c, p, atom_mask, biases=pair_biases) * mask       # line 15
         n_token = features["token_mask"].shape[-1]
         a = atoms_to_tokens(F.relu(self.to_token(q)), features["atom_to_token"], atom_mask,
                             n_token)                                             # line 16
@@ -360,12 +379,13 @@ class AtomAttentionDecoder(nn.Module):
         self.out = LinearNoBias(atom.c_atom, 3, zero_init=True)
 
     def forward(self, a: Tensor, q_skip: Tensor, c_skip: Tensor, p_skip: Tensor,
-                features: dict[str, Tensor]) -> Tensor:
-        """a [*, (N_sample,) N_token, c_token] -> r_update [*, (N_sample,) N_atom, 3]."""
+                features: dict[str, Tensor], pair_biases: list[Tensor] | None = None) -> Tensor:
+        """a [*, (N_sample,) N_token, c_token] -> r_update [*, (N_sample,) N_atom, 3].
+        `pair_biases`: a cached `self.transformer.pair_biases(p_skip, atom_mask)`."""
         atom_mask = features["atom_mask"]
         mask = atom_mask[..., None].to(q_skip.dtype)
         if q_skip.dim() == atom_mask.dim() + 2:
             mask = mask.unsqueeze(-3)
         q = tokens_to_atoms(self.embed_a(a), features["atom_to_token"], atom_mask) + q_skip  # line 1
-        q = self.transformer(q * mask, c_skip, p_skip, atom_mask) * mask              # line 2
+        q = self.transformer(q * mask, c_skip, p_skip, atom_mask, biases=pair_biases) * mask  # line 2
         return self.out(self.norm(q)) * mask                                          # line 3

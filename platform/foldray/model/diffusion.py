@@ -162,6 +162,16 @@ class TrunkConditioning(NamedTuple):
     z: Tensor         # [*, N_token, N_token, c_z] pair conditioning (Algorithm 21 lines 1-5)
     c_atom: Tensor    # [*, N_atom, c_atom] atom conditioning (Algorithm 5 lines 1-9)
     p_atom: Tensor    # [*, n_block, n_q, n_k, c_atompair] blocked atom pairs (Algorithm 5 lines 1-14)
+    # Attention biases of every block (Algorithm 24 line 8), fixed for a trunk output:
+    token_biases: list[Tensor] | None = None   # Diffusion Transformer, [*, H, N_token, N_token] each
+    encoder_biases: list[Tensor] | None = None  # atom encoder's AtomTransformer, [*, B, H, q, k] each
+    decoder_biases: list[Tensor] | None = None  # atom decoder's AtomTransformer
+
+
+# Cache the Diffusion Transformer's per-block pair biases when they take at most this many bytes
+# (or no more than z itself): 24 blocks x 16 heads is 3x the size of z (c_z = 128), which is
+# ~100 MB at 256 tokens but ~38 GB at 5,000; above the budget each step recomputes them from z.
+TOKEN_BIAS_CACHE_BYTES = 1 << 30
 
 
 class DiffusionModule(nn.Module):
@@ -197,7 +207,15 @@ class DiffusionModule(nn.Module):
         """Everything that depends on the trunk but not on the noise: once per trunk output."""
         z = self.conditioning.pair(features, z_trunk)
         c_atom, p_atom = self.encoder.conditioning(features, s_trunk, z)
-        return TrunkConditioning(z, c_atom, p_atom)
+        atom_mask = features["atom_mask"]
+        n_head = [block.n_head for block in self.transformer.attention]
+        bias_bytes = sum(n_head) * z[..., 0].numel() * z.element_size()
+        token_biases = (self.transformer.pair_biases(z)
+                        if bias_bytes <= max(TOKEN_BIAS_CACHE_BYTES, z.numel() * z.element_size())
+                        else None)
+        return TrunkConditioning(z, c_atom, p_atom, token_biases,
+                                 self.encoder.transformer.pair_biases(p_atom, atom_mask),
+                                 self.decoder.transformer.pair_biases(p_atom, atom_mask))
 
     def forward(self, x_noisy: Tensor, t: Tensor | float, features: Features, s_inputs: Tensor,
                 s_trunk: Tensor, z_trunk: Tensor | None = None, *,
@@ -239,11 +257,16 @@ class DiffusionModule(nn.Module):
         s = self.conditioning.single(t, s_inputs, s_trunk)                      # line 1, [*, S, N_token, c_s]
         r_noisy = x_noisy / torch.sqrt(t2 + sd2)                                # line 2
         a, q_skip, c_skip, p_skip = self.encoder(                               # line 3
-            features, r_noisy, conditioning=(trunk_cond.c_atom, trunk_cond.p_atom))  # [*, S, N_tok, c_token]
+            features, r_noisy, conditioning=(trunk_cond.c_atom, trunk_cond.p_atom),
+            pair_biases=trunk_cond.encoder_biases)                             # [*, S, N_tok, c_token]
         a = a + self.proj_s(self.norm_s(s))                                     # line 4
-        a = self.transformer(a, s, trunk_cond.z.unsqueeze(-4), mask=token_mask)  # line 5, beta = 0
+        token_biases = (None if trunk_cond.token_biases is None
+                        else [b.unsqueeze(-4) for b in trunk_cond.token_biases])  # sample axis
+        a = self.transformer(a, s, trunk_cond.z.unsqueeze(-4), mask=token_mask,  # line 5, beta = 0
+                             biases=token_biases)
         a = self.norm_a(a)                                                      # line 6
-        r_update = self.decoder(a, q_skip, c_skip, p_skip, features)            # line 7, [*, S, N_atom, 3]
+        r_update = self.decoder(a, q_skip, c_skip, p_skip, features,           # line 7, [*, S, N_atom, 3]
+                                pair_biases=trunk_cond.decoder_biases)
         c_skip_t = sd2 / (sd2 + t2)                                             # line 8: EDM c_skip, c_out
         c_out_t = self.sigma_data * torch.sqrt(t2) / torch.sqrt(sd2 + t2)
         return (c_skip_t * x_noisy + c_out_t * r_update) * m_atom

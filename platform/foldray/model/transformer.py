@@ -47,17 +47,26 @@ class AttentionPairBias(nn.Module):
         """[*, N, H*c] -> [*, H, N, c]."""
         return x.unflatten(-1, (self.n_head, self.c)).transpose(-2, -3)
 
-    def forward(self, a: Tensor, s: Tensor | None, z: Tensor, beta: Tensor | None = None,
-                mask: Tensor | None = None, key_index: Tensor | None = None) -> Tensor:
+    def pair_bias(self, z: Tensor, beta: Tensor | None = None) -> Tensor:
+        """Lines 8 (+ beta): [*, H, N, N] or [*, B, H, q, k]. It depends on z and beta only, so a
+        caller that runs this block many times on one z (the sampler) computes it once."""
+        bias = self.z_bias(self.norm_z(z)).movedim(-1, -3)
+        return bias if beta is None else bias + beta.unsqueeze(-3)
+
+    def forward(self, a: Tensor, s: Tensor | None, z: Tensor | None, beta: Tensor | None = None,
+                mask: Tensor | None = None, key_index: Tensor | None = None, *,
+                bias: Tensor | None = None) -> Tensor:
+        """`bias`: this block's precomputed `pair_bias(z, beta)`; then z and beta are unused."""
         if mask is not None and not torch.is_grad_enabled() and bool(mask.all()):
             mask = None        # inference: an all-real mask adds exactly 0; skip its [*, H, N, N] bias
         a_k = self.ada_ln_k(a, s) if self.ada_ln_k is not None and not self.chained_key_norm else None
         a = self.ada_ln(a, s) if self.ada_ln is not None else self.norm_a(a)
         if self.ada_ln_k is not None and self.chained_key_norm:
             a_k = self.ada_ln_k(a, s)
-        bias = self.z_bias(self.norm_z(z)).movedim(-1, -3)     # [*, H, N, N] or [*, B, H, q, k]
-        if beta is not None:
-            bias = bias + beta.unsqueeze(-3)
+        if bias is None:
+            if z is None:
+                raise ValueError("AttentionPairBias: give z or a precomputed bias")
+            bias = self.pair_bias(z, beta)                     # [*, H, N, N] or [*, B, H, q, k]
         gate = torch.sigmoid(self.gate(a))
         if key_index is None:
             kv = a if a_k is None else a_k
@@ -125,9 +134,18 @@ class DiffusionTransformer(nn.Module):
         self.transition = nn.ModuleList(
             ConditionedTransitionBlock(c_a, c_s) for _ in range(n_block))
 
-    def forward(self, a: Tensor, s: Tensor, z: Tensor, beta: Tensor | None = None,
-                mask: Tensor | None = None, key_index: Tensor | None = None) -> Tensor:
-        for attention, transition in zip(self.attention, self.transition, strict=True):
-            a = a + attention(a, s, z, beta, mask, key_index)              # line 2
+    def pair_biases(self, z: Tensor, beta: Tensor | None = None) -> list[Tensor]:
+        """Every block's attention bias from (z, beta): what `forward(..., biases=)` takes."""
+        return [attention.pair_bias(z, beta) for attention in self.attention]
+
+    def forward(self, a: Tensor, s: Tensor, z: Tensor | None, beta: Tensor | None = None,
+                mask: Tensor | None = None, key_index: Tensor | None = None, *,
+                biases: list[Tensor] | None = None) -> Tensor:
+        """`biases`: `pair_biases(z, beta)` computed beforehand (z and beta then unused); the
+        sampler reuses them across its steps instead of re-normalizing z in every block."""
+        if biases is None:
+            biases = [None] * len(self.attention)
+        for attention, transition, bias in zip(self.attention, self.transition, biases, strict=True):
+            a = a + attention(a, s, z, beta, mask, key_index, bias=bias)   # line 2
             a = a + transition(a, s)                                        # line 3
         return a

@@ -352,7 +352,7 @@ def test_diffusion_module_output_is_the_edm_combination(monkeypatch):
     r = torch.randn(1, 2, n_atom + 4, 3)
     seen = {}
 
-    def fake_decoder(a, q_skip, c_skip, p_skip, feats):
+    def fake_decoder(a, q_skip, c_skip, p_skip, feats, pair_biases=None):
         seen["a"] = a
         return r
 
