@@ -51,7 +51,14 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="one trunk run per job for all seeds (seeds then differ only in "
                              "diffusion noise): faster with many seeds, less diverse")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
-    parser.add_argument("--chunk-size", type=int, default=None, help="pair-stack chunk size")
+    parser.add_argument("--chunk-size", type=int, default=None,
+                        help="pair-stack chunk size (default: chosen from free memory)")
+    parser.add_argument("--diffusion-chunk", type=int, default=None,
+                        help="samples denoised and scored at once (default: all); lowers peak memory")
+    parser.add_argument("--kernels", default="auto", choices=("auto", "triton", "torch"),
+                        help="Triton kernels on CUDA when available (auto), always, or never")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the repeated blocks (GPU; one-off compile per input size)")
     parser.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS)
     parser.add_argument("--overwrite", action="store_true", help="redo jobs already complete")
     parser.add_argument("--quiet", action="store_true")
@@ -68,7 +75,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 
 def runtime_from_args(args: argparse.Namespace) -> RuntimeConfig:
-    return RuntimeConfig(precision=args.precision, chunk_size=args.chunk_size)
+    return RuntimeConfig(precision=args.precision, chunk_size=args.chunk_size,
+                         diffusion_chunk=args.diffusion_chunk, kernels=args.kernels,
+                         compile=args.compile)
 
 
 def settings_from_args(args: argparse.Namespace) -> PredictSettings:

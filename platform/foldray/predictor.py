@@ -72,6 +72,8 @@ class Predictor:
         self.runtime = runtime or RuntimeConfig()
         self.device = torch.device(device)
         self.random_weights = random_weights
+        if self.runtime.compile:
+            self.model.compile_blocks()
         # progress(stage, done, total) for recycles and diffusion steps (foldray.progress)
         self.progress: Progress | None = None
 

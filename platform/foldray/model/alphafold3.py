@@ -8,6 +8,7 @@ The trunk runs once per seed; the diffusion module then denoises all samples in 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -138,6 +139,23 @@ class AlphaFold3(nn.Module):
                                            else min(x.shape[-3], runtime.diffusion_chunk)),
                                        z_device=x.device),
             sample_chunk=runtime.diffusion_chunk)
+
+    def compile_blocks(self, **options: Any) -> int:
+        """torch.compile each repeated block in place (RuntimeConfig.compile); returns how many.
+
+        Blocks, not the whole model: the model's Python control flow (recycling, the sampler,
+        chunking) stays eager, and blocks of one class share compiled code, so 48 Pairformer
+        blocks compile once per input shape. Parameters and state_dict keys do not change.
+        """
+        from foldray.model.msa import MsaBlock
+        from foldray.model.pairformer import PairformerBlock
+        from foldray.model.transformer import AttentionPairBias, ConditionedTransitionBlock
+
+        kinds = (PairformerBlock, MsaBlock, AttentionPairBias, ConditionedTransitionBlock)
+        blocks = [m for m in self.modules() if isinstance(m, kinds)]
+        for block in blocks:
+            block.compile(**options)
+        return len(blocks)
 
     def chunk_size(self, runtime: RuntimeConfig, n_token: int, *, n_batch: int = 1,
                    z_device: torch.device | None = None) -> int | None:

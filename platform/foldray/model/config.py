@@ -318,3 +318,6 @@ class RuntimeConfig:
     precision: Precision = "fp32"
     diffusion_chunk: int | None = None     # samples denoised at once; None = all
     checkpoint_activations: bool = False   # training memory saver
+    # torch.compile every repeated block (Pairformer, MSA and Diffusion Transformer blocks):
+    # fuses their elementwise ops; pays a one-off compile per input size (Predictor.load does it)
+    compile: bool = False

@@ -57,7 +57,8 @@ class AttentionPairBias(nn.Module):
                 mask: Tensor | None = None, key_index: Tensor | None = None, *,
                 bias: Tensor | None = None) -> Tensor:
         """`bias`: this block's precomputed `pair_bias(z, beta)`; then z and beta are unused."""
-        if mask is not None and not torch.is_grad_enabled() and bool(mask.all()):
+        if (mask is not None and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+                and bool(mask.all())):
             mask = None        # inference: an all-real mask adds exactly 0; skip its [*, H, N, N] bias
         a_k = self.ada_ln_k(a, s) if self.ada_ln_k is not None and not self.chained_key_norm else None
         a = self.ada_ln(a, s) if self.ada_ln is not None else self.norm_a(a)
