@@ -3,7 +3,9 @@
 Cases are the model's real shapes at `--tokens` (full config): attention with pair bias
 (pairformer, 16 heads x 24), triangle attention (4 heads x 32, bias shared over rows),
 diffusion attention (16 heads x 48, bias shared over samples), atom windows (4 x 32, 32
-queries x 128 keys) and LayerNorm over the pair representation (c_z = 128). Each case reports
+queries x 128 keys), LayerNorm over the pair representation (c_z = 128), the triangle
+multiplicative update's fused ops (gated_linear, gated_norm_linear) and whole outgoing module
+(c_z = c_hidden = 128), and adaptive LayerNorm (c_a = 768, c_s = 384). Each case reports
 forward and forward+backward milliseconds and peak CUDA memory for both implementations,
 plus the max relative difference of the outputs. Writes benchmarks/results/kernels-<device>.json.
 
@@ -119,7 +121,93 @@ def run(args: argparse.Namespace) -> list[dict]:
                 print(json.dumps({k: v for k, v in row.items() if k != "shapes"}), flush=True)
         rows.append(_layer_norm_row(n, dtype, device, args.repeat))
         print(json.dumps(rows[-1]), flush=True)
+        for name, make in _fused_cases(n, args.samples, device == "cuda").items():
+            for backward in (False, True):
+                rows.append(_fused_row(name, make, n, backward, dtype, device, args.repeat))
+                print(json.dumps({k: v for k, v in rows[-1].items() if k != "shapes"}), flush=True)
     return rows
+
+
+def _fused_cases(n: int, n_sample: int, full: bool) -> dict[str, Callable]:
+    """name -> make(dtype, device, grad) returning (fn, shapes): the triangle multiplicative
+    update ops and module (c_z = c_hidden = 128) and adaptive LayerNorm of the diffusion
+    transformer (c_a = 768, c_s = 384, n_sample samples); small channels on CPU."""
+    import torch
+
+    from foldray import kernels
+    from foldray.model.triangle import TriangleMultiplicationOutgoing
+
+    c_z, c_mul, c_a, c_s = (128, 128, 768, 384) if full else (16, 16, 24, 16)
+
+    def rand(*shape, dtype, device, grad):
+        g = torch.Generator(device=device).manual_seed(len(shape) + shape[-1])
+        return torch.randn(shape, generator=g, device=device, dtype=dtype).requires_grad_(grad)
+
+    def pair_mask(device):
+        mask = torch.ones(n, n, dtype=torch.bool, device=device)
+        mask[-max(1, n // 10):] = False
+        return mask
+
+    def gated_linear(dtype, device, grad):
+        x = rand(n, n, c_z, dtype=dtype, device=device, grad=grad)
+        w_g, w_p = (rand(2 * c_mul, c_z, dtype=dtype, device=device, grad=grad) for _ in range(2))
+        mask = pair_mask(device)
+        return (lambda: kernels.gated_linear(x, w_g, w_p, mask, feature_dim=-3)), {"x": [n, n, c_z]}
+
+    def gated_norm_linear(dtype, device, grad):
+        p = rand(c_mul, n, n, dtype=dtype, device=device, grad=False).movedim(0, -1).requires_grad_(grad)
+        z = rand(n, n, c_z, dtype=dtype, device=device, grad=grad)
+        ln_w, ln_b = rand(c_mul, dtype=dtype, device=device, grad=grad), None
+        w_o, w_g = (rand(c_z, k, dtype=dtype, device=device, grad=grad) for k in (c_mul, c_z))
+        return (lambda: kernels.gated_norm_linear(p, z, ln_w, ln_b, w_o, w_g)), {"p": [n, n, c_mul]}
+
+    def triangle_mult(dtype, device, grad):
+        torch.manual_seed(0)
+        module = TriangleMultiplicationOutgoing(c_z, c_mul).to(device=device, dtype=dtype)
+        module.requires_grad_(grad)
+        z = rand(1, n, n, c_z, dtype=dtype, device=device, grad=grad)
+        mask = pair_mask(device)[None]
+        return (lambda: module(z, mask)), {"z": [1, n, n, c_z]}
+
+    def ada_layer_norm(dtype, device, grad):
+        a = rand(n_sample, n, c_a, dtype=dtype, device=device, grad=grad)
+        s = rand(n, c_s, dtype=dtype, device=device, grad=grad)
+        w_n, w_sc, b_sc, w_sh = (rand(*shape, dtype=dtype, device=device, grad=grad)
+                                 for shape in ((c_s,), (c_a, c_s), (c_a,), (c_a, c_s)))
+        return (lambda: kernels.ada_layer_norm(a, s, w_n, None, w_sc, b_sc, w_sh)), {"a": [n_sample, n, c_a]}
+
+    return {"gated_linear": gated_linear, "gated_norm_linear": gated_norm_linear,
+            "triangle_mult_outgoing": triangle_mult, "ada_layer_norm": ada_layer_norm}
+
+
+def _fused_row(name: str, make: Callable, n: int, backward: bool, dtype, device: str, repeat: int) -> dict:
+    import torch
+
+    from foldray import kernels
+
+    row: dict = {"name": name, "n_token": n, "backward": backward}
+    outs = {}
+    for mode in ("torch", "triton"):
+        fn, row["shapes"] = make(dtype, device, backward)
+
+        def step(mode=mode, fn=fn):
+            with kernels.use(mode), torch.set_grad_enabled(backward):
+                out = fn()
+                if backward:
+                    out.float().square().mean().backward()
+            return out
+
+        try:
+            ms, peak, out = _measure(step, device, repeat)
+            outs[mode] = out.detach().float()
+            row[mode] = {"ms": ms, "peak_mem_bytes": peak}
+        except torch.cuda.OutOfMemoryError:
+            row[mode] = {"ms": None, "peak_mem_bytes": None, "error": "out of memory"}
+            torch.cuda.empty_cache()
+    if len(outs) == 2:
+        row["max_rel_diff"] = ((outs["triton"] - outs["torch"]).abs().max()
+                               / outs["torch"].abs().max().clamp_min(1e-6)).item()
+    return row
 
 
 def _layer_norm_row(n: int, dtype, device: str, repeat: int) -> dict:

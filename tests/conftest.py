@@ -28,6 +28,14 @@ from typing import Any
 
 import pytest
 
+# Triton fixes "compiled" or "interpreted" for its own standard library (tl.zeros, tl.sum, ...)
+# when triton.language is first imported, and importing foldray.kernels (torch.compiler) or Ray
+# may import it long before tests/lib/kernels runs; interpreted kernels then fail inside those
+# helpers. So decide at the first conftest import, before any other. Model code only runs
+# interpreted kernels when kernels='triton' is forced on CPU tensors: the rest of the suite is
+# unaffected.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # CI runs the checkout at <somewhere>/main with the shared data next to it (../shared).
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -60,12 +68,6 @@ def pytest_configure(config: pytest.Config) -> None:
     already started Ray; setting it here makes every Ray use in the run consistent.
     """
     os.environ.update(RAY_TEST_ENV)
-    # Triton fixes "compiled" or "interpreted" for its own standard library (tl.zeros, tl.sum,
-    # ...) when triton.language is first imported, and torch or Ray may import it long before
-    # tests/lib/kernels runs; interpreted kernels then fail inside those helpers. Decide once,
-    # here, before any import. Model code only runs interpreted kernels when kernels='triton' is
-    # forced on CPU tensors, so the rest of the suite is unaffected.
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -2,9 +2,17 @@
 imports triton; each op has a PyTorch reference that always works (CPU included), and
 `dispatch` picks the Triton kernel on CUDA (see `RuntimeConfig.kernels`, $FOLDRAY_KERNELS)."""
 
+from foldray.kernels.ada_layer_norm import ada_layer_norm, ada_layer_norm_reference
 from foldray.kernels.attention import attention, attention_reference, mask_to_bias
 from foldray.kernels.dispatch import applies_runtime, use
 from foldray.kernels.layer_norm import layer_norm, layer_norm_reference
+from foldray.kernels.triangle_multiplication import (
+    gated_linear,
+    gated_linear_reference,
+    gated_norm_linear,
+    gated_norm_linear_reference,
+)
 
-__all__ = ["applies_runtime", "attention", "attention_reference", "layer_norm",
-           "layer_norm_reference", "mask_to_bias", "use"]
+__all__ = ["ada_layer_norm", "ada_layer_norm_reference", "applies_runtime", "attention",
+           "attention_reference", "gated_linear", "gated_linear_reference", "gated_norm_linear",
+           "gated_norm_linear_reference", "layer_norm", "layer_norm_reference", "mask_to_bias", "use"]

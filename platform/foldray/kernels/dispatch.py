@@ -84,7 +84,8 @@ def _triton_module(name: str) -> ModuleType | str:
         return f"triton unavailable ({type(err).__name__}: {err})"
 
 
-KERNEL_MODULES = ("attention_triton", "layer_norm_triton")
+KERNEL_MODULES = ("attention_triton", "layer_norm_triton", "triangle_multiplication_triton",
+                  "ada_layer_norm_triton")
 
 
 def reset() -> None:

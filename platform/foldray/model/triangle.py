@@ -50,9 +50,11 @@ class _TriangleMultiplication(nn.Module):
         self.out = LinearNoBias(c_hidden, c_z)
 
     def forward(self, z: Tensor, pair_mask: Tensor, chunk_size: int | None = None) -> Tensor:
-        z = self.norm_in(z)                                                # [*, N, N, c_z]
-        ab = torch.sigmoid(self.ab_gate(z)) * self.ab(z) * pair_mask[..., None].to(z.dtype)
-        a, b = ab.movedim(-1, -3).chunk(2, dim=-3)                         # [*, c, N, N] each
+        norm_in = self.norm_in
+        z = kernels.layer_norm(z, norm_in.weight, norm_in.bias, norm_in.eps)  # [*, N, N, c_z]
+        # line 2, fused: sigmoid(Linear(z)) * Linear(z) * mask, written channel-first
+        ab = kernels.gated_linear(z, self.ab_gate.weight, self.ab.weight, pair_mask, feature_dim=-3)
+        a, b = ab.chunk(2, dim=-3)                                         # [*, c, N, N] each
         if self.outgoing:   # sum_k a_ik b_jk
             left, right = a, b.transpose(-1, -2)                           # [*, c, i, k], [*, c, k, j]
         else:               # sum_k a_ki b_kj
@@ -60,8 +62,10 @@ class _TriangleMultiplication(nn.Module):
 
         def rows(start: int, stop: int) -> Tensor:
             p = (left[..., start:stop, :] @ right).movedim(-3, -1)         # [*, rows, N, c]
-            g = torch.sigmoid(self.gate(z[..., start:stop, :, :]))        # [*, rows, N, c_z]
-            return g * self.out(self.norm_out(p))
+            # lines 3-4, fused: sigmoid(Linear(z)) * Linear(LayerNorm(p))  -> [*, rows, N, c_z]
+            return kernels.gated_norm_linear(p, z[..., start:stop, :, :], self.norm_out.weight,
+                                             self.norm_out.bias, self.out.weight, self.gate.weight,
+                                             self.norm_out.eps)
 
         return chunked_rows(rows, z.shape[-3], chunk_size)
 
