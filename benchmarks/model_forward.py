@@ -8,11 +8,12 @@ torch.cuda.max_memory_allocated on GPU. Writes benchmarks/results/model_forward-
 
     python benchmarks/model_forward.py [--device cpu] [--tokens 64 128 256] [--configs tiny full]
 
-`--compare openfold3` (or `protenix`, when its reference environment exists) runs foldray
-and the reference side by side instead, on CPU: same architecture, same random weights
-(the reference draws them, foldray imports them), same real protein (`compare_main`).
+`--compare openfold3` (or `protenix`, or both as `openfold3,protenix`; each needs its reference
+environment, else it is recorded as not available) runs foldray and the reference side by side
+instead, on CPU: same architecture, same random weights (the reference draws them, foldray
+imports them), same real protein (`compare_main`).
 
-    python benchmarks/model_forward.py --compare openfold3 [--tokens 64 128 256] [--threads 2]
+    python benchmarks/model_forward.py --compare openfold3,protenix [--tokens 64 128 256] [--threads 2]
 """
 
 from __future__ import annotations
@@ -183,6 +184,68 @@ def openfold3_case(work: Path, n_token: int, n_sample: int, n_step: int, depth: 
 
         save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, str(weights))
     row["n_params"] = sum(p.numel() for p in model.parameters())
+    return row
+
+
+def protenix_case(work: Path, n_token: int, n_sample: int, n_step: int, depth: dict) -> dict:
+    """Protenix (inside its venv): protenix_base_default_v1.0.0 at full width with `depth`,
+    random weights as the equivalence harness draws them, foldray's features adapted by
+    reference_protenix.to_protenix_features; run as its own inference loop runs it (in-place
+    updates, its token-count chunk size, the diffusion conditioning cached across steps)."""
+    import os
+
+    import numpy as np
+    import torch
+
+    os.environ.setdefault("LAYERNORM_TYPE", "torch")    # before protenix: no CUDA layer norm on CPU
+    sys.path.insert(0, str(ROOT / "benchmarks" / "equivalence"))
+    from protenix.model.protenix import Protenix
+    from reference_protenix import build_config, randomize, to_protenix_features
+
+    config = build_config(tiny=False, depth=depth)
+    torch.manual_seed(0)
+    model = Protenix(config).eval()
+    randomize(model, seed=0)
+    f = to_protenix_features(dict(np.load(work / f"features-{n_token}.npz")))
+    chunk_size = model._get_dynamic_chunk_size(n_token)      # None (no chunking) up to 1,024 tokens
+    kernels = {"triangle_multiplicative": config.triangle_multiplicative,
+               "triangle_attention": config.triangle_attention}
+    schedule = model.inference_noise_scheduler(N_step=n_step, dtype=torch.float32)
+
+    def trunk_fn():
+        return model.get_pairformer_output(f, N_cycle=1, inplace_safe=True, chunk_size=chunk_size)
+
+    def diffusion_fn(trunk):
+        s_inputs, s, z = trunk
+        pair_z = model.diffusion_module.diffusion_conditioning.prepare_cache(f["relp"], z, False)
+        p_lm, c_l = model.diffusion_module.atom_attention_encoder.prepare_cache(
+            ref_pos=f["ref_pos"], ref_charge=f["ref_charge"], ref_mask=f["ref_mask"],
+            ref_element=f["ref_element"], ref_atom_name_chars=f["ref_atom_name_chars"],
+            atom_to_token_idx=f["atom_to_token_idx"], d_lm=f["d_lm"], v_lm=f["v_lm"],
+            pad_info=f["pad_info"], r_l=True, z=pair_z, inplace_safe=False)
+        return model.sample_diffusion(
+            denoise_net=model.diffusion_module, input_feature_dict=f, s_inputs=s_inputs, s_trunk=s,
+            z_trunk=None, pair_z=pair_z, p_lm=p_lm, c_l=c_l, N_sample=n_sample,
+            noise_schedule=schedule, inplace_safe=True,
+            enable_efficient_fusion=config.enable_efficient_fusion)          # [n_sample, N_atom, 3]
+
+    def confidence_fn(trunk, x):
+        s_inputs, s, z = trunk
+        distogram = model.distogram_head(z)
+        return distogram, model.run_confidence_head(
+            input_feature_dict=f, s_inputs=s_inputs, s_trunk=s, z_trunk=z, pair_mask=None,
+            x_pred_coords=x, inplace_safe=True, chunk_size=chunk_size, **kernels)
+
+    with torch.no_grad():
+        row, trunk = _timed_forward(trunk_fn, diffusion_fn, confidence_fn)
+    np.savez(work / f"trunk-protenix-{n_token}.npz", s=trunk[1].numpy(), z=trunk[2].numpy())
+    weights = work / "protenix_weights.safetensors"
+    if not weights.exists():
+        from safetensors.torch import save_file
+
+        save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, str(weights))
+    row["n_params"] = sum(p.numel() for p in model.parameters())
+    row["chunk_size"] = chunk_size
     return row
 
 
@@ -376,11 +439,23 @@ def compare_case(case: str, args: argparse.Namespace) -> dict:
     depth = REDUCED_DEPTH if args.depth == "reduced" else RELEASED_DEPTH
     if side == "openfold3":
         return openfold3_case(args.work, int(n_token), args.samples, args.steps, depth)
+    if side == "protenix":
+        return protenix_case(args.work, int(n_token), args.samples, args.steps, depth)
     if side.startswith("foldray-"):
         return foldray_case(args.work, side.removeprefix("foldray-"), int(n_token), args.samples,
                             args.steps, depth)
     raise ValueError(f"no runner for {side!r}")
 
+
+
+def _references(text: str) -> list[str]:
+    """--compare's value: one reference or a comma list of them, e.g. openfold3,protenix."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in REFERENCE_VENVS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"unknown reference(s) {unknown or text!r}; "
+                                         f"choose from {', '.join(REFERENCE_VENVS)}")
+    return names
 
 
 def main() -> None:
@@ -390,8 +465,9 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=["tiny", "full"])
     parser.add_argument("--samples", type=int, default=1)
     parser.add_argument("--case", default=None, help=argparse.SUPPRESS)  # internal: one case
-    parser.add_argument("--compare", default=None, choices=["openfold3", "protenix"],
-                        help="foldray vs this reference, side by side (CPU)")
+    parser.add_argument("--compare", default=None, type=_references,
+                        help="foldray vs these references, side by side (CPU): openfold3, protenix "
+                             "or a comma list of both")
     parser.add_argument("--depth", default="reduced", choices=["reduced", "full"],
                         help="with --compare: released depths, or the reduced-depth full-width stack")
     parser.add_argument("--threads", type=int, default=2, help="with --compare: torch threads, both sides")
@@ -404,9 +480,10 @@ def main() -> None:
         print(json.dumps(compare_case(args.compare_case, args)))
         return
     if args.compare:
-        compare_main(args.compare, args.tokens, n_sample=args.samples, n_step=args.steps,
-                     threads=args.threads, depth=args.depth,
-                     label=args.label)
+        for reference in args.compare:
+            compare_main(reference, args.tokens, n_sample=args.samples, n_step=args.steps,
+                         threads=args.threads, depth=args.depth,
+                         label=args.label)
         return
     if args.case:
         config_name, n_token = args.case.split(":")

@@ -51,8 +51,21 @@ def _deep_update(d: dict, u: Mapping) -> dict:
     return d
 
 
-def build_config(tiny: bool = True):
-    """Protenix's inference config for MODEL_NAME, resized to TINY when `tiny`."""
+def depth_override(depth: Mapping[str, int]) -> dict:
+    """Protenix config keys for a block count per stack (benchmarks/model_forward.py's depth
+    names); the input embedder's atom encoder keeps Protenix's hard-coded 3 blocks."""
+    atom = {"n_blocks": depth["atom"]}
+    return {"model": {"pairformer": {"n_blocks": depth["pairformer"]},
+                      "msa_module": {"n_blocks": depth["msa"]},
+                      "template_embedder": {"n_blocks": depth["template"]},
+                      "diffusion_module": {"transformer": {"n_blocks": depth["diffusion"]},
+                                           "atom_encoder": atom, "atom_decoder": dict(atom)},
+                      "confidence_head": {"n_blocks": depth["confidence"]}}}
+
+
+def build_config(tiny: bool = True, depth: Mapping[str, int] | None = None):
+    """Protenix's inference config for MODEL_NAME, resized to TINY when `tiny`, with the block
+    counts of `depth` when given."""
     from configs.configs_base import configs as configs_base
     from configs.configs_data import data_configs
     from configs.configs_inference import inference_configs
@@ -64,6 +77,8 @@ def build_config(tiny: bool = True):
     _deep_update(base, copy.deepcopy(CPU))
     if tiny:
         _deep_update(base, copy.deepcopy(TINY))
+    if depth is not None:
+        _deep_update(base, depth_override(depth))
     return parse_configs(base, fill_required_with_null=True)
 
 
