@@ -127,18 +127,22 @@ class AlphaFold3(nn.Module):
     @kernels.applies_runtime         # RuntimeConfig.kernels picks Triton or torch ops
     def confidence(self, features: Features, trunk: TrunkOutput, x: Tensor,
                    runtime: RuntimeConfig | None = None) -> ConfidenceOutput:
-        """Line 16, every sample scored in one batch (or `diffusion_chunk` at a time)."""
+        """Line 16, `diffusion_chunk` samples at a time; by default one at a time in inference
+        (each sample runs its own pair stack: scoring them together multiplies the transient
+        memory by N_sample for no speed gain on a pair-sized workload) and all at once with
+        autograd (training's mini-rollout)."""
         runtime = runtime or RuntimeConfig()
+        sample_chunk = runtime.diffusion_chunk
+        if sample_chunk is None and not torch.is_grad_enabled():
+            sample_chunk = 1
+        n_scored = x.shape[-3] if sample_chunk is None else min(x.shape[-3], sample_chunk)
         return self.confidence_head(
             trunk.s_inputs, trunk.s, trunk.z, x, atom_to_token=features["atom_to_token"],
             token_rep_atom=features["token_rep_atom"], token_mask=features["token_mask"],
             atom_mask=features["atom_mask"],
             chunk_size=self.chunk_size(runtime, features["token_mask"].shape[-1],
-                                       n_batch=x.shape[:-3].numel() * (
-                                           x.shape[-3] if runtime.diffusion_chunk is None
-                                           else min(x.shape[-3], runtime.diffusion_chunk)),
-                                       z_device=x.device),
-            sample_chunk=runtime.diffusion_chunk)
+                                       n_batch=x.shape[:-3].numel() * n_scored, z_device=x.device),
+            sample_chunk=sample_chunk)
 
     def compile_blocks(self, **options: Any) -> int:
         """torch.compile each repeated block in place (RuntimeConfig.compile); returns how many.
