@@ -264,9 +264,11 @@ def foldray_config(reference: str, depth: dict):
 
 
 def foldray_case(work: Path, reference: str, n_token: int, n_sample: int, n_step: int,
-                 depth: dict) -> dict:
+                 depth: dict, compile_blocks: bool = False) -> dict:
     """foldray on the same features with the reference's weights (converted by the parent),
-    loaded tensor by tensor so loading leaves no second copy behind."""
+    loaded tensor by tensor so loading leaves no second copy behind. `compile_blocks`
+    (RuntimeConfig.compile): compile, then one untimed warm-up forward (its seconds are
+    reported as compile_seconds), then the timed one: the steady state of a batch of jobs."""
     import numpy as np
     import torch
     from safetensors import safe_open
@@ -282,11 +284,20 @@ def foldray_case(work: Path, reference: str, n_token: int, n_sample: int, n_step
             params[key].copy_(f.get_tensor(key))
     features = dict(np.load(work / f"features-{n_token}.npz"))
     batch = collate([features], token_buckets=None, atom_buckets=None)
+    parts = (lambda: model.run_trunk(batch, n_cycle=1),
+             lambda trunk: model.sample(batch, trunk, n_sample=n_sample, n_step=n_step),
+             lambda trunk, x: model.confidence(batch, trunk, x))
+    compile_seconds = None
     with torch.no_grad():
-        row, trunk = _timed_forward(
-            lambda: model.run_trunk(batch, n_cycle=1),
-            lambda trunk: model.sample(batch, trunk, n_sample=n_sample, n_step=n_step),
-            lambda trunk, x: model.confidence(batch, trunk, x))
+        if compile_blocks:
+            model.compile_blocks()
+            started = time.perf_counter()
+            trunk = parts[0]()
+            parts[2](trunk, parts[1](trunk))
+            compile_seconds = time.perf_counter() - started
+        row, trunk = _timed_forward(*parts)
+    if compile_blocks:
+        row["compile_seconds"] = compile_seconds
     np.savez(work / f"trunk-foldray-{n_token}.npz", s=trunk.s[0].numpy(), z=trunk.z[0].numpy())
     row["n_params"] = sum(p.numel() for p in model.parameters())
     return row
@@ -332,7 +343,7 @@ def _trunk_agreement(work: Path, reference: str, n_token: int) -> dict:
 
 
 def compare_main(reference: str, tokens: list[int], *, n_sample: int, n_step: int, threads: int,
-                 depth: str, label: str) -> None:
+                 depth: str, label: str, compile_blocks: bool = False) -> None:
     """foldray vs `reference`, one fresh subprocess per side and size; writes
     benchmarks/results/model_forward-compare-cpu.json with foldray/reference ratios, the rows
     under runs[label] (so a "before" run survives an "after" one)."""
@@ -366,8 +377,9 @@ def compare_main(reference: str, tokens: list[int], *, n_sample: int, n_step: in
                     str(work / f"{reference}_weights.safetensors")), foldray_config(reference, depths))
                 save_file({k: v.contiguous() for k, v in state.items()}, str(converted))
                 del state
-            ours = _subprocess_row(sys.executable,
-                                   ["--compare-case", f"foldray-{reference}:{n_token}", *common])
+            compile_arg = ["--foldray-compile"] if compile_blocks else []
+            ours = _subprocess_row(sys.executable, ["--compare-case", f"foldray-{reference}:{n_token}",
+                                                    *common, *compile_arg])
             row = {"n_token": n_token, "n_atom": n_atom, "foldray": ours, reference: ref_row}
             if "error" not in ours and "error" not in ref_row:
                 row["ratio_seconds"] = ours["seconds"] / ref_row["seconds"]
@@ -443,7 +455,7 @@ def compare_case(case: str, args: argparse.Namespace) -> dict:
         return protenix_case(args.work, int(n_token), args.samples, args.steps, depth)
     if side.startswith("foldray-"):
         return foldray_case(args.work, side.removeprefix("foldray-"), int(n_token), args.samples,
-                            args.steps, depth)
+                            args.steps, depth, compile_blocks=args.foldray_compile)
     raise ValueError(f"no runner for {side!r}")
 
 
@@ -473,6 +485,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="with --compare: torch threads, both sides")
     parser.add_argument("--steps", type=int, default=4, help="with --compare: sampler steps")
     parser.add_argument("--label", default="current", help="with --compare: name of this run in the JSON")
+    parser.add_argument("--foldray-compile", action="store_true",
+                        help="with --compare: foldray with RuntimeConfig.compile, timed after a warm-up")
     parser.add_argument("--compare-case", default=None, help=argparse.SUPPRESS)   # internal
     parser.add_argument("--work", type=Path, default=None, help=argparse.SUPPRESS)  # internal
     args = parser.parse_args()
@@ -483,7 +497,7 @@ def main() -> None:
         for reference in args.compare:
             compare_main(reference, args.tokens, n_sample=args.samples, n_step=args.steps,
                          threads=args.threads, depth=args.depth,
-                         label=args.label)
+                         label=args.label, compile_blocks=args.foldray_compile)
         return
     if args.case:
         config_name, n_token = args.case.split(":")

@@ -28,7 +28,7 @@ from tests.docs.guide_blocks import blocks, guides, runnable, script, unmarked
 SEQDB = SHARED_DATA / "seqdb"
 RAN: set[tuple[str, str]] = set()                 # (guide, block) executed in this session
 TESTED_GUIDES = {"prediction.md", "python-api.md", "batch.md", "finetuning.md", "screens.md",
-                 "msa.md"}
+                 "msa.md", "performance.md"}
 
 
 def run_guide(guide: str, folder: Path, extra_env: dict[str, str] | None = None,
@@ -91,6 +91,15 @@ def test_prediction_guide(tmp_path):
     assert "exit code 2" in out and "ok: " in out and "my_model.cif" in out
     assert "sequences[2].ligand.ccdCodes[0]" in (tmp_path / "errors.txt").read_text()
     assert (tmp_path / "predictions" / "report" / "index.html").exists()
+
+
+def test_performance_guide(tmp_path):
+    run_guide("performance.md", tmp_path)
+    job = tmp_path / "lean" / "tiny_protein_ligand_smiles"
+    samples = sorted(p.name for p in job.iterdir() if p.name.startswith("seed-"))
+    assert samples == ["seed-1_sample-0", "seed-1_sample-1"]       # --diffusion-chunk 1: both drawn
+    summary = json.loads((job / "tiny_protein_ligand_smiles_summary_confidences.json").read_text())
+    assert isinstance(summary["ranking_score"], float) and 0.0 <= summary["ptm"] <= 1.0
 
 
 def test_python_api_guide(tmp_path):

@@ -20,7 +20,7 @@ from foldray.model.diffusion import DiffusionModule, Progress, sample_diffusion
 from foldray.model.embedders import InputFeatureEmbedder, RelativePositionEncoding
 from foldray.model.msa import MsaModule
 from foldray.model.pairformer import PairformerStack, auto_chunk_size
-from foldray.model.primitives import LinearNoBias
+from foldray.model.primitives import LayerNorm, LinearNoBias
 from foldray.model.templates import TemplateEmbedder
 
 Features = dict[str, Tensor]
@@ -60,12 +60,12 @@ class AlphaFold3(nn.Module):
         self.z_init_j = LinearNoBias(c_zin, c_z)
         self.relative_position = RelativePositionEncoding.from_config(config)  # line 4
         self.token_bonds = LinearNoBias(1, c_z)                                # line 5
-        self.z_recycle_norm = nn.LayerNorm(c_z)                                # line 8
+        self.z_recycle_norm = LayerNorm(c_z)                                # line 8
         self.z_recycle = LinearNoBias(c_z, c_z)
         self.template_embedder = TemplateEmbedder(                             # line 9
             c_z, config.template, config.pairformer.tri_att_end_bias_ik)
         self.msa_module = MsaModule(c_z, c_in, config.msa, config.pairformer)  # line 10
-        self.s_recycle_norm = nn.LayerNorm(c_s)                                # line 11
+        self.s_recycle_norm = LayerNorm(c_s)                                # line 11
         self.s_recycle = LinearNoBias(c_s, c_s)
         self.pairformer = PairformerStack(c_s, c_z, config.pairformer)         # line 12
         self.diffusion_module = DiffusionModule(config)                        # line 15

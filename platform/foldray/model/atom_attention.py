@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from foldray import kernels
 from foldray.model.config import AtomAttentionConfig
-from foldray.model.primitives import LinearNoBias
+from foldray.model.primitives import LayerNorm, LinearNoBias
 from foldray.model.transformer import DiffusionTransformer
 
 # Algorithm 5 line 1 input: ref_pos 3, ref_charge 1, ref_mask 1, ref_element 128,
@@ -269,9 +269,9 @@ class AtomAttentionEncoder(nn.Module):
         self.embed_distances = LinearNoBias(1, c_pair)                            # line 5
         self.embed_valid = LinearNoBias(1, c_pair)                                # line 6
         if c_s is not None and c_z is not None:
-            self.norm_s = nn.LayerNorm(c_s, bias=False)                           # line 9
+            self.norm_s = LayerNorm(c_s, bias=False)                           # line 9
             self.embed_s = LinearNoBias(c_s, c_atom, zero_init=True)
-            self.norm_z = nn.LayerNorm(c_z, bias=False)                           # line 10
+            self.norm_z = LayerNorm(c_z, bias=False)                           # line 10
             self.embed_z = LinearNoBias(c_z, c_pair, zero_init=True)
             self.embed_r = LinearNoBias(3, c_atom)                                # line 11
         self.single_to_pair_row = LinearNoBias(c_atom, c_pair)                    # line 13
@@ -375,7 +375,7 @@ class AtomAttentionDecoder(nn.Module):
         super().__init__()
         self.embed_a = LinearNoBias(c_token, atom.c_atom)                           # line 1
         self.transformer = AtomTransformer.from_config(atom)                        # line 2
-        self.norm = nn.LayerNorm(atom.c_atom, bias=False)                         # line 3
+        self.norm = LayerNorm(atom.c_atom, bias=False)                         # line 3
         self.out = LinearNoBias(atom.c_atom, 3, zero_init=True)
 
     def forward(self, a: Tensor, q_skip: Tensor, c_skip: Tensor, p_skip: Tensor,

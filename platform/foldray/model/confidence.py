@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from foldray.model.config import ConfidenceConfig, PairformerConfig
 from foldray.model.pairformer import PairformerStack
-from foldray.model.primitives import Linear, LinearNoBias
+from foldray.model.primitives import LayerNorm, Linear, LinearNoBias
 
 # SI 4.3.2 frame atoms of polymer tokens; everything else uses nearest neighbours.
 PROTEIN_FRAME_ATOMS = ("N", "CA", "C")
@@ -228,18 +228,18 @@ class ConfidenceHead(nn.Module):
         # Protenix (ConfidenceConfig.raw_distance / norm_s_trunk): a term linear in d itself,
         # and LayerNorm(clamp(s_trunk, +-512)) as the Pairformer's single input
         self.distance_raw = LinearNoBias(1, c_z) if config.raw_distance else None
-        self.norm_s_trunk = nn.LayerNorm(c_s) if config.norm_s_trunk else None
+        self.norm_s_trunk = LayerNorm(c_s) if config.norm_s_trunk else None
         self.pairformer = PairformerStack(                                  # line 4
             c_s, c_z, dataclasses.replace(pairformer, dropout=config.pairformer_dropout),
             n_block=config.n_block)
-        self.pae_norm = nn.LayerNorm(c_z)
+        self.pae_norm = LayerNorm(c_z)
         self.pae = LinearNoBias(c_z, config.n_bins_pae, zero_init=True)     # line 5
-        self.pde_norm = nn.LayerNorm(c_z)
+        self.pde_norm = LayerNorm(c_z)
         self.pde = LinearNoBias(c_z, config.n_bins_pde, zero_init=True)     # line 6
         n_slot = config.max_atoms_per_token
-        self.plddt_norm = nn.LayerNorm(c_s)                                 # line 7
+        self.plddt_norm = LayerNorm(c_s)                                 # line 7
         self.plddt_weight = nn.Parameter(torch.zeros(n_slot, c_s, config.n_bins_plddt))
-        self.resolved_norm = nn.LayerNorm(c_s)                              # line 8
+        self.resolved_norm = LayerNorm(c_s)                              # line 8
         self.resolved_weight = nn.Parameter(torch.zeros(n_slot, c_s, 2))
 
     def forward(self, s_inputs: Tensor, s: Tensor, z: Tensor, x_pred: Tensor, *,

@@ -31,7 +31,7 @@ from torch.utils.checkpoint import checkpoint
 from foldray.model.atom_attention import AtomAttentionDecoder, AtomAttentionEncoder
 from foldray.model.config import DiffusionConfig, ModelConfig
 from foldray.model.embedders import FourierEmbedding, RelativePositionEncoding
-from foldray.model.primitives import LinearNoBias, Transition
+from foldray.model.primitives import LayerNorm, LinearNoBias, Transition
 from foldray.model.transformer import DiffusionTransformer
 
 # progress(stage, done, total): a hook for progress bars (foldray.progress); never required
@@ -122,13 +122,13 @@ class DiffusionConditioning(nn.Module):
         self.relative_position = RelativePositionEncoding(                      # line 1
             c_z, config.r_max, config.s_max, project=not raw)
         c_pair_in = c_z + (self.relative_position.n_features if raw else c_z)
-        self.norm_z = nn.LayerNorm(c_pair_in, bias=False)                      # line 2
+        self.norm_z = LayerNorm(c_pair_in, bias=False)                      # line 2
         self.proj_z = LinearNoBias(c_pair_in, c_z)
         self.transition_z = nn.ModuleList(Transition(c_z, n=2) for _ in range(2))  # lines 3-5
-        self.norm_s = nn.LayerNorm(c_s + config.c_s_inputs, bias=False)      # line 7
+        self.norm_s = LayerNorm(c_s + config.c_s_inputs, bias=False)      # line 7
         self.proj_s = LinearNoBias(c_s + config.c_s_inputs, c_s)
         self.fourier = FourierEmbedding(c_f)                                   # line 8
-        self.norm_n = nn.LayerNorm(c_f, bias=False)                            # line 9
+        self.norm_n = LayerNorm(c_f, bias=False)                            # line 9
         self.proj_n = LinearNoBias(c_f, c_s)
         self.transition_s = nn.ModuleList(Transition(c_s, n=2) for _ in range(2))  # lines 10-12
 
@@ -196,11 +196,11 @@ class DiffusionModule(nn.Module):
         self.sigma_data = d.sigma_data
         self.conditioning = DiffusionConditioning(config)                                # line 1
         self.encoder = AtomAttentionEncoder(config.atom, d.c_token, config.c_s, config.c_z)  # line 3
-        self.norm_s = nn.LayerNorm(config.c_s, bias=False)                               # line 4
+        self.norm_s = LayerNorm(config.c_s, bias=False)                               # line 4
         self.proj_s = LinearNoBias(config.c_s, d.c_token, zero_init=True)
         self.transformer = DiffusionTransformer(d.c_token, config.c_s, config.c_z,      # line 5
                                                 n_block=d.n_block, n_head=d.n_head)
-        self.norm_a = nn.LayerNorm(d.c_token, bias=False)                                # line 6
+        self.norm_a = LayerNorm(d.c_token, bias=False)                                # line 6
         self.decoder = AtomAttentionDecoder(config.atom, d.c_token)                      # line 7
 
     def trunk_conditioning(self, features: Features, s_trunk: Tensor, z_trunk: Tensor) -> TrunkConditioning:

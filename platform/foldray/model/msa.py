@@ -20,7 +20,7 @@ from torch.utils.checkpoint import checkpoint
 from foldray.kernels import mask_to_bias
 from foldray.model.config import MsaConfig, PairformerConfig
 from foldray.model.pairformer import PairformerBlock, dropout_rowwise, pair_mask_from
-from foldray.model.primitives import Linear, LinearNoBias, Transition
+from foldray.model.primitives import LayerNorm, Linear, LinearNoBias, Transition
 from foldray.model.triangle import chunked_rows
 from foldray.residues import NUM_RESTYPES
 
@@ -39,7 +39,7 @@ class OuterProductMean(nn.Module):
 
     def __init__(self, c_m: int, c_z: int, c_hidden: int = 32) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(c_m)                                      # line 1
+        self.norm = LayerNorm(c_m)                                      # line 1
         self.a = LinearNoBias(c_m, c_hidden)                               # line 2
         self.b = LinearNoBias(c_m, c_hidden)
         self.out = Linear(c_hidden * c_hidden, c_z)                        # line 4
@@ -70,9 +70,9 @@ class MSAPairWeightedAveraging(nn.Module):
     def __init__(self, c_m: int, c_z: int, c_hidden: int = 32, n_head: int = 8) -> None:
         super().__init__()
         self.n_head, self.c = n_head, c_hidden
-        self.norm_m = nn.LayerNorm(c_m)                                    # line 1
+        self.norm_m = LayerNorm(c_m)                                    # line 1
         self.v = LinearNoBias(c_m, n_head * c_hidden)                      # line 2
-        self.norm_z = nn.LayerNorm(c_z)                                    # line 3
+        self.norm_z = LayerNorm(c_z)                                    # line 3
         self.bias = LinearNoBias(c_z, n_head)
         self.gate = LinearNoBias(c_m, n_head * c_hidden)                   # line 4
         self.out = LinearNoBias(n_head * c_hidden, c_m)                    # line 7

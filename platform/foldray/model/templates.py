@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from foldray.model.config import PairformerConfig, TemplateConfig
 from foldray.model.pairformer import PairformerStack, pair_mask_from
-from foldray.model.primitives import LinearNoBias
+from foldray.model.primitives import LayerNorm, LinearNoBias
 from foldray.residues import NUM_RESTYPES
 
 DISTOGRAM_BINS = 39
@@ -109,12 +109,12 @@ class TemplateEmbedder(nn.Module):
         super().__init__()
         c_t = config.c_t
         self.padded_slots = config.padded_slots
-        self.norm_z = nn.LayerNorm(c_z)                                    # line 8
+        self.norm_z = LayerNorm(c_z)                                    # line 8
         self.embed_z = LinearNoBias(c_z, c_t)
         self.embed_a = LinearNoBias(C_TEMPLATE_PAIR, c_t)
         self.pairformer = PairformerStack(                                     # line 9
             None, c_t, template_pair_config(config, tri_att_end_bias_ik))
-        self.norm_v = nn.LayerNorm(c_t)                                    # line 10
+        self.norm_v = LayerNorm(c_t)                                    # line 10
         self.out = LinearNoBias(c_t, c_z)                                  # line 13
 
     def _embed_template(self, features: Mapping[str, Tensor], t: int, pair_mask: Tensor,

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from foldray import kernels
-from foldray.model.primitives import AdaLN, Linear, LinearNoBias
+from foldray.model.primitives import AdaLN, LayerNorm, Linear, LinearNoBias
 
 
 class AttentionPairBias(nn.Module):
@@ -29,11 +29,11 @@ class AttentionPairBias(nn.Module):
             raise ValueError(f"c_a={c_a} is not divisible by n_head={n_head}")
         self.n_head, self.c = n_head, c_a // n_head
         self.ada_ln = AdaLN(c_a, c_s) if c_s is not None else None           # lines 1-2
-        self.norm_a = nn.LayerNorm(c_a) if c_s is None else None             # line 4
+        self.norm_a = LayerNorm(c_a) if c_s is None else None             # line 4
         self.q = Linear(c_a, c_a)                                            # line 6
         self.k = LinearNoBias(c_a, c_a)                                      # line 7
         self.v = LinearNoBias(c_a, c_a)
-        self.norm_z = nn.LayerNorm(c_z)                                      # line 8
+        self.norm_z = LayerNorm(c_z)                                      # line 8
         self.z_bias = LinearNoBias(c_z, n_head)
         self.gate = LinearNoBias(c_a, c_a)                                   # line 9
         self.out = LinearNoBias(c_a, c_a)                                    # line 11

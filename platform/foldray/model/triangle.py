@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from foldray import kernels
-from foldray.model.primitives import LinearNoBias
+from foldray.model.primitives import LayerNorm, LinearNoBias
 
 
 def chunked_rows(fn: Callable[[int, int], Tensor], n: int, chunk_size: int | None,
@@ -42,11 +42,11 @@ class _TriangleMultiplication(nn.Module):
 
     def __init__(self, c_z: int, c_hidden: int = 128) -> None:
         super().__init__()
-        self.norm_in = nn.LayerNorm(c_z)                                   # line 1
+        self.norm_in = LayerNorm(c_z)                                   # line 1
         self.ab_gate = LinearNoBias(c_z, 2 * c_hidden)                     # line 2: sigmoid(.)
         self.ab = LinearNoBias(c_z, 2 * c_hidden)                          #   (.) * Linear(z)
         self.gate = LinearNoBias(c_z, c_z)                                 # line 3
-        self.norm_out = nn.LayerNorm(c_hidden)                             # line 4
+        self.norm_out = LayerNorm(c_hidden)                             # line 4
         self.out = LinearNoBias(c_hidden, c_z)
 
     def forward(self, z: Tensor, pair_mask: Tensor, chunk_size: int | None = None) -> Tensor:
@@ -98,7 +98,7 @@ class _TriangleAttention(nn.Module):
         super().__init__()
         self.n_head, self.c = n_head, c_hidden
         self.bias_ik = bias_ik      # ending node only: b_ik (OpenFold3) instead of b_ki
-        self.norm = nn.LayerNorm(c_z)                                      # line 1
+        self.norm = LayerNorm(c_z)                                      # line 1
         self.q = LinearNoBias(c_z, n_head * c_hidden)                      # line 2
         self.k = LinearNoBias(c_z, n_head * c_hidden)
         self.v = LinearNoBias(c_z, n_head * c_hidden)
