@@ -36,7 +36,6 @@ def _unsupported(q: Tensor, k: Tensor, v: Tensor) -> str | None:
     return None
 
 
-@torch.compiler.disable   # already one fused kernel; tracing it only adds recompiles per layout
 def attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None,
               key_mask: Tensor | None = None) -> Tensor:
     """softmax(q k^T / sqrt(c) + bias + mask) v, returns [*, H, Q, c]; Triton or reference."""

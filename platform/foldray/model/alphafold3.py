@@ -155,6 +155,7 @@ class AlphaFold3(nn.Module):
         from foldray.model.pairformer import PairformerBlock
         from foldray.model.transformer import AttentionPairBias, ConditionedTransitionBlock
 
+        kernels.hide_attention_from_compiler()
         kinds = (PairformerBlock, MsaBlock, AttentionPairBias, ConditionedTransitionBlock)
         blocks = [m for m in self.modules() if isinstance(m, kinds)]
         for block in blocks:
