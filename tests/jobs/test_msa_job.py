@@ -36,9 +36,12 @@ def db() -> DatabaseConfig:
     return DatabaseConfig(name="uniref90", url=str(PROTEIN_DB))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def ray_shards(ray_session, db):
-    """3 shards held by 2 workers (worker 0: shards 0 and 2, worker 1: shard 1)."""
+    """3 shards held by 2 workers (worker 0: shards 0 and 2, worker 1: shard 1).
+
+    Per test, not per module: the workers hold 1 of the session's 2 CPUs, and a later
+    predict-batch test in this module needs both for its featurize and model actors."""
     shards = RayShards(MsaConfig(databases=(db,), shards=3), 2, num_cpus=0.5)
     yield shards
     shards.close()
