@@ -109,13 +109,21 @@ class LocalCluster:
 
     def add_node(self, num_cpus: int = 1, resources: dict[str, float] | None = None,
                  settle_s: float = 5.0) -> subprocess.Popen:
-        """A worker node (`ray start --address --block`); returns its process."""
+        """A worker node (`ray start --address --block`); returns its process.
+
+        Its worker-port range and its other ports are picked separately, so they can overlap;
+        Ray then refuses to start ("... used by other components") and we retry with new ones."""
         port = self.min_worker_port + 201 * (len(self.procs) - 1)
-        worker = self._spawn(
-            ["ray", "start", f"--address={self.gcs_address}", "--block", "--node-ip-address=127.0.0.1",
-             "--disable-usage-stats", f"--min-worker-port={port}", f"--max-worker-port={port + 200}",
-             *_resource_args(num_cpus, resources), *node_ports()], "worker")
-        time.sleep(settle_s)
+        for _ in range(3):
+            worker = self._spawn(
+                ["ray", "start", f"--address={self.gcs_address}", "--block", "--node-ip-address=127.0.0.1",
+                 "--disable-usage-stats", f"--min-worker-port={port}", f"--max-worker-port={port + 200}",
+                 *_resource_args(num_cpus, resources), *node_ports()], "worker")
+            time.sleep(settle_s)
+            if worker.poll() is None or "used by other components" not in worker.log_path.read_text():
+                break
+            self.procs.remove(worker)
+            port = free_ports(1)[0]
         assert worker.poll() is None, worker.log_path.read_text()
         return worker
 
