@@ -50,8 +50,7 @@ class _TriangleMultiplication(nn.Module):
         self.out = LinearNoBias(c_hidden, c_z)
 
     def forward(self, z: Tensor, pair_mask: Tensor, chunk_size: int | None = None) -> Tensor:
-        norm_in = self.norm_in
-        z = kernels.layer_norm(z, norm_in.weight, norm_in.bias, norm_in.eps)  # [*, N, N, c_z]
+        z = self.norm_in(z)                                                # [*, N, N, c_z]
         # line 2, fused: sigmoid(Linear(z)) * Linear(z) * mask, written channel-first
         ab = kernels.gated_linear(z, self.ab_gate.weight, self.ab.weight, pair_mask, feature_dim=-3)
         a, b = ab.chunk(2, dim=-3)                                         # [*, c, N, N] each
