@@ -20,6 +20,7 @@ from typing import Any
 import ray
 from pyhmmer import plan7
 
+from foldray.actors.env_guard import check_runtime_env
 from foldray.actors.placement import stage_resources
 from foldray.msa.config import DatabaseConfig, MsaConfig
 from foldray.msa.databases import load_shards
@@ -68,6 +69,7 @@ class RayShards:
         if place:
             options["resources"] = place
         if runtime_env:
+            check_runtime_env(runtime_env, "msa shard workers")   # no secrets in actor options
             options["runtime_env"] = runtime_env
         actor = ray.remote(ShardWorker).options(**options)
         self.owner: dict[int, ray.actor.ActorHandle] = {}  # shard index -> worker

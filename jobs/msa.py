@@ -76,11 +76,10 @@ def search_jobs(jobs: list[Job], config: MsaConfig, *, cache_url: str | None, wo
     started = time.perf_counter()
     if use_ray:
         from foldray.actors.msa_stage import RayShards
-        from foldray.jobs.ray_setup import worker_env
+        from foldray.jobs.ray_setup import worker_runtime_env
 
-        env = worker_env()
         shards = RayShards(config, workers or config.shards, num_cpus=num_cpus_per_worker,
-                           runtime_env={"env_vars": env} if env else None)
+                           runtime_env=worker_runtime_env())
     else:
         shards = LocalShards(config.shards)
     cache = MsaCache(cache_url) if cache_url else None

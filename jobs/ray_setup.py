@@ -12,12 +12,14 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-# Object-storage settings the driver has and workers need. On a cluster, workers get
-# credentials from their instance role; an explicit endpoint (MinIO, SeaweedFS, R2, ...)
-# and region still have to travel with the job.
-FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION",
-                 "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-                 "AWS_EC2_METADATA_DISABLED")
+from foldray.actors.env_guard import FORWARDED_ENV, SECRET_ENV, check_runtime_env, forwarded_env
+
+# Workers get only non-secret object-storage settings (endpoint, region, the name of a
+# credentials file or profile); keys stay on each node: see foldray.actors.env_guard.
+_JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"   # set by Ray for the driver of a submitted job
+
+__all__ = ["FORWARDED_ENV", "SECRET_ENV", "absolute_local", "connect_ray", "worker_env",
+           "worker_remote_args", "worker_runtime_env"]
 
 
 def absolute_local(url: str | None) -> str | None:
@@ -27,13 +29,22 @@ def absolute_local(url: str | None) -> str | None:
 
 
 def worker_env() -> dict[str, str]:
-    return {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    """The FORWARDED_ENV settings of this driver; never a secret (SECRET_ENV is refused)."""
+    return forwarded_env()
+
+
+def worker_runtime_env() -> dict[str, Any] | None:
+    """`runtime_env` for Ray actors and train workers, so they reach the same object store."""
+    env = worker_env()
+    runtime_env = {"env_vars": env} if env else None
+    check_runtime_env(runtime_env, "worker runtime_env")
+    return runtime_env
 
 
 def worker_remote_args() -> dict[str, Any]:
-    """`runtime_env` for Ray Data stages, so workers reach the same object store."""
-    env = worker_env()
-    return {"runtime_env": {"env_vars": env}} if env else {}
+    """`ray_remote_args` for Ray Data stages: worker_runtime_env(), if any."""
+    runtime_env = worker_runtime_env()
+    return {"runtime_env": runtime_env} if runtime_env else {}
 
 
 @contextlib.contextmanager
@@ -50,6 +61,13 @@ def connect_ray(address: str | None = None, *, quiet: bool = False,
             init_kwargs.update(log_to_driver=not quiet, include_dashboard=False)
             if num_cpus:
                 init_kwargs["num_cpus"] = num_cpus
+        elif _JOB_CONFIG_ENV not in os.environ:
+            # a driver joining a cluster by address: every actor of the job (Ray Train's
+            # controller too, which takes no per-actor runtime_env from us) gets the settings.
+            # Under `ray job submit` the submitted runtime_env is the job's and is left alone.
+            runtime_env = worker_runtime_env()
+            if runtime_env:
+                init_kwargs["runtime_env"] = runtime_env
         ray.init(**init_kwargs)
     try:
         yield

@@ -65,7 +65,9 @@ def app_settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, An
         app_args["insecure_no_auth"] = True
     if app_args.get("num_gpus") and "device" not in app_args:
         app_args["device"] = "cuda"
-    env = worker_env()        # object-storage settings for replicas writing `out` URLs
+    # where replicas writing `out` URLs find the object store (endpoint, region, credentials
+    # file name); never keys: replicas use their node's credentials (foldray.actors.env_guard)
+    env = worker_env()
     if env and not app_args.get("env_vars"):
         app_args["env_vars"] = env
     if args.host:

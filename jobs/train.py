@@ -27,7 +27,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from foldray.io import storage
-from foldray.jobs.ray_setup import connect_ray, worker_env
+from foldray.jobs.ray_setup import connect_ray, worker_runtime_env
 from foldray.progress import StepBar, interactive
 from foldray.training.config import DataSource, TrainConfig, load_train_config
 
@@ -50,9 +50,11 @@ def storage_target(storage_path: str) -> tuple[str, Any]:
     """(storage_path, storage_filesystem) for RunConfig.
 
     s3:// paths get a pyarrow S3FileSystem: pyarrow ignores AWS_ENDPOINT_URL, so an explicit
-    endpoint (MinIO, SeaweedFS, R2 ...) is passed as endpoint_override. Credentials come from
-    the driver's AWS_* variables (passed explicitly) or the instance role. Local paths are
-    made absolute (Ray Train needs that) and use Ray's default local filesystem.
+    endpoint (MinIO, SeaweedFS, R2 ...) is passed as endpoint_override. It carries no keys:
+    Ray pickles it to the train controller and workers, so each process reads its own node's
+    credentials (AWS_* variables, the AWS_SHARED_CREDENTIALS_FILE / AWS_PROFILE file, the
+    instance role). Local paths are made absolute (Ray Train needs that) and use Ray's
+    default local filesystem.
     """
     if not storage_path.startswith("s3://"):
         if "://" in storage_path:
@@ -62,12 +64,6 @@ def storage_target(storage_path: str) -> tuple[str, Any]:
 
     kwargs: dict[str, Any] = {"region": os.environ.get("AWS_REGION")
                               or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"}
-    if os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
-        # explicit, so the filesystem carries them to Ray's train controller process, which
-        # does not see this driver's environment (without them: the default AWS chain)
-        kwargs.update(access_key=os.environ["AWS_ACCESS_KEY_ID"],
-                      secret_key=os.environ["AWS_SECRET_ACCESS_KEY"],
-                      session_token=os.environ.get("AWS_SESSION_TOKEN"))
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if endpoint:
         parsed = urlparse(endpoint)
@@ -112,7 +108,6 @@ def make_trainer(config: TrainConfig) -> Any:
     if use_gpu:
         resources["GPU"] = scaling.gpus_per_worker
     storage_path, filesystem = storage_target(config.run.storage_path)
-    env = worker_env()
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"train": config.to_dict()},
@@ -124,7 +119,7 @@ def make_trainer(config: TrainConfig) -> Any:
             name=config.name, storage_path=storage_path, storage_filesystem=filesystem,
             failure_config=FailureConfig(max_failures=config.run.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=config.run.keep_checkpoints),
-            worker_runtime_env={"env_vars": env} if env else None),
+            worker_runtime_env=worker_runtime_env()),
     )
 
 

@@ -2,8 +2,10 @@
 
 Every job is parsed, tokenized and featurized (CCD codes, SMILES, MSAs, bonds, token
 budget), so "valid" means "will featurize". Problems print one line each on stderr,
-`error: <file>: <job name>: <field path>: <message>`; valid jobs are still reported.
-Exit 0 when everything is valid, 2 when anything is not.
+`error: <file>: <job name>: <field path>: <message>`; valid jobs are still reported, and
+an unexpected failure of one job (a bug) is reported on its line the same way, named by
+its exception class, without ending the run. Exit 0 when everything is valid, 2 when
+anything is not.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import argparse
 import json
 import sys
 
+from foldray.chem.deadline import featurization_deadline
 from foldray.errors import InputError, error_line
 from foldray.features.pipeline import featurize_job
 from foldray.features.tokenize import DEFAULT_MAX_TOKENS, TokenizedStructure
@@ -45,6 +48,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--json", action="store_true", help="print one JSON list of valid jobs")
     parser.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS,
                         help=f"token budget per job (default {DEFAULT_MAX_TOKENS})")
+    parser.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
+                        help="featurization wall-clock limit per job (default: none)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar (none off a terminal)")
     return parser
 
@@ -60,10 +65,17 @@ def run(args: argparse.Namespace) -> int:
             bar.update(status=f"{n_errors} invalid")
             continue
         try:
-            featurized = featurize_job(item, max_tokens=args.max_tokens, with_targets=False)
+            with featurization_deadline(args.time_limit):
+                featurized = featurize_job(item, max_tokens=args.max_tokens, with_targets=False)
         except InputError as err:
             n_errors += 1
             bar.write(format_error(err.located(source=item.source, job=item.name)), file=sys.stderr)
+            bar.update(status=f"{n_errors} invalid")
+            continue
+        except Exception as err:   # a bug, not bad input: this job's line, not the run's end
+            n_errors += 1
+            bar.write(format_error(InputError(f"{err.__class__.__name__}: {str(err)[:200]}",
+                                              source=item.source, job=item.name)), file=sys.stderr)
             bar.update(status=f"{n_errors} invalid")
             continue
         records.append(job_summary(item, featurized.tokens))

@@ -58,6 +58,11 @@ _RAY_OBJECT_STORE_BYTES = 1 << 30
 _S3_START_TIMEOUT_S = 30.0
 _S3_STOP_TIMEOUT_S = 10.0
 _WEED_COMPONENTS = ("master", "volume", "filer", "s3", "admin")  # order of the ports we pick
+# The S3 keys reach every process the production way: a shared-credentials file (the
+# s3_server fixture writes it, mode 0600), never a runtime_env. Its name is exported in
+# pytest_configure, before any Ray starts, so every Ray node process (the session Ray, Ray
+# Train's controller, `ray start` children) has it as its own; drivers forward it too.
+_S3_CREDENTIALS_FILE = Path(tempfile.gettempdir()) / f"fr-aws-{uuid.uuid4().hex[:12]}" / "credentials"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -68,6 +73,11 @@ def pytest_configure(config: pytest.Config) -> None:
     already started Ray; setting it here makes every Ray use in the run consistent.
     """
     os.environ.update(RAY_TEST_ENV)
+    # The shared example inputs name their MSAs as ../msas/...: outside their own folder,
+    # which `...Path` fields may not leave unless a root allows it (inputs/af3_json.py).
+    os.environ.setdefault("FOLDRAY_INPUT_PATH_ROOTS", str(SHARED_DATA))
+    os.environ["AWS_SHARED_CREDENTIALS_FILE"] = str(_S3_CREDENTIALS_FILE)
+    os.environ.pop("AWS_PROFILE", None)       # the file has [default] only
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -296,7 +306,20 @@ class S3Server:
             "AWS_ENDPOINT_URL": self.endpoint_url,
             "AWS_ENDPOINT_URL_S3": self.endpoint_url,
             "AWS_EC2_METADATA_DISABLED": "true",
+            "AWS_SHARED_CREDENTIALS_FILE": str(_S3_CREDENTIALS_FILE),
         }
+
+    def write_credentials_file(self) -> Path:
+        """The AWS shared-credentials file (mode 0600) that workers authenticate with."""
+        path = _S3_CREDENTIALS_FILE
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        text = (f"[default]\naws_access_key_id = {self.access_key}\n"
+                f"aws_secret_access_key = {self.secret_key}\n")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.environ["AWS_SHARED_CREDENTIALS_FILE"] = str(path)
+        return path
 
     def create_bucket(self, prefix: str = "test") -> str:
         """Create a uniquely named empty bucket and return its name (no region: see notes)."""
@@ -436,8 +459,10 @@ def s3_server() -> Iterator[S3Server]:
         if not ready:
             continue
         try:
+            server.write_credentials_file()
             yield server
         finally:
+            shutil.rmtree(_S3_CREDENTIALS_FILE.parent, ignore_errors=True)
             _stop_weed(proc, base, grpc_ports)
         return
     pytest.fail("SeaweedFS S3 server did not start:\n" + "\n\n".join(failures), pytrace=False)

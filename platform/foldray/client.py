@@ -3,11 +3,14 @@
 Standard library HTTP (urllib) in threads, so it needs nothing beyond foldray's own
 dependencies; the async variants run the same code in a worker thread.
 
-Retries: 503 (server busy, Retry-After honoured), 502/504 and connection errors are
-retried with exponential backoff. Every POST carries an idempotency key (one per job,
-one per ligand of a screen) and the server derives job ids from it, so a retried POST
-whose first attempt did reach the server gets the same job back: a ligand is never
-submitted twice.
+Retries: 503 (server busy, Retry-After honoured up to `max_retry_after_s`), 502/504 and
+connection errors are retried with exponential backoff. Response bodies are read up to
+`max_response_bytes`, so a misbehaving server cannot exhaust the client's memory.
+Every POST carries an idempotency key (one per job, one per ligand of a screen) and the
+server derives job ids from it, so a retried POST whose first attempt did reach the
+server gets the same job back: a ligand is never submitted twice (the server refuses a
+key sent again with a different request: 422). Finished jobs are kept by the server for a
+while (`job_ttl_s`); one fetched later is "expired" (HTTP 410, a screen row "failed").
 
     client = FoldrayClient("http://127.0.0.1:8000", token=os.environ["FOLDRAY_SERVE_TOKEN"])
     table = client.screen({"protein": "NLYIQWLKDGGPSSGRPPPS"}, "ligands.smi", concurrency=8)
@@ -40,6 +43,7 @@ from foldray.io import storage
 
 RETRY_STATUS = (502, 503, 504)
 DONE = ("done", "error", "failed")
+MAX_ERROR_BODY = 64 << 10          # bytes of an error response read for its message
 ROW_SCHEMA = pa.schema([
     ("ligand_id", pa.string()), ("smiles", pa.string()), ("status", pa.string()),
     ("error", pa.string()), ("ranking_score", pa.float64()), ("iptm", pa.float64()),
@@ -171,13 +175,16 @@ class FoldrayClient:
     """HTTP client; thread-safe (one urllib request per call)."""
 
     def __init__(self, url: str, token: str | None = None, timeout: float = 60.0, *,
-                 max_retries: int = 10, backoff_s: float = 0.5, poll_s: float = 0.5) -> None:
+                 max_retries: int = 10, backoff_s: float = 0.5, poll_s: float = 0.5,
+                 max_retry_after_s: float = 60.0, max_response_bytes: int = 256 << 20) -> None:
         self.url = url.rstrip("/")
         self.token = token
         self.timeout = timeout
         self.max_retries = max_retries
         self.backoff_s = backoff_s
         self.poll_s = poll_s
+        self.max_retry_after_s = max_retry_after_s      # a server's Retry-After is capped here
+        self.max_response_bytes = max_response_bytes
         self.retries = 0                  # how many retries this client made (tests, logs)
 
     # ---- transport
@@ -193,18 +200,23 @@ class FoldrayClient:
                                              headers=all_headers)
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    return json.loads(response.read() or b"null")
+                    data = response.read(self.max_response_bytes + 1)
+                if len(data) > self.max_response_bytes:
+                    raise FoldrayError(0, f"{method} {path}: the response is larger than "
+                                          f"max_response_bytes ({self.max_response_bytes})")
+                return json.loads(data or b"null")
             except urllib.error.HTTPError as err:
-                text = err.read().decode("utf-8", "replace")
+                text = err.read(MAX_ERROR_BODY).decode("utf-8", "replace")
                 if err.code not in RETRY_STATUS or attempt == self.max_retries:
                     raise FoldrayError(err.code, _message(text)) from None
                 wait = _retry_after(err.headers.get("Retry-After"))
+                wait = None if wait is None else min(wait, self.max_retry_after_s)
             except (urllib.error.URLError, ConnectionError, TimeoutError) as err:
                 if attempt == self.max_retries:
                     raise FoldrayError(0, f"cannot reach {self.url}: {err}") from None
                 wait = None
             self.retries += 1
-            base = self.backoff_s * 2 ** min(attempt, 6)
+            base = min(self.backoff_s * 2 ** min(attempt, 6), self.max_retry_after_s)
             time.sleep(max(wait or 0.0, base) * (0.5 + random.random()))
         raise AssertionError("unreachable")
 
@@ -325,6 +337,9 @@ class FoldrayClient:
             for record in self.jobs(list(pending)):
                 if record["status"] in DONE:
                     yield _row(pending.pop(record["id"]), record["id"], record)
+                elif record["status"] == "expired":   # finished, but dropped before we polled
+                    yield _row(pending.pop(record["id"]), record["id"],
+                               {"status": "failed", "error": record.get("error")})
                 elif record["status"] == "unknown":   # the server lost its job table (restart)
                     lost.append(pending.pop(record["id"]))
             if lost and resubmits < self.max_retries:

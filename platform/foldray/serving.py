@@ -2,13 +2,18 @@
 
 `foldray.actors.serve` wires these into deployments; keeping them here lets them be
 tested without a server and keeps the actors thin (STYLE.md, Ray layering). Untrusted
-requests never read files: `...Path` fields are refused (`allow_paths=False`).
+requests never read files: `...Path` fields are refused (`allow_paths=False`). Whatever
+goes wrong with one request or job becomes a located line (`InputError`) or
+"ExceptionClass: short message" (`error_summary`), never a traceback.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +22,7 @@ from foldray.errors import InputError, error_line
 from foldray.features.pipeline import FeaturizedJob
 from foldray.features.tokenize import DEFAULT_MAX_TOKENS
 from foldray.inputs.af3_json import parse_af3_json, parse_job
-from foldray.inputs.job import Job, PolymerChain
+from foldray.inputs.job import Job, LigandChain, PolymerChain, sanitize_name
 from foldray.io.confidences import (
     SamplePrediction,
     sample_full,
@@ -26,6 +31,27 @@ from foldray.io.confidences import (
 )
 from foldray.io.mmcif import structure_to_mmcif
 from foldray.screening import LigandSpec, check_ligand, screen_metrics
+
+log = logging.getLogger(__name__)
+
+TOKEN_ENV = "FOLDRAY_SERVE_TOKEN"
+TOKEN_FILE_ENV = "FOLDRAY_SERVE_TOKEN_FILE"
+
+
+def resolve_token(config: dict[str, Any]) -> str | None:
+    """The bearer token (env var, else token file); None only with insecure_no_auth."""
+    token = os.environ.get(TOKEN_ENV, "").strip()
+    path = config.get("token_file") or os.environ.get(TOKEN_FILE_ENV)
+    if not token and path:
+        with open(path, encoding="utf-8") as f:
+            token = f.read().strip()
+    if token:
+        return token
+    if config.get("insecure_no_auth"):
+        log.warning("foldray serve: authentication is OFF (--insecure-no-auth); local use only")
+        return None
+    raise ValueError(f"no serve token: set {TOKEN_ENV}, or {TOKEN_FILE_ENV} / token_file to a "
+                     "file holding it (or pass --insecure-no-auth for local development)")
 
 
 class RequestTooLarge(Exception):
@@ -41,6 +67,13 @@ class Limits:
     max_ligands: int = 1024        # ligands in one POST /v1/screen
     max_tokens: int = DEFAULT_MAX_TOKENS
     max_samples: int = 25
+    max_key_chars: int = 256       # idempotency keys, ligand ids
+
+
+MAX_ERROR_CHARS = 300
+# heavy atoms a SMILES names outside brackets (organic subset): each is at least one token
+_SMILES_BRACKET = re.compile(r"\[[^\]]*\]")
+_SMILES_ATOM = re.compile(r"Br|Cl|[BCNOPSFIbcnops]")
 
 
 def check_body_size(body: bytes, limits: Limits) -> None:
@@ -49,11 +82,30 @@ def check_body_size(body: bytes, limits: Limits) -> None:
                               f"{limits.max_body_bytes} bytes")
 
 
+def smiles_min_atoms(smiles: str) -> int:
+    """A lower bound of the heavy atoms of a SMILES, without RDKit (bracket atoms are not
+    counted: `[H]` is no heavy atom), so a 5,000-atom ligand is refused in microseconds."""
+    return len(_SMILES_ATOM.findall(_SMILES_BRACKET.sub("", smiles)))
+
+
+def min_tokens(job: Job) -> int:
+    """Tokens the job has at least: one per polymer residue, per ligand heavy atom named
+    in a SMILES, per CCD component, times the copies."""
+    n = 0
+    for e in job.entities:
+        if isinstance(e, PolymerChain):
+            n += len(e.sequence) * len(e.ids)
+        elif isinstance(e, LigandChain):
+            per_copy = smiles_min_atoms(e.smiles) if e.smiles else len(e.ccd_codes or ())
+            n += per_copy * len(e.ids)
+    return n
+
+
 def check_token_budget(job: Job, limits: Limits, field_prefix: str = "") -> None:
-    """Fast lower bound of the token count (one token per polymer residue and copy), so a
-    20,000-residue job is refused before any worker sees it; ligand atoms and modified
-    residues are counted exactly by the featurizer, which applies the same limit."""
-    n_tokens = sum(len(e.sequence) * len(e.ids) for e in job.entities if isinstance(e, PolymerChain))
+    """Fast lower bound of the token count (`min_tokens`), so a 20,000-residue job or a
+    5,000-atom SMILES is refused before any worker sees it; modified residues and ligand
+    atoms are counted exactly by the featurizer, which applies the same limit."""
+    n_tokens = min_tokens(job)
     if n_tokens > limits.max_tokens:
         field = f"{field_prefix}.sequences" if field_prefix else "sequences"
         raise InputError(f"the job has at least {n_tokens} tokens, above the server's limit of "
@@ -115,8 +167,16 @@ def parse_screen_body(body: bytes, limits: Limits, source: str = "request") -> S
         extra = set(item) - {"id", "smiles", "ccd", "key"}
         if extra:
             raise InputError(f"unknown keys {sorted(extra)}", source=source, field=field)
+        for name in ("smiles", "ccd", "key"):
+            if item.get(name) is not None and not isinstance(item[name], str):
+                raise InputError(f"expected a string, got {type(item[name]).__name__}", source=source,
+                                 field=f"{field}.{name}")
+        for name in ("id", "key"):
+            if len(item.get(name) or "") > limits.max_key_chars:
+                raise InputError(f"longer than {limits.max_key_chars} characters", source=source,
+                                 field=f"{field}.{name}")
         specs.append(LigandSpec(id=item["id"], smiles=item.get("smiles"), ccd=item.get("ccd")))
-        keys.append(str(item.get("key") or ""))
+        keys.append(item.get("key") or "")
     samples = data.get("samples")
     if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int)
                                 or not 1 <= samples <= limits.max_samples):
@@ -124,25 +184,104 @@ def parse_screen_body(body: bytes, limits: Limits, source: str = "request") -> S
                          source=source, field="samples")
     out = data.get("out")
     if out is not None and not isinstance(out, str):
-        raise InputError(f"expected a URL string, got {out!r}", source=source, field="out")
+        raise InputError(f"expected a URL string, got {type(out).__name__}", source=source,
+                         field="out")
     return ScreenRequest(target=target, ligands=tuple(specs), keys=tuple(keys), samples=samples,
                          out=out)
 
 
-def ligand_error(ligand: LigandSpec, target: Job, source: str = "screen") -> str | None:
+def parse_screen_request(body: bytes, limits: Limits) -> tuple[ScreenRequest, list[str | None]]:
+    """The screen and each ligand's problem (`ligand_error`: RDKit, size) or None."""
+    screen = parse_screen_body(body, limits)
+    return screen, [ligand_error(ligand, screen.target, limits=limits) for ligand in screen.ligands]
+
+
+def ligand_error(ligand: LigandSpec, target: Job, source: str = "screen",
+                 limits: Limits | None = None) -> str | None:
     """The `foldray validate` line of the screen job (`ligand_job`) of a ligand that cannot
-    be featurized, else None: the field is the ligand's place in that job."""
+    be featurized, else None: the field is the ligand's place in that job. Any exception
+    is that ligand's error (class and message), never the request's."""
+    field = f"sequences[{len(target.entities)}].ligand"
     try:
-        check_ligand(ligand, field=f"sequences[{len(target.entities)}].ligand")
+        if limits is not None and ligand.smiles:
+            n_tokens = min_tokens(target) + smiles_min_atoms(ligand.smiles)
+            if n_tokens > limits.max_tokens:
+                raise InputError(f"the job has at least {n_tokens} tokens, above the server's limit "
+                                 f"of {limits.max_tokens}", job=ligand.id, field=f"{field}.smiles")
+        check_ligand(ligand, field=field)
     except InputError as err:
         return error_line(err.located(source=source))
+    except Exception as err:   # noqa: BLE001  (one ligand never fails the others)
+        return error_line(InputError(error_summary(err), source=source, job=ligand.id, field=field))
     return None
 
 
-def job_id(scope: str, key: str) -> str:
-    """A job id from an idempotency key: the same key (from the same caller) gives the
-    same id, so a retried POST returns the job it already created instead of a new one."""
-    return hashlib.sha256(f"{scope}\0{key}".encode()).hexdigest()[:32]
+def output_names(ligands: Sequence[LigandSpec]) -> list[str]:
+    """Output names of a screen's ligands, unique after `sanitize_name` (which lower-cases:
+    `Lig` and `lig` would share a folder): a repeat gets `_2`, `_3`, ... so no result is
+    written over another's."""
+    taken: set[str] = set()
+    names = []
+    for ligand in ligands:
+        base = name = sanitize_name(ligand.id)
+        n = 1
+        while name in taken:
+            n += 1
+            name = f"{base[:120]}_{n}"
+        taken.add(name)
+        names.append(name)
+    return names
+
+
+def job_id(scope: str, key: str, caller: str = "") -> str:
+    """A job id from an idempotency key: the same key from the same caller (a hash of
+    their token) gives the same id, so a retried POST returns the job it already created
+    instead of a new one; another caller's key never names this caller's job."""
+    return hashlib.sha256(f"{scope}\0{caller}\0{key}".encode()).hexdigest()[:32]
+
+
+def request_hash(*parts: str | bytes) -> str:
+    """Hash of what a request asked for, stored with its job: the same idempotency key
+    with a different request is refused (see `foldray.job_store.KeyReused`)."""
+    digest = hashlib.sha256()
+    for part in parts:
+        data = part.encode() if isinstance(part, str) else part
+        digest.update(len(data).to_bytes(8, "little"))
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def error_summary(err: BaseException) -> str:
+    """What a client is told about an unexpected exception: its class and the first line
+    of its message, shortened (the traceback goes to the server's log only). A Ray task
+    error is reported as the exception that caused it."""
+    cause = getattr(err, "cause", None)
+    if isinstance(cause, BaseException):
+        err = cause
+    if isinstance(err, InputError):
+        return error_line(err)
+    lines = str(err).strip().splitlines()
+    text = lines[0].strip() if lines else ""
+    if len(text) > MAX_ERROR_CHARS:
+        text = text[:MAX_ERROR_CHARS] + "..."
+    name = type(err).__name__
+    return f"{name}: {text}" if text else name
+
+
+def request_error_line(err: BaseException) -> str:
+    """The 422 line for anything raised while reading one request: an InputError's
+    located line, else "request: -: -: Class: message" (the traceback is logged)."""
+    if not isinstance(err, InputError):
+        log.warning("request refused: %s", error_summary(err), exc_info=True)
+        err = InputError(error_summary(err), source="request")
+    return error_line(err)
+
+
+def job_error_line(err: BaseException, job: Job | None) -> str:
+    """A job's error as the `foldray validate` line: an InputError located in the job,
+    anything else as `error_summary`."""
+    located = err if isinstance(err, InputError) else InputError(error_summary(err))
+    return error_line(located.located(source=job.source if job else "", job=job.name if job else ""))
 
 
 def best_sample(samples: Sequence[SamplePrediction]) -> SamplePrediction:

@@ -17,12 +17,15 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import yaml
 
+from foldray.actors.env_guard import SECRET_ENV
 from foldray.client import FoldrayClient, FoldrayError
 from foldray.errors import InputError
 from foldray.inputs.af3_json import parse_af3_json
@@ -33,8 +36,7 @@ TRP_CAGE = "NLYIQWLKDGGPSSGRPPPS"        # 1L2Y, 20 residues
 TOKEN = "test-token-0123456789abcdef"
 TINY = {"model_config": "tiny", "n_sample": 1, "n_step": 4, "n_cycle": 1,
         "featurizer_num_cpus": 0.25, "model_num_cpus": 0.5, "debug_endpoints": True,
-        "max_body_bytes": 1 << 20, "max_tokens": 512, "retry_max_s": 120.0, "access_log": False,
-        "allow_local_out": True}
+        "max_body_bytes": 1 << 20, "max_tokens": 512, "retry_max_s": 120.0, "access_log": False}
 INVALID = ["C1CC(N", "c1ccccc1X", "CC(=O)O)("]
 
 
@@ -43,6 +45,8 @@ class Served:
     url: str
     port: int
     client: FoldrayClient
+    bucket: str                  # s3://<bucket>/predictions/ is on the app's output_allowlist
+    local_out: Path              # and so is this folder (file://)
 
 
 def _free_port() -> int:
@@ -74,14 +78,20 @@ def served(ray_session, s3_server, tmp_path_factory) -> Iterator[Served]:
     token_file = tmp_path_factory.mktemp("serve") / "token"
     token_file.write_text(TOKEN + "\n")
     token_file.chmod(0o600)
+    bucket, local_out = s3_server.create_bucket("serve"), tmp_path_factory.mktemp("serve_out")
+    allowlist = [f"file://{local_out}/", f"s3://{bucket}/predictions/"]
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
-        # env_vars: the replicas that write `out` URLs reach the test's S3 server
-        serve.run(build_app({**TINY, "token_file": str(token_file), "env_vars": s3_server.env()}),
+        # env_vars: the replicas that write `out` URLs reach the test's S3 server (endpoint and
+        # credentials-file name only: build_app refuses keys)
+        env_vars = {k: v for k, v in s3_server.env().items() if k not in SECRET_ENV}
+        serve.run(build_app({**TINY, "token_file": str(token_file), "env_vars": env_vars,
+                             "output_allowlist": allowlist}),
                   name="foldray", route_prefix="/")
         url = f"http://127.0.0.1:{port}"
-        yield Served(url=url, port=port, client=FoldrayClient(url, token=TOKEN, timeout=30))
+        yield Served(url=url, port=port, client=FoldrayClient(url, token=TOKEN, timeout=30),
+                     bucket=bucket, local_out=local_out)
     finally:
         serve.shutdown()
 
@@ -103,6 +113,9 @@ def test_health_needs_no_token_and_everything_else_does(served):
     assert after["model"]["n_jobs"] == before["model"]["n_jobs"]          # no model work
     assert after["ingress"]["created"] == before["ingress"]["created"]    # no job made
     assert after["ingress"]["unauthorized"] >= before["ingress"]["unauthorized"] + 17
+    for path in ("/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"):   # no open schema
+        for headers in ({}, {"Authorization": f"Bearer {TOKEN}"}):
+            assert _http("GET", served.url + path, None, headers)[0] == 404, path
 
 
 def test_bad_inputs_get_422_and_413_with_validate_messages(served):
@@ -122,8 +135,7 @@ def test_bad_inputs_get_422_and_413_with_validate_messages(served):
     assert status == 413 and "limit" in body["detail"]
 
 
-def test_predict_returns_structure_and_confidences_or_writes_af3_layout(served, tmp_path, s3_server,
-                                                                        s3_bucket):
+def test_predict_returns_structure_and_confidences_or_writes_af3_layout(served, s3_server):
     job = json.loads((INPUTS / "tiny_protein_ligand_smiles.json").read_text())
     prediction = served.client.predict(job, timeout=120)
     assert [chain.name for chain in prediction.structure[0]] == ["A", "B"]
@@ -135,17 +147,202 @@ def test_predict_returns_structure_and_confidences_or_writes_af3_layout(served, 
     with pytest.raises(FoldrayError) as err:
         served.client.predict(bad, timeout=60)
     assert "bad_smiles: sequences[1].ligand.smiles: RDKit could not parse" in err.value.message
-    written = served.client.predict(job, out=str(tmp_path), timeout=120)
-    folder = tmp_path / "tiny_protein_ligand_smiles"
-    assert written.output == str(folder) and written.mmcif is None
+    # a local folder on the allowlist (file://): each job writes into <out>/<job id>/<name>
+    written = served.client.predict(job, out=str(served.local_out / "run"), timeout=120)
+    root = Path(os.path.realpath(served.local_out)) / "run" / written.job_id
+    folder = root / "tiny_protein_ligand_smiles"
+    assert written.output == f"file://{folder}" and written.mmcif is None
     assert (folder / "tiny_protein_ligand_smiles_summary_confidences.json").exists()
     assert (folder / "tiny_protein_ligand_smiles_model.cif").exists()
-    # object storage, in the AF3 layout
-    to_s3 = served.client.predict(job, out=f"s3://{s3_bucket}/predictions", timeout=120)
-    assert to_s3.output == f"s3://{s3_bucket}/predictions/tiny_protein_ligand_smiles"
-    names = {p.rsplit("/", 1)[-1] for p in s3_server.filesystem().ls(to_s3.output.removeprefix("s3://"))}
+    # object storage, in the AF3 layout; the same name again goes to a new folder, the
+    # first job's files stay (no request replaces another's outputs)
+    s3 = s3_server.filesystem()
+    to_s3 = served.client.predict(job, out=f"s3://{served.bucket}/predictions", timeout=120)
+    assert to_s3.output == f"s3://{served.bucket}/predictions/{to_s3.job_id}/tiny_protein_ligand_smiles"
+    names = {p.rsplit("/", 1)[-1] for p in s3.ls(to_s3.output.removeprefix("s3://"))}
     assert {"tiny_protein_ligand_smiles_model.cif", "tiny_protein_ligand_smiles_confidences.json",
             "tiny_protein_ligand_smiles_data.json", "seed-1_sample-0"} <= names
+    summary = to_s3.output.removeprefix("s3://") + "/tiny_protein_ligand_smiles_summary_confidences.json"
+    first = s3.cat(summary)
+    again = served.client.predict(job, out=f"s3://{served.bucket}/predictions/", timeout=120)
+    assert again.output != to_s3.output and again.job_id != to_s3.job_id
+    assert s3.cat(summary) == first and s3.exists(again.output.removeprefix("s3://"))
+
+
+def _post(served: Served, path: str, body: bytes | dict) -> tuple[int, dict]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return _http("POST", served.url + path, data, {"Authorization": f"Bearer {TOKEN}"})
+
+
+# Outputs the served app must refuse ({b}: its bucket, whose predictions/ prefix is allowed)
+HOSTILE_OUTS = ("simplecache::file:///tmp/x", "filecache::s3://{b}/predictions/x",
+                "dir::s3://{b}/predictions", "memory://{b}/predictions/x", "http://127.0.0.1:1/x",
+                "https://169.254.169.254/latest", "file:///tmp/elsewhere", "/etc",
+                "s3://{b}/predictions-evil/x", "s3://{b}/predictions/../x", "s3://{b}/other/x",
+                "s3://other-bucket/predictions/x", "s3://{b}/predictions/x?versionId=1")
+
+
+def test_outputs_outside_the_allowlist_are_refused_before_any_work(served):
+    before = served.client.stats()["ingress"]["created"]
+    job = json.loads((INPUTS / "1l2y.json").read_text())
+    for template in HOSTILE_OUTS:
+        out = template.format(b=served.bucket)
+        with pytest.raises(FoldrayError) as err:
+            served.client.submit(job, out=out)
+        assert err.value.status == 422 and err.value.message.startswith("request: -: out: "), out
+        status, body = _post(served, "/v1/screen", {"target": job, "out": out,
+                                                    "ligands": [{"id": "a", "smiles": "CCO"}]})
+        assert status == 422 and body["error"].startswith("request: -: out: "), out
+    assert served.client.stats()["ingress"]["created"] == before
+
+
+def test_idempotency_key_with_another_request_is_refused(served):
+    job = json.loads((INPUTS / "1l2y.json").read_text())
+    key = uuid.uuid4().hex
+    first = served.client.submit(job, idempotency_key=key)
+    assert served.client.submit(job, idempotency_key=key) == first          # a retry: the same job
+    for other in ({**job, "name": "another"}, job):
+        with pytest.raises(FoldrayError) as err:                            # another body, or out
+            served.client.submit(other, idempotency_key=key,
+                                 out=None if other is not job else f"s3://{served.bucket}/predictions")
+        assert err.value.status == 422
+        assert "Idempotency-Key: this idempotency key was used before" in err.value.message
+    body = {"target": job, "ligands": [{"id": "a", "smiles": "CCO", "key": key}]}
+    status, answer = _post(served, "/v1/screen", body)
+    assert status == 202 and _post(served, "/v1/screen", body)[1]["jobs"] == answer["jobs"]
+    body["ligands"][0]["smiles"] = "CCN"
+    status, refused = _post(served, "/v1/screen", body)
+    assert status == 422 and "ligands[0].key: this idempotency key was used before" in refused["error"]
+    for job_id in (first[0], answer["jobs"][0]["id"]):
+        assert served.client.wait(job_id, timeout=180)["status"] == "done"
+
+
+def test_hostile_bodies_get_4xx_or_a_job_error_never_a_500(served):
+    job = json.loads((INPUTS / "1l2y.json").read_text())
+    protein = job["sequences"][0]["protein"]
+
+    def with_protein(**fields: object) -> dict:
+        return {**job, "sequences": [{"protein": {**protein, **fields}}]}
+
+    deep = b"[" * 100_000 + b"]" * 100_000
+    bodies = {
+        "deep": deep, "deep_field": b'{"name": ' + deep + b"}",
+        "deep_object": b'{"a":' * 50_000 + b"1" + b"}" * 50_000,
+        "mmcif_int": with_protein(unpairedMsa="", pairedMsa="",
+                                  templates=[{"mmcif": 123, "queryIndices": [0], "templateIndices": [0]}]),
+        "sequence_int": with_protein(sequence=123), "modifications": with_protein(modifications="x"),
+        "seeds_str": {**job, "modelSeeds": "abc"}, "seeds_huge": {**job, "modelSeeds": [2 ** 80]},
+        "sequences_dict": {**job, "sequences": {"protein": 1}}, "name_list": {**job, "name": ["a"]},
+        "huge_smiles": {**job, "sequences": [*job["sequences"],
+                                             {"ligand": {"id": "Z", "smiles": "C" * 5000}}]},
+        "msa_path": with_protein(unpairedMsaPath="../../../../etc/hostname"),
+        "bonds": {**job, "bondedAtomPairs": [["A", 1]]}, "not_utf8": b"\xff\xfe{", "null": b"null",
+        "big_number": b"1e400", "empty": b"",
+    }
+    hostname = Path("/etc/hostname").read_text().strip()
+    accepted = []
+    for name, body in bodies.items():
+        start = time.monotonic()
+        status, answer = _post(served, "/v1/predict", body)
+        assert time.monotonic() - start < 30, name
+        text = json.dumps(answer)
+        assert "Traceback" not in text and (len(hostname) < 6 or hostname not in text), name
+        if status == 202:
+            accepted += answer["ids"]
+        else:
+            assert status == 422 and answer["error"].startswith("request: "), (name, status, answer)
+    for job_id in accepted:                  # anything accepted ends as the job's error line
+        record = served.client.wait(job_id, timeout=180)
+        assert record["status"] == "error" and "Traceback" not in record["error"], record
+    screens = [deep, {"target": 5, "ligands": [{"id": "a", "smiles": "C"}]},
+               {"target": job, "ligands": [{"id": "a", "smiles": 123}]},
+               {"target": job, "ligands": [{"id": "a", "smiles": "C", "key": {"k": 1}}]},
+               {"target": job, "ligands": "CCO"}, {"target": job, "ligands": [{"id": "a"}], "samples": "2"}]
+    for body in screens:
+        status, answer = _post(served, "/v1/screen", body)
+        assert status == 422 and answer["error"].startswith("request: "), (body, status, answer)
+    # a ligand too big for the server is that ligand's error, at once; the others run
+    rows = served.client.screen(TRP_CAGE, ["C" * 5000, "CCO"], progress=False).to_pylist()
+    assert rows[0]["status"] == "error" and "at least 5020 tokens" in rows[0]["error"]
+    assert rows[1]["status"] == "ok"
+
+
+def test_screen_ligands_whose_names_collide_keep_both_results(served, s3_server):
+    out = f"s3://{served.bucket}/predictions/collide"
+    rows = served.client.screen(TRP_CAGE, [{"id": "Lig", "smiles": "CCO"}, {"id": "lig", "smiles": "CCN"}],
+                                out=out, progress=False).to_pylist()
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    names = [served.client.job(r["job_id"])["ligand"]["output_name"] for r in rows]
+    assert names == ["lig", "lig_2"]                       # recorded with each job
+    s3 = s3_server.filesystem()
+    for row, name in zip(rows, names, strict=True):
+        assert row["output"] == f"{out}/{row['job_id']}/{name}"
+        assert s3.exists(row["output"].removeprefix("s3://") + f"/{name}_summary_confidences.json")
+
+
+def test_ray_task_errors_are_reported_as_their_cause_without_traceback():
+    from ray.exceptions import RayTaskError
+
+    from foldray.serving import error_summary
+
+    err = RayTaskError("featurize", "Traceback (most recent call last):\n  File \"x.py\"",
+                       KeyError("mmcif")).as_instanceof_cause()
+    assert error_summary(err) == "KeyError: 'mmcif'"
+
+
+def test_featurizer_stops_a_job_past_its_time_limit_and_reports_it():
+    """`featurize_time_limit_s`: a ligand whose conformer search outlives the limit is that
+    job's error (the embedding child is killed), not a replica stuck for minutes."""
+    from foldray.actors.serve import FeaturizeRequest, Featurizer
+
+    featurizer = Featurizer.func_or_class(target_cache_size=1, time_limit_s=3.0)
+    job = parse_af3_json(json.dumps({
+        "name": "slow", "modelSeeds": [1], "dialect": "alphafold3", "version": 2,
+        "sequences": [{"protein": {"id": "A", "sequence": TRP_CAGE}},
+                      {"ligand": {"id": "B", "smiles": "C" * 150}}]}), source="slow.json")[0]
+    started = time.monotonic()
+    out = featurizer.featurize(FeaturizeRequest(seeds=(1,), max_tokens=512, job=job))
+    assert time.monotonic() - started < 30
+    assert out["error"].startswith("slow.json: slow: sequences["), out
+    assert "featurization exceeded 3 s" in out["error"], out
+
+
+def test_job_table_is_bounded_by_bytes_and_finished_jobs_expire(served, tmp_path):
+    """A second app with a 40 kB result budget (a 1L2Y result is ~21 kB) and an 8 s TTL."""
+    from ray import serve
+
+    from foldray.actors.serve import build_app
+
+    (tmp_path / "token").write_text(TOKEN)
+    serve.run(build_app({**TINY, "token_file": str(tmp_path / "token"), "max_stored_bytes": 40_000,
+                         "job_ttl_s": 8.0}), name="store", route_prefix="/store")
+    try:
+        client = FoldrayClient(served.url + "/store", token=TOKEN, timeout=30)
+        job = json.loads((INPUTS / "1l2y.json").read_text())
+        first = client.predict(job, timeout=180)
+        second = client.predict({**job, "name": "second"}, timeout=180)
+        with pytest.raises(FoldrayError) as err:          # pushed out by the second result
+            client.job(first.job_id)
+        assert err.value.status == 410 and "within 40000 bytes" in err.value.message
+        assert client.job(second.job_id)["status"] == "done"
+        stats = client.stats()["ingress"]
+        assert stats["stored_bytes"] <= 40_000 and stats["evicted"] >= 1
+        # a result bigger than the whole budget (3 chains): the job fails saying so
+        big = {**job, "name": "big", "sequences": [{"protein": {**job["sequences"][0]["protein"],
+                                                                "id": ["A", "B", "C"]}}]}
+        with pytest.raises(FoldrayError) as err:
+            client.predict(big, timeout=180)
+        assert err.value.message.startswith("ResultTooLarge: the result is ")
+        time.sleep(8.5)
+        with pytest.raises(FoldrayError) as err:
+            client.job(second.job_id)
+        assert err.value.status == 410 and "expired: finished jobs are kept for 8 s" in err.value.message
+        assert client.jobs([second.job_id])[0]["status"] == "expired"
+        with pytest.raises(FoldrayError) as err:
+            client.job("0" * 32)
+        assert err.value.status == 404
+    finally:
+        serve.delete("store")
 
 
 def test_screen_of_100_ligands_with_target_cache_and_resume(served, tmp_path):
@@ -249,16 +446,16 @@ def test_overload_gets_503_and_the_client_retries_until_all_succeed(served, ray_
     serve.run(build_app({**TINY, "token_file": str(tmp_path / "token"), "max_pending_jobs": 2,
                          "ingress_max_ongoing_requests": 2, "ingress_max_queued_requests": 2,
                          "model_max_ongoing_requests": 1, "model_max_queued_requests": 1,
-                         "max_batch_size": 1, "allow_local_out": False}),
+                         "max_batch_size": 1}),
               name="overload", route_prefix="/overload")
     try:
         client = FoldrayClient(served.url + "/overload", token=TOKEN, timeout=30, backoff_s=0.2,
                                max_retries=30)
         job = json.loads((INPUTS / "tiny_protein_ligand_smiles.json").read_text())
-        for out in ("/tmp/elsewhere", "file:///tmp/elsewhere"):    # no writes to the server's disk
-            with pytest.raises(FoldrayError) as err:
+        for out in ("/tmp/elsewhere", "file:///tmp/elsewhere", "s3://any/x"):   # no output_allowlist:
+            with pytest.raises(FoldrayError) as err:                          # results inline only
                 client.submit(job, out=out)
-            assert err.value.status == 422 and ": out: local output paths" in err.value.message
+            assert err.value.status == 422 and ": out: this server writes no outputs" in err.value.message
         burst = [{**job, "name": f"burst_{i}"} for i in range(12)]
         # a raw burst without retries: some are refused fast with 503 + Retry-After
         statuses: list[int] = []

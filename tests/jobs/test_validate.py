@@ -79,3 +79,19 @@ def test_console_script_exits_2_without_traceback():
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+
+
+def test_time_limit_stops_a_slow_ligand_with_a_located_line(tmp_path, capsys):
+    job = json.loads((INPUTS / "1l2y.json").read_text())
+    job["name"] = "slow"
+    job["sequences"].append({"ligand": {"id": "B", "smiles": "C" * 200 + "N"}})
+    path = tmp_path / "slow.json"
+    path.write_text(json.dumps(job))
+    # the good job first: its residues are then cached, so the slow job's second is the ligand's
+    code = main(["validate", "--time-limit", "1", str(INPUTS / "1l2y.json"), str(path)])
+    captured = capsys.readouterr()
+    assert code == 2
+    (line,) = captured.err.strip().splitlines()
+    assert line.startswith(f"error: {path}: slow: sequences[1].ligand.smiles: featurization "
+                           "exceeded 1 s"), line
+    assert "ok: " in captured.out and "1l2y" in captured.out

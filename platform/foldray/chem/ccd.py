@@ -19,7 +19,13 @@ import gemmi
 import numpy as np
 
 from foldray.chem import conformer
-from foldray.chem.component import BOND_SINGLE, CCD_BOND_ORDERS, CcdEntry, Component
+from foldray.chem.component import (
+    BOND_SINGLE,
+    CCD_BOND_ORDERS,
+    MAX_HEAVY_ATOMS,
+    CcdEntry,
+    Component,
+)
 from foldray.errors import InputError
 
 # SI 2.8: CCD model ("representative") coordinates only if modified before the cut-off.
@@ -170,6 +176,19 @@ def _bundled_entry(code: str) -> CcdEntry | None:
     )
 
 
+def component_heavy_atoms(code: str, *, user_ccd: Mapping[str, CcdEntry] | None = None,
+                          ) -> tuple[int, int] | None:
+    """(heavy atoms, heavy atoms that are not leaving atoms) of a CCD code, without building
+    its conformer (for token budgets); None for an unknown code."""
+    entry = user_ccd.get(code) if user_ccd is not None else None
+    if entry is None and isinstance(code, str) and code.strip():
+        entry = _bundled_entry(code)
+    if entry is None:
+        return None
+    heavy = entry.heavy
+    return int(heavy.sum()), int((heavy & ~entry.leaving).sum())
+
+
 def is_known_ccd(code: str, *, user_ccd: Mapping[str, CcdEntry] | None = None) -> bool:
     """True if `get_component(code, user_ccd=user_ccd)` finds a definition with atoms."""
     if user_ccd is not None and code in user_ccd:
@@ -208,6 +227,9 @@ def _component(entry: CcdEntry) -> Component:
     heavy = entry.heavy
     if not heavy.any():
         raise InputError(f"CCD component {entry.name!r} has no heavy atoms")
+    if heavy.sum() > MAX_HEAVY_ATOMS:
+        raise InputError(f"CCD component {entry.name!r} has {int(heavy.sum())} heavy atoms, over "
+                         f"the limit of {MAX_HEAVY_ATOMS} per component")
     ref = conformer.ccd_conformer(entry)
     new_index = np.cumsum(heavy) - 1
     keep = heavy[entry.bonds].all(axis=1) if entry.bonds.size else np.zeros(0, bool)
@@ -250,7 +272,8 @@ def parse_user_ccd(text: str, *, source: str = "") -> Mapping[str, CcdEntry]:
     try:
         doc = gemmi.cif.read_string(text)
     except (ValueError, RuntimeError) as err:
-        raise InputError(f"the user CCD is not valid mmCIF: {err}", source=source) from None
+        reason = str(err).split("\n", 1)[0][:200]   # gemmi's position and reason, no file text
+        raise InputError(f"the user CCD is not valid mmCIF: {reason}", source=source) from None
     entries: dict[str, CcdEntry] = {}
     for block in doc:
         try:

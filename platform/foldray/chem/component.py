@@ -26,6 +26,9 @@ CCD_BOND_ORDERS: dict[str, int] = {
     "AROM": BOND_AROMATIC,
 }
 HYDROGEN_SYMBOLS = frozenset({"H", "D", "T"})  # dropped: AF3 models heavy atoms only
+# Largest component (SMILES or user CCD) we build: the bundled CCD's largest has 240 heavy
+# atoms, and a ligand costs one token per heavy atom. Checked before any embedding.
+MAX_HEAVY_ATOMS = 512
 
 
 def _frozen(array: np.ndarray, dtype: type | str, shape: tuple[int | None, ...]) -> np.ndarray:

@@ -12,18 +12,31 @@ per process; attempts are capped (MAX_EMBED_ITERATIONS) and a failed default sta
 retried from random coordinates (as OpenFold3), which rescues large flexible ligands;
 disconnected fragments are laid side by side instead of on top of each other; atoms with
 no coordinate at all get ref_mask False (AF3 keeps mask 1 with zero coordinates).
+
+Bounded time: RDKit's own `timeout` is only checked between embedding stages, and one
+stage of a large molecule can run for a minute ("C" * 200 measured 23-61 s with
+timeout=2). So molecules over IN_PROCESS_MAX_ATOMS atoms (hydrogens included) embed in a
+child process that is killed after EMBED_TIME_LIMIT_S (env FOLDRAY_EMBED_TIME_LIMIT_S),
+or sooner when a `deadline.featurization_deadline` ends first; a killed embedding falls
+back like a failed one, or raises when the job's deadline ran out.
 """
 
 from __future__ import annotations
 
 import functools
+import io
 import logging
+import os
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 
 import numpy as np
 from rdkit import Chem, rdBase
 from rdkit.Chem import rdDistGeom
 
+from foldray.chem import deadline
 from foldray.chem.component import (
     BOND_AROMATIC,
     BOND_DOUBLE,
@@ -45,6 +58,12 @@ CONFORMER_SEED = 0
 # ~2-4 s. The timeout is a backstop; it is the only machine-speed-dependent outcome.
 MAX_EMBED_ITERATIONS = 20
 EMBED_TIMEOUT_S = 2
+# Hard limit per molecule, enforced by killing the child process that embeds it.
+EMBED_TIME_LIMIT_S = 10.0
+EMBED_TIME_LIMIT_ENV = "FOLDRAY_EMBED_TIME_LIMIT_S"
+# Up to this many atoms (hydrogens included) RDKit's timeout holds to about a second, so
+# they embed in-process; every standard residue and most drug-like ligands (~60) are below.
+IN_PROCESS_MAX_ATOMS = 150
 
 _RD_BONDS: dict[int, Chem.BondType] = {
     BOND_SINGLE: Chem.BondType.SINGLE, BOND_DOUBLE: Chem.BondType.DOUBLE,
@@ -121,13 +140,81 @@ def _assign_stereo_from_ccd(mol: Chem.Mol, entry: CcdEntry) -> None:
             return
 
 
+def embed_time_limit() -> float:
+    """Seconds one molecule may embed: FOLDRAY_EMBED_TIME_LIMIT_S if set, else 10."""
+    try:
+        value = float(os.environ.get(EMBED_TIME_LIMIT_ENV, ""))
+    except ValueError:
+        return EMBED_TIME_LIMIT_S
+    return value if value > 0 else EMBED_TIME_LIMIT_S
+
+
 def embed(mol: Chem.Mol, *, seed: int = CONFORMER_SEED) -> np.ndarray | None:
-    """ETKDGv3 positions [n_atoms, 3] (float64) of all atoms of `mol`, or None on failure.
+    """ETKDGv3 positions [n_atoms, 3] (float64) of all atoms of `mol`, or None on failure
+    or when it ran past `embed_time_limit()`. Raises the deadline's InputError when a
+    `featurization_deadline` has passed (before or during the embedding).
 
     If the default eigenvector start fails (common for large flexible molecules: every
     attempt fails at the initial coordinates), retry from random coordinates, as OpenFold3
     does; AF3 stops after the first try.
     """
+    deadline.check_deadline()
+    if mol.GetNumAtoms() <= IN_PROCESS_MAX_ATOMS:
+        pos = _embed_rounds(mol, seed)
+        deadline.check_deadline()
+        return pos
+    limit = embed_time_limit()
+    left = deadline.remaining()
+    job_bound = left is not None and left < limit
+    pos, finished = _embed_in_child(mol, seed, left if job_bound else limit)
+    if not finished:
+        job_deadline = deadline.current()
+        if job_bound and job_deadline is not None:
+            raise job_deadline.error()
+        log.info("embedding %s (%d atoms) stopped after %g s; using the fallback",
+                 Chem.MolToSmiles(mol), mol.GetNumAtoms(), limit)
+    return pos
+
+
+_CHILD = "from foldray.chem.conformer import _embed_child; _embed_child()"
+
+
+def _embed_in_child(mol: Chem.Mol, seed: int, seconds: float) -> tuple[np.ndarray | None, bool]:
+    """`_embed_rounds` in a fresh Python process killed after `seconds`: (positions or
+    None, whether it finished). A thread cannot be stopped inside RDKit; a process can."""
+    start = time.monotonic()
+    payload = int(seed).to_bytes(8, "little", signed=True) + mol.ToBinary()
+    proc = subprocess.Popen([sys.executable, "-c", _CHILD], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        out, _ = proc.communicate(payload, timeout=max(seconds, 0.01))
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        return None, False
+    finally:
+        if proc.poll() is None:   # e.g. KeyboardInterrupt while waiting
+            proc.kill()
+            proc.wait()
+    if proc.returncode != 0:
+        log.info("embedding child exited with %s after %.1f s", proc.returncode,
+                 time.monotonic() - start)
+        return None, True
+    return (np.load(io.BytesIO(out)) if out else None), True
+
+
+def _embed_child() -> None:
+    """Child side of `_embed_in_child`: seed and molecule on stdin, .npy (or nothing) out."""
+    data = sys.stdin.buffer.read()
+    pos = _embed_rounds(Chem.Mol(data[8:]), int.from_bytes(data[:8], "little", signed=True))
+    if pos is not None:
+        buffer = io.BytesIO()
+        np.save(buffer, pos)
+        sys.stdout.buffer.write(buffer.getvalue())
+    sys.stdout.buffer.flush()
+
+
+def _embed_rounds(mol: Chem.Mol, seed: int) -> np.ndarray | None:
     for random_start in (False, True):
         params = rdDistGeom.ETKDGv3()
         params.randomSeed = seed

@@ -19,11 +19,12 @@ import re
 import numpy as np
 from rdkit import Chem, rdBase
 
-from foldray.chem.component import Component
+from foldray.chem.component import MAX_HEAVY_ATOMS, Component
 from foldray.chem.conformer import CONFORMER_SEED, embed
 from foldray.errors import InputError
 
 MAX_NAME_LENGTH = 4  # Table 5 ref_atom_name_chars holds 4 characters
+MAX_SMILES_CHARS = 2000  # checked before RDKit sees the string (the largest CCD ligands need ~600)
 _SHOWN = 120         # longest SMILES quoted whole in an error message
 _TIMESTAMP = re.compile(r"^\[\d\d:\d\d:\d\d\] ")
 _POSITION = re.compile(r"check for mistakes around position (\d+)")
@@ -59,6 +60,9 @@ def parse_smiles(smiles: str) -> Chem.Mol:
     if not isinstance(smiles, str) or not smiles.strip():
         raise InputError(f"empty SMILES {smiles!r}")
     smiles = smiles.strip()
+    if len(smiles) > MAX_SMILES_CHARS:
+        raise InputError(f"SMILES is {len(smiles)} characters long, over the limit of "
+                         f"{MAX_SMILES_CHARS} ({_quoted(smiles)})")
     if any(ch.isspace() for ch in smiles):
         raise InputError(f"SMILES {_quoted(smiles)} contains whitespace; give only the SMILES")
     with rdBase.CaptureErrorLog() as capture:
@@ -69,7 +73,17 @@ def parse_smiles(smiles: str) -> Chem.Mol:
     if any(atom.GetAtomicNum() == 0 for atom in mol.GetAtoms()):
         raise InputError(f"SMILES {_quoted(smiles)} has a wildcard atom '*'; "
                          "give a concrete element")
+    if mol.GetNumHeavyAtoms() > MAX_HEAVY_ATOMS:
+        raise InputError(f"SMILES ligand has {mol.GetNumHeavyAtoms()} heavy atoms, over the limit "
+                         f"of {MAX_HEAVY_ATOMS} per ligand (one token each); {_quoted(smiles)}")
     return mol
+
+
+@functools.lru_cache(maxsize=4096)
+def smiles_heavy_atoms(smiles: str) -> int:
+    """Heavy atoms (= tokens) of a SMILES ligand, without embedding it: for token budgets
+    checked before conformers are made. Raises InputError as `parse_smiles` does."""
+    return parse_smiles(smiles).GetNumHeavyAtoms()
 
 
 def atom_names(mol: Chem.Mol) -> list[str]:

@@ -23,6 +23,7 @@ from foldray.chem.component import Component
 from foldray.chem.smiles import component_from_smiles
 from foldray.errors import InputError
 from foldray.inputs.job import Entity, Job, LigandChain, PolymerChain
+from foldray.inputs.size import check_token_budget
 from foldray.residues import (
     CENTRE_ATOM,
     MOL_TYPES,
@@ -174,6 +175,7 @@ def entity_keys(entities: tuple[Entity, ...]) -> list[int]:
 def tokenize(job: Job, *, max_tokens: int | None = DEFAULT_MAX_TOKENS) -> TokenizedStructure:
     """Build atoms and tokens of every chain copy, in the order the job lists them."""
     user_ccd = parse_user_ccd(job.user_ccd, source=job.source) if job.user_ccd else None
+    check_token_budget(job, max_tokens, user_ccd)   # before any conformer is embedded
     components = [entity_components(job, i, user_ccd) for i in range(len(job.entities))]
     entity_ids = entity_keys(job.entities)
     builder = _Builder()

@@ -105,7 +105,8 @@ def parse_a3m(text: str, mol_type: MolType, *, source: str = "", max_rows: int |
     span several lines and may end in ``*``. ``max_rows`` keeps the first records only (AF3's
     per-database crop); the rest of the file is not read. Errors raise `InputError` with
     ``field="line N"``: the line of the offending character, or the ``>`` line of the
-    offending record for record-level problems.
+    offending record for record-level problems. Messages never quote the file's text (it
+    may not be an a3m at all), only the one offending character.
     """
     if mol_type not in _POLYMER_TYPES:
         raise ValueError(f"a3m rows are protein, rna or dna, not {mol_type!r}")
@@ -130,7 +131,7 @@ def parse_a3m(text: str, mol_type: MolType, *, source: str = "", max_rows: int |
             headers.append(line[1:].strip())
             header_lines.append(line_no)
         elif not headers:
-            raise fail(f"sequence data before the first '>' header: {line[:40]!r}", line_no)
+            raise fail("sequence data before the first '>' header", line_no)  # text not quoted
         else:
             parts.append(line.rstrip("*"))
             part_lines.append(line_no)
@@ -171,11 +172,11 @@ def parse_a3m(text: str, mol_type: MolType, *, source: str = "", max_rows: int |
     n_match = match_before[rec_end] - match_before[rec_start]  # [N_seq]
     width = int(n_match[0])
     if width == 0:
-        raise fail(f"query record {headers[0]!r} has no residues", header_lines[0])
+        raise fail("the query (first record) has no residues", header_lines[0])
     wrong = np.flatnonzero(n_match != width)
     if wrong.size:
         r = int(wrong[0])
-        raise fail(f"record {headers[r]!r} has {int(n_match[r])} aligned columns (uppercase "
+        raise fail(f"record {r + 1} has {int(n_match[r])} aligned columns (uppercase "
                    f"letters and '-') but the query has {width}", header_lines[r])
 
     match_at = np.flatnonzero(is_match)  # [N_seq * L] byte offsets, row-major
@@ -241,7 +242,7 @@ def check_query(a3m: A3m, sequence_letters: str) -> None:
         return repr(letters[int(classes[pos])]) if pos < len(classes) else "the end"
 
     raise InputError(
-        f"the a3m query (first record {a3m.headers[0]!r}) does not match the chain sequence: "
+        f"the a3m query (first record) does not match the chain sequence: "
         f"first difference at position {pos + 1} ({at(found)} in the a3m, {at(expected)} in the "
         f"sequence); the a3m query has {len(found)} columns, the sequence {len(expected)} residues",
         source=a3m.source, field=f"line {a3m.query_line}")

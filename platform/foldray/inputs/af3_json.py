@@ -1,14 +1,24 @@
 """AlphaFold 3 input JSON (dialect "alphafold3", versions 1-4) -> validated `Job`s.
 
 Field names, per-version keys and semantics follow AlphaFold 3's documented input format.
-Every problem raises `InputError` naming the file, the job and the field path
-(``sequences[1].ligand.smiles``), with the offending value in the message. Jobs in the
-AlphaFold Server dialect are handed to `af_server_json`.
+Every field is type-checked here, so a problem raises `InputError` naming the file, the job
+and the field path (``sequences[1].ligand.smiles``), with the offending value (shortened) in
+the message; never a TypeError from deeper code. Jobs in the AlphaFold Server dialect are
+handed to `af_server_json`.
+
+`...Path` fields (unpairedMsaPath, pairedMsaPath, templates[].mmcifPath, userCCDPath) may
+only name files inside the input file's own folder (or URL prefix), symlinks resolved, or
+inside a folder listed in FOLDRAY_INPUT_PATH_ROOTS; FOLDRAY_ALLOW_ANY_INPUT_PATH=1 (or
+`any_path=True`) lifts the rule for trusted inputs.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import posixpath
+import re
+import reprlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -28,6 +38,9 @@ from foldray.residues import ONE_TO_CCD
 DIALECT = "alphafold3"
 SUPPORTED_VERSIONS = (1, 2, 3, 4)
 MAX_SEED = 2**32 - 1
+MAX_NAME_CHARS = 256    # job names become folder names (and appear in every error line)
+ANY_PATH_ENV = "FOLDRAY_ALLOW_ANY_INPUT_PATH"
+PATH_ROOTS_ENV = "FOLDRAY_INPUT_PATH_ROOTS"
 
 # Keys allowed per object, with the first version that knows them.
 _JOB_KEYS = {"dialect": 1, "version": 1, "name": 1, "modelSeeds": 1, "sequences": 1,
@@ -42,15 +55,71 @@ _TEMPLATE_KEYS = {"mmcif": 1, "mmcifPath": 2, "queryIndices": 1, "templateIndice
 _MOD_KEYS = {"protein": ("ptmType", "ptmPosition"), "rna": ("modificationType", "basePosition"),
              "dna": ("modificationType", "basePosition")}
 _CHAIN_ID_MAX = 4
+_JSON_TYPES = {type(None): "null", bool: "a boolean", int: "an integer", float: "a number",
+               str: "a string", list: "a list", dict: "an object"}
+
+_repr = reprlib.Repr()
+_repr.maxstring, _repr.maxother, _repr.maxlevel = 60, 60, 3
+_repr.maxlist = _repr.maxdict = 6
+
+
+def show(value: Any) -> str:
+    """A short repr for messages: long strings and deep or long lists are cut."""
+    return _repr.repr(value)
+
+
+def got(value: Any) -> str:
+    """'got a list [1, 2]': the JSON type and a short repr of a wrong value."""
+    kind = _JSON_TYPES.get(type(value), type(value).__name__)
+    return "got null" if value is None else f"got {kind} {show(value)}"
+
+
+def any_path_allowed(any_path: bool = False) -> bool:
+    """Whether `...Path` fields may name any readable file (the explicit opt-out)."""
+    return any_path or os.environ.get(ANY_PATH_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def _local(location: str) -> str | None:
+    """The local path of a plain path or file:// URL; None for other URLs."""
+    if location.startswith("file://"):
+        return location[len("file://"):]
+    return None if storage.is_url(location) else location
+
+
+def _inside(location: str, root: str) -> bool:
+    """Whether `location` lies in folder/prefix `root`, symlinks resolved for local paths."""
+    local, local_root = _local(location), _local(root)
+    if local is not None and local_root is not None:
+        real, base = os.path.realpath(local), os.path.realpath(local_root)
+        return real == base or real.startswith(base.rstrip(os.sep) + os.sep)
+    if local is None and local_root is None:
+        scheme, _, rest = location.partition("://")
+        root_scheme, _, root_rest = root.partition("://")
+        rest, root_rest = posixpath.normpath(rest), posixpath.normpath(root_rest).rstrip("/")
+        return scheme == root_scheme and "/../" not in f"/{rest}/" and \
+            rest.startswith(root_rest + "/")
+    return False
+
+
+def input_path_roots(source: str) -> list[str]:
+    """Folders/prefixes a `...Path` field of `source` may name: its own folder (the
+    working directory for text without a file) and those in FOLDRAY_INPUT_PATH_ROOTS."""
+    own = re.sub(r"#row=\d+$", "", source)   # a manifest row: the manifest's folder
+    if storage.is_url(own) and not own.startswith("file://"):
+        folder = posixpath.dirname(own)
+    else:
+        folder = os.path.dirname(os.path.abspath(_local(own) or ".")) if own else os.getcwd()
+    extra = [r.strip() for r in os.environ.get(PATH_ROOTS_ENV, "").split(os.pathsep) if r.strip()]
+    return [folder, *extra]
 
 
 class _Ctx:
     """Where we are while parsing: builds located errors and resolves relative paths."""
 
     def __init__(self, source: str, job: str, version: int, allow_paths: bool,
-                 read_text: Callable[[str], str]) -> None:
+                 read_text: Callable[[str], str], any_path: bool = False) -> None:
         self.source, self.job, self.version = source, job, version
-        self.allow_paths, self.read_text = allow_paths, read_text
+        self.allow_paths, self.read_text, self.any_path = allow_paths, read_text, any_path
 
     def error(self, field: str, message: str) -> InputError:
         return InputError(message, source=self.source, job=self.job, field=field)
@@ -59,35 +128,75 @@ class _Ctx:
         for key in obj:
             if key not in allowed:
                 known = ", ".join(sorted(allowed))
-                raise self.error(f"{field}.{key}" if field else key,
-                                 f"unknown key {key!r} (allowed: {known})")
+                raise self.error(f"{field}.{key[:60]}" if field else key[:60],
+                                 f"unknown key {show(key)} (allowed: {known})")
             if allowed[key] > self.version:
                 raise self.error(f"{field}.{key}" if field else key,
                                  f"{key!r} needs \"version\" >= {allowed[key]}, "
                                  f"but the job says version {self.version}")
 
+    def required(self, obj: Mapping[str, Any], key: str, field: str) -> Any:
+        """obj[key]; "missing" names the field when the key is absent or null."""
+        value = obj.get(key)
+        if value is None:
+            raise self.error(field, "missing" if key not in obj else "missing (null)")
+        return value
+
+    def string(self, value: Any, field: str, what: str = "a non-empty string") -> str:
+        if not isinstance(value, str):
+            raise self.error(field, f"expected {what}, {got(value)}")
+        if not value.strip():
+            raise self.error(field, f"expected {what}, got an empty string")
+        return value
+
+    def optional_string(self, obj: Mapping[str, Any], key: str, field: str,
+                        what: str = "a string") -> str | None:
+        value = obj.get(key)
+        if value is not None and not isinstance(value, str):
+            raise self.error(field, f"expected {what} or null, {got(value)}")
+        return value
+
+    def integer(self, value: Any, field: str, lo: int, hi: int | None, what: str) -> int:
+        """An int in [lo, hi]; bool (an int in Python) and floats (even 2.0) are refused."""
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(field, f"expected {what}, {got(value)}")
+        if value < lo or (hi is not None and value > hi):
+            bounds = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+            raise self.error(field, f"{show(value)} is out of range ({bounds})")
+        return value
+
     def load_path(self, path: Any, field: str) -> str:
-        if not isinstance(path, str) or not path:
-            raise self.error(field, f"expected a non-empty path string, got {path!r}")
+        path = self.string(path, field, "a non-empty path string")
         if not self.allow_paths:
             raise self.error(field, "file paths are not accepted here; send the contents inline")
         resolved = storage.resolve_relative(path, self.source)
+        if not any_path_allowed(self.any_path):
+            roots = input_path_roots(self.source)
+            if not any(_inside(resolved, root) for root in roots):
+                raise self.error(field, f"path {show(path)} is outside the input's folder "
+                                        f"{roots[0]!r}; input paths must stay inside it (or a "
+                                        f"folder in {PATH_ROOTS_ENV}); set {ANY_PATH_ENV}=1 to "
+                                        "allow any path for trusted inputs")
         try:
             return self.read_text(resolved)
-        except (FileNotFoundError, IsADirectoryError, PermissionError) as err:
-            raise self.error(field, f"cannot read {resolved!r}: {err.__class__.__name__}") from None
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as err:
+            raise self.error(field, f"cannot read {show(path)}: {err.__class__.__name__}") from None
         except UnicodeDecodeError:
-            raise self.error(field, f"{resolved!r} is not UTF-8 text") from None
+            raise self.error(field, f"{show(path)} is not UTF-8 text") from None
+        except OSError as err:
+            raise self.error(field, f"cannot read {show(path)}: {err.__class__.__name__}") from None
 
 
 def parse_af3_json(text: str | bytes, *, source: str = "", allow_paths: bool = True,
-                   read_text: Callable[[str], str] = storage.read_text) -> list[Job]:
+                   read_text: Callable[[str], str] = storage.read_text,
+                   any_path: bool = False) -> list[Job]:
     """Parse a file holding one job or a list of jobs; the first problem raises.
 
-    `allow_paths=False` refuses `...Path` fields (for services that take untrusted input).
+    `allow_paths=False` refuses `...Path` fields (for services that take untrusted input);
+    `any_path=True` lets them name files outside the input's folder (trusted input only).
     """
     results = parse_af3_json_lenient(text, source=source, allow_paths=allow_paths,
-                                     read_text=read_text)
+                                     read_text=read_text, any_path=any_path)
     for result in results:
         if isinstance(result, InputError):
             raise result
@@ -96,7 +205,7 @@ def parse_af3_json(text: str | bytes, *, source: str = "", allow_paths: bool = T
 
 def parse_af3_json_lenient(text: str | bytes, *, source: str = "", allow_paths: bool = True,
                            read_text: Callable[[str], str] = storage.read_text,
-                           ) -> list[Job | InputError]:
+                           any_path: bool = False) -> list[Job | InputError]:
     """One result per job: a bad job in a list does not hide the good ones.
 
     AlphaFold Server jobs (`af_server_json.is_server_job`) go to their own parser.
@@ -104,7 +213,7 @@ def parse_af3_json_lenient(text: str | bytes, *, source: str = "", allow_paths: 
     from foldray.inputs.af_server_json import is_server_job, parse_server_job  # uses our helpers
 
     try:
-        data = _load_json(text, source)
+        data = load_json(text, source)
     except InputError as err:
         return [err]
     if isinstance(data, dict):
@@ -112,8 +221,8 @@ def parse_af3_json_lenient(text: str | bytes, *, source: str = "", allow_paths: 
     elif isinstance(data, list) and data:
         items, indexed = data, True
     else:
-        what = "an empty list" if isinstance(data, list) else type(data).__name__
-        return [InputError(f"expected a job object or a list of jobs, got {what}", source=source)]
+        what = "an empty list" if isinstance(data, list) else got(data)
+        return [InputError(f"expected a job object or a list of jobs, {what}", source=source)]
     results: list[Job | InputError] = []
     for i, item in enumerate(items):
         index = i if indexed else None
@@ -122,13 +231,15 @@ def parse_af3_json_lenient(text: str | bytes, *, source: str = "", allow_paths: 
                 results.append(parse_server_job(item, source=source, index=index))
             else:
                 results.append(parse_job(item, source=source, allow_paths=allow_paths,
-                                         read_text=read_text, index=index))
+                                         read_text=read_text, index=index, any_path=any_path))
         except InputError as err:
             results.append(err)
     return results
 
 
-def _load_json(text: str | bytes, source: str) -> Any:
+def load_json(text: str | bytes, source: str) -> Any:
+    """json.loads with every failure as a located InputError: bad UTF-8, NUL bytes, syntax,
+    nesting deeper than Python's recursion limit, integers longer than 4,300 digits."""
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8")
@@ -142,61 +253,68 @@ def _load_json(text: str | bytes, source: str) -> Any:
     except json.JSONDecodeError as err:
         raise InputError(f"invalid JSON: {err.msg}", source=source,
                          field=f"line {err.lineno} column {err.colno}") from None
+    except RecursionError:
+        raise InputError("invalid JSON: nested too deeply", source=source) from None
+    except ValueError as err:   # e.g. an integer literal over sys.get_int_max_str_digits()
+        raise InputError(f"invalid JSON: {str(err)[:120]}", source=source) from None
 
 
 def parse_job(data: Any, *, source: str = "", allow_paths: bool = True,
-              read_text: Callable[[str], str] = storage.read_text, index: int | None = None) -> Job:
+              read_text: Callable[[str], str] = storage.read_text, index: int | None = None,
+              any_path: bool = False) -> Job:
     """Validate one AF3 job object."""
     prefix = f"[{index}]" if index is not None else ""
     if not isinstance(data, dict):
-        raise InputError(f"expected a job object, got {type(data).__name__}", source=source,
-                         field=prefix)
+        raise InputError(f"expected a job object, {got(data)}", source=source, field=prefix)
     name = data.get("name")
-    job_label = name if isinstance(name, str) else ""
+    job_label = name if isinstance(name, str) and len(name) <= MAX_NAME_CHARS else ""
     try:
-        return _parse_job(data, source, job_label, allow_paths, read_text)
+        return _parse_job(data, _Ctx(source, job_label, max(SUPPORTED_VERSIONS), allow_paths,
+                                     read_text, any_path))
     except InputError as err:
         if prefix and not err.job:
             raise err.located(field_prefix=prefix) from None
         raise
 
 
-def _parse_job(data: dict, source: str, job: str, allow_paths: bool,
-               read_text: Callable[[str], str]) -> Job:
-    base = _Ctx(source, job, max(SUPPORTED_VERSIONS), allow_paths, read_text)
-    dialect = data.get("dialect")
+def _parse_job(data: dict, base: _Ctx) -> Job:
+    dialect = base.required(data, "dialect", "dialect")
     if dialect != DIALECT:
-        raise base.error("dialect", f"expected \"{DIALECT}\", got {dialect!r}")
-    version = data.get("version")
-    if isinstance(version, bool) or version not in SUPPORTED_VERSIONS:
-        raise base.error("version", f"unsupported version {version!r} "
+        raise base.error("dialect", f"expected \"{DIALECT}\", {got(dialect)}")
+    version = base.required(data, "version", "version")
+    if isinstance(version, bool) or not isinstance(version, int) \
+            or version not in SUPPORTED_VERSIONS:
+        raise base.error("version", f"unsupported version {show(version)} "
                                     f"(supported: {', '.join(map(str, SUPPORTED_VERSIONS))})")
-    ctx = _Ctx(source, job, version, allow_paths, read_text)
+    ctx = _Ctx(base.source, base.job, version, base.allow_paths, base.read_text, base.any_path)
     ctx.check_keys(data, _JOB_KEYS, "")
-    name = _parse_name(ctx, data.get("name"))
-    seeds = _parse_seeds(ctx, data.get("modelSeeds"))
+    name = _parse_name(ctx, data.get("name"), "name" in data)
+    seeds = _parse_seeds(ctx, data.get("modelSeeds"), "modelSeeds" in data)
 
-    sequences = data.get("sequences")
+    sequences = ctx.required(data, "sequences", "sequences")
     if not isinstance(sequences, list) or not sequences:
-        raise ctx.error("sequences", "expected a non-empty list of chains")
+        raise ctx.error("sequences", f"expected a non-empty list of chains, {got(sequences)}")
     entities = tuple(_parse_entity(ctx, item, f"sequences[{i}]") for i, item in enumerate(sequences))
     _check_unique_ids(ctx, entities)
 
     bonds = _parse_bonds(ctx, data.get("bondedAtomPairs"), entities)
-    if "userCCD" in data and "userCCDPath" in data:
+    if data.get("userCCD") is not None and "userCCDPath" in data:
         raise ctx.error("userCCDPath", "give either userCCD or userCCDPath, not both")
-    user_ccd = data.get("userCCD")
     if "userCCDPath" in data:
         user_ccd = ctx.load_path(data["userCCDPath"], "userCCDPath")
-    elif user_ccd is not None and not isinstance(user_ccd, str):
-        raise ctx.error("userCCD", f"expected CCD mmCIF text, got {type(user_ccd).__name__}")
+    else:
+        user_ccd = ctx.optional_string(data, "userCCD", "userCCD", "CCD mmCIF text")
     return Job(name=name, seeds=seeds, entities=entities, bonded_atom_pairs=bonds,
-               user_ccd=user_ccd or None, source=source)
+               user_ccd=user_ccd or None, source=ctx.source)
 
 
-def _parse_name(ctx: _Ctx, name: Any) -> str:
-    if not isinstance(name, str) or not name.strip():
-        raise ctx.error("name", f"expected a non-empty string, got {name!r}")
+def _parse_name(ctx: _Ctx, name: Any, present: bool = True) -> str:
+    if name is None:
+        raise ctx.error("name", "missing" if not present else "missing (null)")
+    name = ctx.string(name, "name")
+    if len(name) > MAX_NAME_CHARS:
+        raise ctx.error("name", f"the name is {len(name)} characters long; at most "
+                                f"{MAX_NAME_CHARS} ({show(name)})")
     if "/" in name or "\\" in name:
         raise ctx.error("name", f"name {name!r} contains a path separator; job names become "
                                 "output folder names")
@@ -205,26 +323,29 @@ def _parse_name(ctx: _Ctx, name: Any) -> str:
     return name
 
 
-def _parse_seeds(ctx: _Ctx, seeds: Any) -> tuple[int, ...]:
+def _parse_seeds(ctx: _Ctx, seeds: Any, present: bool = True) -> tuple[int, ...]:
+    if seeds is None:
+        raise ctx.error("modelSeeds", "missing" if not present else "missing (null)")
     if not isinstance(seeds, list) or not seeds:
-        raise ctx.error("modelSeeds", f"expected a non-empty list of integers, got {seeds!r}")
+        raise ctx.error("modelSeeds", f"expected a non-empty list of integers, {got(seeds)}")
     for i, seed in enumerate(seeds):
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-            raise ctx.error(f"modelSeeds[{i}]", f"expected an integer in [0, 2^32), got {seed!r}")
+        ctx.integer(seed, f"modelSeeds[{i}]", 0, MAX_SEED, "a seed (an integer in [0, 2^32))")
     if len(set(seeds)) != len(seeds):
-        raise ctx.error("modelSeeds", f"seeds repeat: {seeds}")
+        raise ctx.error("modelSeeds", f"seeds repeat: {show(seeds)}")
     return tuple(seeds)
 
 
 def _parse_ids(ctx: _Ctx, ids: Any, field: str) -> tuple[str, ...]:
+    if ids is None:
+        raise ctx.error(field, "missing")
     values = [ids] if isinstance(ids, str) else ids
     if not isinstance(values, list) or not values:
-        raise ctx.error(field, f"expected a chain id or a non-empty list of ids, got {ids!r}")
+        raise ctx.error(field, f"expected a chain id or a non-empty list of ids, {got(ids)}")
     for i, chain_id in enumerate(values):
         where = field if isinstance(ids, str) else f"{field}[{i}]"
         if not isinstance(chain_id, str) or not chain_id.isascii() or not chain_id.isalnum() \
                 or len(chain_id) > _CHAIN_ID_MAX:
-            raise ctx.error(where, f"invalid chain id {chain_id!r}: use 1-{_CHAIN_ID_MAX} "
+            raise ctx.error(where, f"invalid chain id {show(chain_id)}: use 1-{_CHAIN_ID_MAX} "
                                    "letters or digits")
     return tuple(values)
 
@@ -243,14 +364,14 @@ def _check_unique_ids(ctx: _Ctx, entities: tuple[Entity, ...]) -> None:
 def _parse_entity(ctx: _Ctx, item: Any, field: str) -> Entity:
     if not isinstance(item, dict) or len(item) != 1:
         raise ctx.error(field, "expected an object with exactly one of "
-                               "'protein', 'rna', 'dna', 'ligand'")
+                               f"'protein', 'rna', 'dna', 'ligand', {got(item)}")
     (kind, body), = item.items()
     if kind not in ("protein", "rna", "dna", "ligand"):
-        raise ctx.error(f"{field}.{kind}", f"unknown chain type {kind!r} "
-                                           "(expected protein, rna, dna or ligand)")
+        raise ctx.error(f"{field}.{kind[:60]}", f"unknown chain type {show(kind)} "
+                                                 "(expected protein, rna, dna or ligand)")
     field = f"{field}.{kind}"
     if not isinstance(body, dict):
-        raise ctx.error(field, f"expected an object, got {type(body).__name__}")
+        raise ctx.error(field, f"expected an object, {got(body)}")
     if kind == "ligand":
         return _parse_ligand(ctx, body, field)
     return _parse_polymer(ctx, kind, body, field)
@@ -260,24 +381,24 @@ def _parse_polymer(ctx: _Ctx, kind: str, body: dict, field: str) -> PolymerChain
     ctx.check_keys(body, {"protein": _PROTEIN_KEYS, "rna": _RNA_KEYS, "dna": _DNA_KEYS}[kind], field)
     ids = _parse_ids(ctx, body.get("id"), f"{field}.id")
     sequence = _parse_sequence(ctx, kind, body.get("sequence"), f"{field}.sequence")
-    mods = _parse_modifications(ctx, kind, body.get("modifications", []), len(sequence),
+    mods = _parse_modifications(ctx, kind, body.get("modifications"), len(sequence),
                                 f"{field}.modifications")
     unpaired = _msa_field(ctx, body, "unpairedMsa", field)
     paired = _msa_field(ctx, body, "pairedMsa", field)
     templates = None
-    if "templates" in body and body["templates"] is not None:
+    if body.get("templates") is not None:
         templates = _parse_templates(ctx, body["templates"], len(sequence), f"{field}.templates")
-    description = body.get("description")
-    if description is not None and not isinstance(description, str):
-        raise ctx.error(f"{field}.description", "expected a string")
+    description = ctx.optional_string(body, "description", f"{field}.description")
     return PolymerChain(mol_type=kind, ids=ids, sequence=sequence, modifications=mods,
                         unpaired_msa=unpaired, paired_msa=paired, templates=templates,
                         description=description)
 
 
 def _parse_sequence(ctx: _Ctx, kind: str, sequence: Any, field: str) -> str:
+    if sequence is None:
+        raise ctx.error(field, "missing")
     if not isinstance(sequence, str):
-        raise ctx.error(field, f"expected a string, got {type(sequence).__name__}")
+        raise ctx.error(field, f"expected a string, {got(sequence)}")
     if not sequence:
         raise ctx.error(field, "the sequence is empty")
     allowed = ONE_TO_CCD[kind]
@@ -297,22 +418,22 @@ def _parse_sequence(ctx: _Ctx, kind: str, sequence: Any, field: str) -> str:
 
 def _parse_modifications(ctx: _Ctx, kind: str, mods: Any, length: int,
                          field: str) -> tuple[Modification, ...]:
+    if mods is None:
+        return ()
     if not isinstance(mods, list):
-        raise ctx.error(field, f"expected a list, got {type(mods).__name__}")
+        raise ctx.error(field, f"expected a list, {got(mods)}")
     type_key, pos_key = _MOD_KEYS[kind]
     parsed: list[Modification] = []
     for i, mod in enumerate(mods):
         where = f"{field}[{i}]"
         if not isinstance(mod, dict):
-            raise ctx.error(where, "expected an object")
+            raise ctx.error(where, f"expected an object, {got(mod)}")
         ctx.check_keys(mod, {type_key: 1, pos_key: 1}, where)
-        code, pos = mod.get(type_key), mod.get(pos_key)
-        if not isinstance(code, str) or not code:
-            raise ctx.error(f"{where}.{type_key}", f"expected a CCD code, got {code!r}")
+        code = ctx.string(ctx.required(mod, type_key, f"{where}.{type_key}"),
+                          f"{where}.{type_key}", "a CCD code")
         code = code.removeprefix("CCD_")
-        if isinstance(pos, bool) or not isinstance(pos, int) or not 1 <= pos <= length:
-            raise ctx.error(f"{where}.{pos_key}",
-                            f"position {pos!r} is outside the sequence (1..{length})")
+        pos = ctx.integer(ctx.required(mod, pos_key, f"{where}.{pos_key}"), f"{where}.{pos_key}",
+                          1, length, "a position in the sequence")
         if any(m.position == pos for m in parsed):
             raise ctx.error(f"{where}.{pos_key}", f"position {pos} is modified twice")
         parsed.append(Modification(ccd_code=code, position=pos))
@@ -321,30 +442,29 @@ def _parse_modifications(ctx: _Ctx, kind: str, mods: Any, length: int,
 
 def _msa_field(ctx: _Ctx, body: dict, key: str, field: str) -> str | None:
     path_key = f"{key}Path"
-    if key in body and body[key] is not None and path_key in body:
+    if body.get(key) is not None and path_key in body:
         raise ctx.error(f"{field}.{path_key}", f"give either {key} or {path_key}, not both")
     if path_key in body:
         return ctx.load_path(body[path_key], f"{field}.{path_key}")
-    value = body.get(key)
-    if value is not None and not isinstance(value, str):
-        raise ctx.error(f"{field}.{key}", f"expected a3m text, got {type(value).__name__}")
-    return value
+    return ctx.optional_string(body, key, f"{field}.{key}", "a3m text")
 
 
 def _parse_templates(ctx: _Ctx, templates: Any, length: int,
                      field: str) -> tuple[TemplateInput, ...]:
     if not isinstance(templates, list):
-        raise ctx.error(field, f"expected a list, got {type(templates).__name__}")
+        raise ctx.error(field, f"expected a list, {got(templates)}")
     parsed = []
     for i, tmpl in enumerate(templates):
         where = f"{field}[{i}]"
         if not isinstance(tmpl, dict):
-            raise ctx.error(where, "expected an object")
+            raise ctx.error(where, f"expected an object, {got(tmpl)}")
         ctx.check_keys(tmpl, _TEMPLATE_KEYS, where)
         if ("mmcif" in tmpl) == ("mmcifPath" in tmpl):
             raise ctx.error(where, "give exactly one of mmcif or mmcifPath")
-        mmcif = tmpl["mmcif"] if "mmcif" in tmpl else ctx.load_path(tmpl["mmcifPath"],
-                                                                    f"{where}.mmcifPath")
+        if "mmcif" in tmpl:
+            mmcif = ctx.string(tmpl["mmcif"], f"{where}.mmcif", "mmCIF text")
+        else:
+            mmcif = ctx.load_path(tmpl["mmcifPath"], f"{where}.mmcifPath")
         query = _index_list(ctx, tmpl.get("queryIndices"), length, f"{where}.queryIndices")
         target = _index_list(ctx, tmpl.get("templateIndices"), None, f"{where}.templateIndices")
         if len(query) != len(target):
@@ -355,13 +475,13 @@ def _parse_templates(ctx: _Ctx, templates: Any, length: int,
 
 
 def _index_list(ctx: _Ctx, values: Any, upper: int | None, field: str) -> tuple[int, ...]:
+    if values is None:
+        raise ctx.error(field, "missing")
     if not isinstance(values, list):
-        raise ctx.error(field, "expected a list of 0-based residue indices")
+        raise ctx.error(field, f"expected a list of 0-based residue indices, {got(values)}")
     for i, value in enumerate(values):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0 or \
-                (upper is not None and value >= upper):
-            bound = f" below {upper}" if upper is not None else ""
-            raise ctx.error(f"{field}[{i}]", f"expected an index >= 0{bound}, got {value!r}")
+        ctx.integer(value, f"{field}[{i}]", 0, None if upper is None else upper - 1,
+                    "a 0-based residue index")
     return tuple(values)
 
 
@@ -370,18 +490,16 @@ def _parse_ligand(ctx: _Ctx, body: dict, field: str) -> LigandChain:
     ids = _parse_ids(ctx, body.get("id"), f"{field}.id")
     if ("ccdCodes" in body) == ("smiles" in body):
         raise ctx.error(field, "give exactly one of ccdCodes or smiles")
-    description = body.get("description")
+    description = ctx.optional_string(body, "description", f"{field}.description")
     if "smiles" in body:
-        smiles = body["smiles"]
-        if not isinstance(smiles, str) or not smiles.strip():
-            raise ctx.error(f"{field}.smiles", f"expected a SMILES string, got {smiles!r}")
+        smiles = ctx.string(body["smiles"], f"{field}.smiles", "a SMILES string")
         return LigandChain(ids=ids, smiles=smiles.strip(), description=description)
     codes = body["ccdCodes"]
     if isinstance(codes, str) or not isinstance(codes, list) or not codes:
-        raise ctx.error(f"{field}.ccdCodes", f"expected a non-empty list of CCD codes, got {codes!r}")
+        raise ctx.error(f"{field}.ccdCodes", f"expected a non-empty list of CCD codes, {got(codes)}")
     for i, code in enumerate(codes):
         if not isinstance(code, str) or not code or not code.replace("_", "").isalnum():
-            raise ctx.error(f"{field}.ccdCodes[{i}]", f"invalid CCD code {code!r}")
+            raise ctx.error(f"{field}.ccdCodes[{i}]", f"invalid CCD code {show(code)}")
     return LigandChain(ids=ids, ccd_codes=tuple(c.removeprefix("CCD_") for c in codes),
                        description=description)
 
@@ -391,7 +509,7 @@ def _parse_bonds(ctx: _Ctx, bonds: Any, entities: tuple[Entity, ...],
     if bonds is None:
         return ()
     if not isinstance(bonds, list):
-        raise ctx.error("bondedAtomPairs", "expected a list of atom pairs")
+        raise ctx.error("bondedAtomPairs", f"expected a list of atom pairs, {got(bonds)}")
     lengths: dict[str, int] = {}
     for entity in entities:
         n = len(entity.sequence) if isinstance(entity, PolymerChain) else \
@@ -401,21 +519,21 @@ def _parse_bonds(ctx: _Ctx, bonds: Any, entities: tuple[Entity, ...],
     for i, pair in enumerate(bonds):
         where = f"bondedAtomPairs[{i}]"
         if not isinstance(pair, list) or len(pair) != 2:
-            raise ctx.error(where, "expected [[chain, residue, atom], [chain, residue, atom]]")
+            raise ctx.error(where, f"expected [[chain, residue, atom], [chain, residue, atom]], "
+                                   f"{got(pair)}")
         atoms = []
         for j, atom in enumerate(pair):
             at = f"{where}[{j}]"
             if not isinstance(atom, list) or len(atom) != 3:
-                raise ctx.error(at, f"expected [chain id, residue number, atom name], got {atom!r}")
+                raise ctx.error(at, f"expected [chain id, residue number, atom name], {got(atom)}")
             chain_id, residue, atom_name = atom
+            if not isinstance(chain_id, str):
+                raise ctx.error(f"{at}[0]", f"expected a chain id string, {got(chain_id)}")
             if chain_id not in lengths:
-                raise ctx.error(at, f"chain {chain_id!r} is not in sequences")
-            if isinstance(residue, bool) or not isinstance(residue, int) or \
-                    not 1 <= residue <= lengths[chain_id]:
-                raise ctx.error(at, f"residue {residue!r} is outside chain {chain_id!r} "
-                                    f"(1..{lengths[chain_id]})")
-            if not isinstance(atom_name, str) or not atom_name:
-                raise ctx.error(at, f"invalid atom name {atom_name!r}")
+                raise ctx.error(at, f"chain {show(chain_id)} is not in sequences")
+            ctx.integer(residue, f"{at}[1]", 1, lengths[chain_id],
+                        f"a residue number in chain {chain_id!r}")
+            atom_name = ctx.string(atom_name, f"{at}[2]", "an atom name")
             atoms.append(AtomRef(chain_id=chain_id, residue=residue, atom_name=atom_name))
         if atoms[0] == atoms[1]:
             raise ctx.error(where, "an atom cannot be bonded to itself")

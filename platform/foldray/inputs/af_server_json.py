@@ -38,7 +38,7 @@ import re
 from typing import Any
 
 from foldray.errors import InputError
-from foldray.inputs.af3_json import MAX_SEED, _Ctx, _parse_name, _parse_sequence
+from foldray.inputs.af3_json import MAX_NAME_CHARS, MAX_SEED, _Ctx, _parse_name, _parse_sequence, got, show
 from foldray.inputs.job import Entity, Job, LigandChain, Modification, PolymerChain
 from foldray.io import storage
 
@@ -86,10 +86,10 @@ def parse_server_job(data: dict, *, source: str, index: int | None) -> Job:
     """
     prefix = f"[{index}]" if index is not None else ""
     if not isinstance(data, dict):
-        raise InputError(f"expected a job object, got {type(data).__name__}", source=source,
-                         field=prefix)
+        raise InputError(f"expected a job object, {got(data)}", source=source, field=prefix)
     name = data.get("name")
-    ctx = _Ctx(source, name if isinstance(name, str) else "", VERSION, False, storage.read_text)
+    label = name if isinstance(name, str) and len(name) <= MAX_NAME_CHARS else ""
+    ctx = _Ctx(source, label, VERSION, False, storage.read_text)
     try:
         return _parse_job(ctx, data)
     except InputError as err:
@@ -115,16 +115,16 @@ def _parse_job(ctx: _Ctx, data: dict) -> Job:
         raise ctx.error(missing, f"give both \"dialect\" and \"version\" or neither (then "
                                  f"\"{DIALECT}\" version {VERSION} is assumed)")
     if "dialect" in data and data["dialect"] != DIALECT:
-        raise ctx.error("dialect", f"expected \"{DIALECT}\", got {data['dialect']!r}")
+        raise ctx.error("dialect", f"expected \"{DIALECT}\", {got(data['dialect'])}")
     version = data.get("version", VERSION)
-    if isinstance(version, bool) or version != VERSION:
-        raise ctx.error("version", f"unsupported version {version!r} (supported: {VERSION})")
-    name = _parse_name(ctx, data.get("name"))
+    if isinstance(version, bool) or not isinstance(version, int) or version != VERSION:
+        raise ctx.error("version", f"unsupported version {show(version)} (supported: {VERSION})")
+    name = _parse_name(ctx, data.get("name"), "name" in data)
     seeds = _parse_seeds(ctx, data.get("modelSeeds"))
 
     sequences = data.get("sequences")
     if not isinstance(sequences, list) or not sequences:
-        raise ctx.error("sequences", "expected a non-empty list of entities")
+        raise ctx.error("sequences", f"expected a non-empty list of entities, {got(sequences)}")
     entities: list[Entity] = []
     n_chains = 0
     for i, item in enumerate(sequences):
@@ -151,17 +151,17 @@ def _parse_seeds(ctx: _Ctx, seeds: Any) -> tuple[int, ...]:
     if seeds is None or seeds == []:
         return (DEFAULT_SEED,)
     if not isinstance(seeds, list):
-        raise ctx.error("modelSeeds", f"expected a list of seeds (may be empty), got {seeds!r}")
+        raise ctx.error("modelSeeds", f"expected a list of seeds (may be empty), {got(seeds)}")
     parsed = []
     for i, seed in enumerate(seeds):
         value = int(seed) if isinstance(seed, str) and seed.isascii() and seed.isdigit() \
-            else seed
+            and len(seed) <= 10 else seed   # 2^32 has 10 digits; int() of 5,000 raises
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
             raise ctx.error(f"modelSeeds[{i}]", "expected an integer (or a string of digits) "
-                                                f"in [0, 2^32), got {seed!r}")
+                                                f"in [0, 2^32), {got(seed)}")
         parsed.append(value)
     if len(set(parsed)) != len(parsed):
-        raise ctx.error("modelSeeds", f"seeds repeat: {seeds}")
+        raise ctx.error("modelSeeds", f"seeds repeat: {show(seeds)}")
     return tuple(parsed)
 
 
@@ -169,7 +169,7 @@ def _entity_header(ctx: _Ctx, item: Any, field: str) -> tuple[str, dict, int]:
     """The entity key, its body (keys checked) and its copy count."""
     expected = ", ".join(_ENTITY_KINDS)
     if not isinstance(item, dict) or len(item) != 1:
-        raise ctx.error(field, f"expected an object with exactly one of {expected}")
+        raise ctx.error(field, f"expected an object with exactly one of {expected}, {got(item)}")
     (kind, body), = item.items()
     if kind not in _ENTITY_KINDS:
         hint = ""
@@ -177,21 +177,23 @@ def _entity_header(ctx: _Ctx, item: Any, field: str) -> tuple[str, dict, int]:
             hint = (f"; {kind!r} is an \"alphafold3\"-dialect key: give \"dialect\": "
                     "\"alphafold3\" and its \"version\" to use that format (a job in a list "
                     f"with no dialect is read as \"{DIALECT}\", as AlphaFold 3 does)")
-        raise ctx.error(f"{field}.{kind}", f"unknown entity type {kind!r} "
+        raise ctx.error(f"{field}.{kind[:60]}", f"unknown entity type {show(kind)} "
                                            f"(expected {expected}){hint}")
     field = f"{field}.{kind}"
     if not isinstance(body, dict):
-        raise ctx.error(field, f"expected an object, got {type(body).__name__}")
+        raise ctx.error(field, f"expected an object, {got(body)}")
     _check_keys(ctx, body, _ENTITY_KINDS[kind][1], field)
     count = body.get("count", 1)
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ctx.error(f"{field}.count", f"expected a positive integer number of copies, "
-                                          f"got {count!r}")
+                                          f"{got(count)}")
     return kind, body, count
 
 
 def _ccd_code(ctx: _Ctx, value: Any, field: str) -> str:
     """A server CCD code, "CCD_ATP" (or bare "ATP", as AF3 also takes) -> "ATP"."""
+    if value is None:
+        raise ctx.error(field, "missing")
     code = value.removeprefix("CCD_") if isinstance(value, str) else None
     if code is None or not _CCD_CODE.fullmatch(code):
         hint = ""
@@ -200,7 +202,7 @@ def _ccd_code(ctx: _Ctx, value: Any, field: str) -> str:
         elif isinstance(value, str) and code and _CCD_CODE.fullmatch(code.upper()):
             hint = " (CCD codes are upper-case)"
         raise ctx.error(field, f"expected a CCD code such as 'CCD_ATP' ('CCD_' followed by 1-5 "
-                               f"upper-case letters or digits), got {value!r}{hint}")
+                               f"upper-case letters or digits), {got(value)}{hint}")
     return code
 
 
@@ -208,14 +210,14 @@ def _parse_polymer(ctx: _Ctx, kind: str, body: dict, ids: tuple[str, ...],
                    field: str) -> PolymerChain:
     mol_type = _ENTITY_KINDS[kind][0]
     sequence = _parse_sequence(ctx, mol_type, body.get("sequence"), f"{field}.sequence")
-    mods = _parse_modifications(ctx, mol_type, body.get("modifications", []), len(sequence),
+    mods = _parse_modifications(ctx, mol_type, body.get("modifications"), len(sequence),
                                 f"{field}.modifications")
     templates = None
     if kind == "proteinChain":
         templates = _parse_template_choice(ctx, body, field)
-        glycans = body.get("glycans", [])
+        glycans = body.get("glycans") or []
         if not isinstance(glycans, list):
-            raise ctx.error(f"{field}.glycans", f"expected a list, got {type(glycans).__name__}")
+            raise ctx.error(f"{field}.glycans", f"expected a list, {got(glycans)}")
         if glycans:
             raise ctx.error(f"{field}.glycans", "glycans in the alphafoldserver dialect are not "
                                                 "supported yet (nor by AlphaFold 3); write the job "
@@ -229,12 +231,12 @@ def _parse_template_choice(ctx: _Ctx, body: dict, field: str) -> tuple[()] | Non
     """`useStructureTemplate: false` -> no templates (); otherwise None: search for them."""
     use = body.get("useStructureTemplate", True)
     if not isinstance(use, bool):
-        raise ctx.error(f"{field}.useStructureTemplate", f"expected true or false, got {use!r}")
+        raise ctx.error(f"{field}.useStructureTemplate", f"expected true or false, {got(use)}")
     if "maxTemplateDate" in body:
         date = body["maxTemplateDate"]
         if not isinstance(date, str) or not _DATE.fullmatch(date):
             raise ctx.error(f"{field}.maxTemplateDate",
-                            f"expected a date as YYYY-MM-DD, got {date!r}")
+                            f"expected a date as YYYY-MM-DD, {got(date)}")
         if use:
             raise ctx.error(f"{field}.maxTemplateDate",
                             f"a per-chain template date cutoff ({date}) is not supported (nor by "
@@ -244,20 +246,20 @@ def _parse_template_choice(ctx: _Ctx, body: dict, field: str) -> tuple[()] | Non
 
 def _parse_modifications(ctx: _Ctx, mol_type: str, mods: Any, length: int,
                          field: str) -> tuple[Modification, ...]:
+    if mods is None:
+        return ()
     if not isinstance(mods, list):
-        raise ctx.error(field, f"expected a list, got {type(mods).__name__}")
+        raise ctx.error(field, f"expected a list, {got(mods)}")
     type_key, pos_key = _MOD_KEYS[mol_type]
     parsed: list[Modification] = []
     for i, mod in enumerate(mods):
         where = f"{field}[{i}]"
         if not isinstance(mod, dict):
-            raise ctx.error(where, "expected an object")
+            raise ctx.error(where, f"expected an object, {got(mod)}")
         _check_keys(ctx, mod, (type_key, pos_key), where)
         code = _ccd_code(ctx, mod.get(type_key), f"{where}.{type_key}")
-        pos = mod.get(pos_key)
-        if isinstance(pos, bool) or not isinstance(pos, int) or not 1 <= pos <= length:
-            raise ctx.error(f"{where}.{pos_key}",
-                            f"position {pos!r} is outside the sequence (1..{length})")
+        pos = ctx.integer(ctx.required(mod, pos_key, f"{where}.{pos_key}"), f"{where}.{pos_key}",
+                          1, length, "a position in the sequence")
         if any(m.position == pos for m in parsed):
             raise ctx.error(f"{where}.{pos_key}", f"position {pos} is modified twice")
         parsed.append(Modification(ccd_code=code, position=pos))

@@ -5,21 +5,58 @@ one broken file never hides the rest of a batch.
 
 from __future__ import annotations
 
-import gzip
-import json
+import logging
+import os
+import zlib
 from collections.abc import Iterator
 
 from foldray.errors import InputError
-from foldray.inputs.af3_json import parse_af3_json_lenient, parse_job
+from foldray.inputs.af3_json import load_json, parse_af3_json_lenient, parse_job
 from foldray.inputs.af_server_json import is_server_job, parse_server_job
 from foldray.inputs.job import Job
 from foldray.inputs.mmcif_input import job_from_structure_file
 from foldray.io import storage
 
+log = logging.getLogger(__name__)
+
 JSON_SUFFIXES = (".json",)
 JSONL_SUFFIXES = (".jsonl",)
 STRUCTURE_SUFFIXES = (".cif", ".mmcif", ".pdb", ".ent", ".cif.gz", ".mmcif.gz", ".pdb.gz")
 INPUT_SUFFIXES = JSON_SUFFIXES + JSONL_SUFFIXES + STRUCTURE_SUFFIXES
+MAX_DECOMPRESSED_BYTES = 1 << 30   # a gzip input may not inflate past this (gzip bombs)
+MAX_DECOMPRESSED_ENV = "FOLDRAY_MAX_DECOMPRESSED_BYTES"
+_CHUNK = 1 << 20
+
+
+def max_decompressed_bytes() -> int:
+    """The gzip cap: FOLDRAY_MAX_DECOMPRESSED_BYTES if set, else 1 GiB."""
+    value = os.environ.get(MAX_DECOMPRESSED_ENV, "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else MAX_DECOMPRESSED_BYTES
+
+
+def gunzip(data: bytes, *, source: str, limit: int | None = None) -> bytes:
+    """Decompress gzip data (all members) without ever holding more than `limit` bytes
+    (default `max_decompressed_bytes()`); a bigger or broken stream is an InputError."""
+    limit = limit or max_decompressed_bytes()
+    out = bytearray()
+    rest = data
+    while rest:
+        inflate = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)   # gzip header and trailer
+        pending = rest
+        try:
+            while pending and not inflate.eof:
+                out += inflate.decompress(pending, _CHUNK)
+                if len(out) > limit:
+                    raise InputError(f"decompresses to more than {limit} bytes (the limit, "
+                                     f"{MAX_DECOMPRESSED_ENV}); a gzip bomb or an input too big",
+                                     source=source)
+                pending = inflate.unconsumed_tail
+        except zlib.error as err:
+            raise InputError(f"not a valid gzip file: {err}", source=source) from None
+        if not inflate.eof:
+            raise InputError("not a valid gzip file: the stream is truncated", source=source)
+        rest = inflate.unused_data.lstrip(b"\0")   # next member; zero padding is allowed
+    return bytes(out)
 
 
 def find_inputs(location: str) -> list[str]:
@@ -32,18 +69,22 @@ def find_inputs(location: str) -> list[str]:
     return [location]
 
 
-def read_jobs(source: str, *, allow_paths: bool = True) -> list[Job | InputError]:
-    """Every job in one input file (or the errors that stand in for bad ones)."""
+def read_jobs(source: str, *, allow_paths: bool = True,
+              max_decompressed: int | None = None) -> list[Job | InputError]:
+    """Every job in one input file (or the errors that stand in for bad ones).
+
+    A `.gz` file may inflate to `max_decompressed` bytes (default `max_decompressed_bytes()`).
+    """
     try:
         data = storage.read_bytes(source)
-    except (FileNotFoundError, IsADirectoryError, PermissionError) as err:
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as err:
         return [InputError(f"cannot read the file ({err.__class__.__name__})", source=source)]
     lower = source.lower()
     if lower.endswith(".gz"):
         try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError) as err:
-            return [InputError(f"not a valid gzip file: {err}", source=source)]
+            data = gunzip(data, source=source, limit=max_decompressed)
+        except InputError as err:
+            return [err]
         lower = lower[:-3]
     if lower.endswith(JSONL_SUFFIXES):
         return _read_jsonl(data, source, allow_paths)
@@ -61,14 +102,15 @@ def _read_jsonl(data: bytes, source: str, allow_paths: bool) -> list[Job | Input
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = load_json(line, source)
+        except InputError as err:   # the line number locates it; the column is in no file
+            results.append(InputError(err.message, source=source, field=f"line {number}"))
+            continue
+        try:
             if is_server_job(record, in_list=False):
                 results.append(parse_server_job(record, source=source, index=None))
             else:
                 results.append(parse_job(record, source=source, allow_paths=allow_paths))
-        except json.JSONDecodeError as err:
-            results.append(InputError(f"invalid JSON: {err.msg}", source=source,
-                                      field=f"line {number}"))
         except InputError as err:
             results.append(err if err.job else err.located(field_prefix=f"line {number}"))
     return results
@@ -85,4 +127,9 @@ def iter_jobs(locations: list[str], *, allow_paths: bool = True) -> Iterator[Job
         if not files:
             yield InputError(f"no input files ({', '.join(INPUT_SUFFIXES)}) found", source=location)
         for path in files:
-            yield from read_jobs(path, allow_paths=allow_paths)
+            try:
+                yield from read_jobs(path, allow_paths=allow_paths)
+            except Exception as err:   # a bug, not bad input: still only this file's loss
+                log.exception("reading %s failed", path)
+                yield InputError(f"internal error while reading: {err.__class__.__name__}: "
+                                 f"{str(err)[:200]}", source=path)

@@ -15,6 +15,7 @@ Empty cells come back as `InputError`s naming the row, so one bad row never hide
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -45,13 +46,19 @@ def is_manifest(url: str) -> bool:
 
 
 def _read_table(url: str) -> pa.Table:
-    data = storage.read_bytes(url)
+    try:
+        data = storage.read_bytes(url)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as err:
+        raise InputError(f"cannot read the manifest ({err.__class__.__name__})", source=url) from None
     try:
         if url.lower().endswith(".csv"):
             return pa_csv.read_csv(io.BytesIO(data))
         return pq.read_table(io.BytesIO(data))
     except (pa.ArrowInvalid, OSError) as err:
-        raise InputError(f"cannot read the manifest table: {err}", source=url) from None
+        # Arrow's CSV errors quote the offending row: keep the row number, never the text
+        reason = re.search(r"Expected \d+ columns, got \d+", str(err))
+        raise InputError(f"cannot read the manifest table ({err.__class__.__name__}"
+                         f"{f': {reason.group(0)}' if reason else ''})", source=url) from None
 
 
 def read_manifest(url: str) -> list[ManifestEntry | InputError]:

@@ -53,10 +53,7 @@ def read_structure_file(data: str | bytes, *, source: str) -> gemmi.Structure:
             if len(released):   # initial release = first revision (gemmi keeps only deposition)
                 st.info[_RELEASE_KEY] = gemmi.cif.as_string(released[0])
     except (RuntimeError, ValueError) as err:
-        message = str(err)
-        where = re.match(r"^\S*?:(\d+):\d+(?:\(\d+\))?:\s*", message)
-        field = f"line {where.group(1)}" if where else ""
-        message = message[where.end():] if where else message
+        field, message = parser_reason(err)
         hint = " (the file looks truncated)" if "number of values" in message else ""
         raise InputError(f"cannot parse the structure: {message}{hint}", source=source,
                          field=field) from None
@@ -64,6 +61,25 @@ def read_structure_file(data: str | bytes, *, source: str) -> gemmi.Structure:
         raise InputError("the structure has no atoms (truncated or not a coordinate file?)",
                          source=source)
     return st
+
+
+_CIF_WHERE = re.compile(r"^\S*?:(\d+):\d+(?:\(\d+\))?:\s*")
+_PDB_WHERE = re.compile(r"^Problem in line (\d+):\s*")
+
+
+def parser_reason(err: BaseException) -> tuple[str, str]:
+    """(field, message) of a gemmi parse error, without the file text it may quote.
+
+    gemmi's CIF errors start ``string:LINE:COL(POS): reason``; its PDB errors read
+    ``Problem in line N: reason:\n<the line>``. Only the line number and the reason are kept.
+    """
+    message = str(err)
+    field = ""
+    where = _CIF_WHERE.match(message) or _PDB_WHERE.match(message)
+    if where:
+        field, message = f"line {where.group(1)}", message[where.end():]
+    message = message.split("\n", 1)[0].strip().rstrip(":")[:200]
+    return field, message or err.__class__.__name__
 
 
 def _check_atom_site_complete(block: gemmi.cif.Block, source: str) -> None:

@@ -224,3 +224,46 @@ def test_bundled_model_coordinates_respect_training_cutoff():
     ala = _bundled_entry("ALA")  # modified 2024: its model coordinates may not be used
     assert not ala.model_pos_allowed
     assert conformer.fallback_positions(ala).source == "ideal"
+
+
+# --- bounded embedding time (issue 17, item 4) -------------------------------------------
+
+def test_a_pathological_embedding_is_killed_at_the_time_limit(monkeypatch):
+    """RDKit's own timeout overran to 23-61 s on this molecule; the child process is killed."""
+    import time
+
+    monkeypatch.setenv(conformer.EMBED_TIME_LIMIT_ENV, "1.5")
+    mol = Chem.AddHs(Chem.MolFromSmiles("C" * 200))
+    start = time.perf_counter()
+    assert conformer.embed(mol, seed=7) is None
+    assert time.perf_counter() - start < 8   # 1.5 s limit + kill, with slack for a busy CPU
+
+
+def test_child_embedding_equals_in_process_embedding():
+    # 156 atoms, so embedded in a child; 12 fragments, each quick to embed even on a busy CPU
+    mol = Chem.AddHs(Chem.MolFromSmiles(".".join(["c1ccccc1O"] * 12)))
+    assert mol.GetNumAtoms() > conformer.IN_PROCESS_MAX_ATOMS
+    in_process = conformer._embed_rounds(mol, conformer.CONFORMER_SEED)
+    child = conformer.embed(mol)
+    assert in_process is not None and child is not None
+    np.testing.assert_array_equal(child, in_process)
+
+
+def test_featurization_deadline_stops_conformer_work_and_caches_nothing():
+    import time
+
+    from foldray.chem.deadline import featurization_deadline
+    from foldray.chem.smiles import component_from_smiles
+    from foldray.errors import InputError
+
+    before = component_from_smiles.cache_info().currsize
+    start = time.perf_counter()
+    with featurization_deadline(1.0), pytest.raises(InputError, match="featurization exceeded 1 s"):
+        component_from_smiles("C" * 200, seed=4242)
+    assert time.perf_counter() - start < 8
+    assert component_from_smiles.cache_info().currsize == before
+    with featurization_deadline(0.01):   # past the deadline nothing new is embedded
+        time.sleep(0.05)
+        with pytest.raises(InputError, match="exceeded"):
+            conformer.embed(Chem.AddHs(Chem.MolFromSmiles("CCO")), seed=4243)
+    assert conformer.embed(Chem.AddHs(Chem.MolFromSmiles("CCO")), seed=4243) is not None

@@ -113,7 +113,9 @@ def test_invalid_smiles_from_bad_inputs(capfd):
     ("CCO ethanol", "contains whitespace"),
     ("*CC", "wildcard atom"),
     ("[H][H]", "no heavy atoms"),
-    ("C" * 1000, "too large for 4-character atom names"),
+    ("[SiH2]" * 100, "too large for 4-character atom names"),   # SI100
+    ("C" * 1000, "1000 heavy atoms, over the limit of 512"),
+    ("C" * 2001, "2001 characters long, over the limit of 2000"),
 ])
 def test_bad_smiles_raise_input_error(smiles, message):
     with pytest.raises(InputError, match=message):

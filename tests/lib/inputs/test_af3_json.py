@@ -152,4 +152,122 @@ def test_bonds_must_point_into_the_job():
     job["bondedAtomPairs"][0][1][1] = 7
     with pytest.raises(InputError) as info:
         parse_af3_json(json.dumps(job), source="bonds.json")
-    assert info.value.field == "bondedAtomPairs[0][1]" and "1..3" in info.value.message
+    assert info.value.field == "bondedAtomPairs[0][1][1]" and "1..3" in info.value.message
+
+
+# --- `...Path` fields stay inside the input's folder (issue 17, item 9) -------------------
+
+def _job_with_msa_path(path_value: str) -> dict:
+    job = json.loads((INPUTS / "1l2y.json").read_text())
+    job["version"] = 2
+    job["sequences"][0]["protein"]["unpairedMsaPath"] = path_value
+    return job
+
+
+@pytest.fixture
+def strict_paths(monkeypatch):
+    monkeypatch.delenv("FOLDRAY_ALLOW_ANY_INPUT_PATH", raising=False)
+    monkeypatch.delenv("FOLDRAY_INPUT_PATH_ROOTS", raising=False)
+
+
+def _write_job(folder, path_value):
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "job.json"
+    path.write_text(json.dumps(_job_with_msa_path(path_value)))
+    return path
+
+
+def test_relative_paths_inside_the_folder_are_read(tmp_path, strict_paths):
+    (tmp_path / "in" / "msas").mkdir(parents=True)
+    (tmp_path / "in" / "msas" / "a.a3m").write_text(">q\nNLYIQWLKDGGPSSGRPPPS\n")
+    (job,) = parse_file(_write_job(tmp_path / "in", "msas/a.a3m"))
+    assert job.entities[0].unpaired_msa.startswith(">q")
+
+
+@pytest.mark.parametrize("value", ["../secret.a3m", "../../../../../../../../etc/hostname",
+                                   "/etc/hostname", "msas/../../secret.a3m"])
+def test_paths_leaving_the_folder_are_refused_without_reading(tmp_path, strict_paths, value):
+    (tmp_path / "secret.a3m").write_text(">q\nsecret-token-123\n")
+    path = _write_job(tmp_path / "in", value.replace("/etc/hostname", str(tmp_path / "secret.a3m")))
+    reads = []
+    with pytest.raises(InputError) as info:
+        parse_af3_json(path.read_bytes(), source=str(path), read_text=reads.append)
+    assert info.value.field == "sequences[0].protein.unpairedMsaPath"
+    assert "outside the input's folder" in info.value.message
+    assert "FOLDRAY_ALLOW_ANY_INPUT_PATH" in info.value.message
+    assert reads == [] and "secret-token" not in str(info.value)
+
+
+def test_symlinks_out_of_the_folder_are_refused(tmp_path, strict_paths):
+    (tmp_path / "secret.a3m").write_text(">q\nNLYIQWLKDGGPSSGRPPPS\n")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "link.a3m").symlink_to(tmp_path / "secret.a3m")
+    with pytest.raises(InputError, match="outside the input's folder"):
+        parse_file(_write_job(folder, "link.a3m"))
+    # a symlinked input folder itself is fine: both sides are resolved
+    (tmp_path / "alias").symlink_to(folder, target_is_directory=True)
+    (folder / "real.a3m").write_text(">q\nNLYIQWLKDGGPSSGRPPPS\n")
+    (job,) = parse_file(_write_job(tmp_path / "alias", "real.a3m"))
+    assert job.entities[0].unpaired_msa.startswith(">q")
+
+
+def test_opt_outs_roots_and_any_path(tmp_path, strict_paths, monkeypatch):
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "a.a3m").write_text(">q\nNLYIQWLKDGGPSSGRPPPS\n")
+    path = _write_job(tmp_path / "in", str(tmp_path / "store" / "a.a3m"))
+    with pytest.raises(InputError, match="outside"):
+        parse_file(path)
+    assert parse_file(path, any_path=True)[0].entities[0].unpaired_msa.startswith(">q")
+    monkeypatch.setenv("FOLDRAY_INPUT_PATH_ROOTS", str(tmp_path / "store"))
+    assert parse_file(path)[0].entities[0].unpaired_msa.startswith(">q")
+    monkeypatch.delenv("FOLDRAY_INPUT_PATH_ROOTS")
+    monkeypatch.setenv("FOLDRAY_ALLOW_ANY_INPUT_PATH", "1")
+    assert parse_file(path)[0].entities[0].unpaired_msa.startswith(">q")
+
+
+def test_url_paths_compare_prefixes(strict_paths):
+    reads = []
+
+    def read(url):
+        reads.append(url)
+        return ">q\nNLYIQWLKDGGPSSGRPPPS\n"
+
+    def parse(value, source="s3://bucket/in/job.json"):
+        return parse_af3_json(json.dumps(_job_with_msa_path(value)), source=source, read_text=read)
+
+    parse("msas/a.a3m")
+    assert reads == ["s3://bucket/in/msas/a.a3m"]
+    for value in ("../other/a.a3m", "../../otherbucket/a.a3m", "s3://otherbucket/in/a.a3m",
+                  "s3://bucket/inx/a.a3m", "/etc/hostname", "file:///etc/hostname"):
+        with pytest.raises(InputError, match="outside"):
+            parse(value)
+    with pytest.raises(InputError, match="outside"):   # a local input cannot reach a bucket
+        parse("s3://bucket/in/a.a3m", source="/data/in/job.json")
+    assert len(reads) == 1
+
+
+def test_wrong_types_read_as_json_types_and_missing_reads_missing():
+    job = json.loads((INPUTS / "1l2y.json").read_text())
+    cases = [(("name",), None, "name", "missing"),
+             (("modelSeeds",), [True], "modelSeeds[0]", "got a boolean True"),
+             (("modelSeeds",), [1.0], "modelSeeds[0]", "got a number 1.0"),
+             (("version",), 2.0, "version", "unsupported version 2.0"),
+             (("bondedAtomPairs",), [[[["A"], 1, "CA"], ["A", 2, "CA"]]], "bondedAtomPairs[0][0][0]",
+              "got a list ['A']")]
+    for path, value, field, words in cases:
+        edited = json.loads(json.dumps(job))
+        if value is None:
+            del edited[path[0]]
+        else:
+            edited[path[0]] = value
+        with pytest.raises(InputError) as info:
+            parse_af3_json(json.dumps(edited), source="t.json")
+        assert (info.value.field, words in info.value.message) == (field, True), str(info.value)
+
+
+def test_deep_nesting_and_huge_integers_are_input_errors():
+    for text, words in (("[" * 200_000 + "]" * 200_000, "nested too deeply"),
+                        ('{"a": ' + "7" * 6000 + "}", "digits")):
+        (err,) = parse_af3_json_lenient(text, source="deep.json")
+        assert isinstance(err, InputError) and words in err.message

@@ -205,7 +205,7 @@ BAD_CASES = {
     "version 2": (("version",), 2, "[0].version", "unsupported version 2"),
     "bad seed": (("modelSeeds",), ["12", "x1"], "[0].modelSeeds[1]", "'x1'"),
     "repeated seed": (("modelSeeds",), [5, "5"], "[0].modelSeeds", "repeat"),
-    "no name": (("name",), ..., "[0].name", "None"),
+    "no name": (("name",), ..., "[0].name", "missing"),
     "no sequences": (("sequences",), [], "[0].sequences", "non-empty"),
 }
 
