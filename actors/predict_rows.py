@@ -1,13 +1,16 @@
-"""The rows of `foldray predict-batch`: results columns plus one payload object.
+"""The rows of the batch engine (`foldray predict-batch`, `foldray featurize`).
 
-Every row carries the results-table columns (`foldray.io.results.PREDICT_SCHEMA`) and a
-`payload` that changes from stage to stage: Job -> FeaturizedSeeds -> PredictedJob ->
-dropped by the writer. Rows that already have a final status (error, skipped) pass
-through the later stages untouched. Torch-free, so CPU stages never import it.
+Every row carries the results-table columns (`foldray.io.results.RESULTS_SCHEMA`), the
+job's `input_sha256`, and a `payload` that changes from stage to stage: Job ->
+FeaturizedSeeds -> PredictedJob -> dropped at the end. Rows that already have a final
+status (error, skipped) pass through the later stages untouched. Any exception a stage
+raises for one job becomes that job's error row (`failed_row`), so one bad record never
+sinks the batch. Torch-free, so CPU stages never import it.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,10 +19,11 @@ from foldray.features.pipeline import FeaturizedJob
 from foldray.features.tokenize import TokenizedStructure
 from foldray.inputs.job import Job
 from foldray.io.confidences import SamplePrediction
-from foldray.io.results import PREDICT_SCHEMA
+from foldray.io.results import RESULT_COLUMNS
 
-PENDING = "pending"   # still to predict; final statuses are ok / error / skipped
-RESULT_COLUMNS = tuple(PREDICT_SCHEMA.names)
+PENDING = "pending"   # still to do; final statuses are ok / error / skipped
+MAX_MESSAGE = 300     # characters of an exception message kept in the results table
+logger = logging.getLogger("foldray.batch")
 
 
 @dataclass(frozen=True)
@@ -43,11 +47,36 @@ def result_row(status: str, *, payload: Any = None, **values: Any) -> dict[str, 
     row: dict[str, Any] = {column: None for column in RESULT_COLUMNS}
     row.update(name="", source="", safe_name="", error="", output="", n_tokens=-1, n_atoms=-1,
                featurize_seconds=0.0, model_seconds=0.0, write_seconds=0.0, actor_id="",
-               node_id="", featurize_node_id="")
+               node_id="", featurize_node_id="", input_sha256="")
     row.update(values, status=status, payload=payload)
     return row
 
 
-def error_row(row: dict[str, Any], err: InputError) -> dict[str, Any]:
-    """`row` turned into an error: the message is the line `foldray validate` prints."""
-    return dict(row) | {"status": "error", "error": error_line(err), "payload": None}
+def final_row(row: dict[str, Any]) -> dict[str, Any]:
+    """The results-table columns of a row (payload and bookkeeping dropped)."""
+    return {column: row.get(column) for column in RESULT_COLUMNS}
+
+
+def short_message(err: BaseException) -> str:
+    """`ExceptionClass: first line of its message`, bounded: never a traceback or a file."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    if len(text) > MAX_MESSAGE:
+        text = text[:MAX_MESSAGE] + "..."
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def failure_line(err: BaseException, *, source: str = "", job: str = "", stage: str = "") -> str:
+    """The results-table error of a failed job: an InputError's located line, else
+    `<source>: <job>: <stage>: ExceptionClass: message` (the traceback goes to the log)."""
+    if isinstance(err, InputError):
+        return error_line(err.located(source=source, job=job))
+    logger.error("%s: job %r: %s stage failed", source or "-", job or "-", stage or "a",
+                 exc_info=err)
+    return error_line(InputError(short_message(err), source=source, job=job, field=stage))
+
+
+def failed_row(row: dict[str, Any], err: BaseException, stage: str) -> dict[str, Any]:
+    """`row` turned into an error row for `err` raised in `stage`."""
+    line = failure_line(err, source=row.get("source") or "", job=row.get("name") or "",
+                        stage=stage)
+    return dict(row) | {"status": "error", "error": line, "payload": None}

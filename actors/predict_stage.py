@@ -1,18 +1,21 @@
-"""Inference stage of `foldray predict-batch`: the actor that holds the model.
+"""Inference stage of the batch engine: the actor that holds the model.
 
 Loads the checkpoint once per actor (on its GPU when it has one) and only runs the model:
-features arrive ready from the CPU stage, files are written by the next stage.
+features arrive ready from the CPU stage, files are written by the next stage. A job the
+model fails on (CUDA out of memory included) becomes that job's error row; the actor
+frees what the failed job held and takes the next one.
 """
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 from typing import Any
 
 import numpy as np
 
-from foldray.actors.predict_rows import PENDING, FeaturizedSeeds, PredictedJob
+from foldray.actors.predict_rows import PENDING, FeaturizedSeeds, PredictedJob, failed_row
 from foldray.io.confidences import SamplePrediction
 from foldray.model.config import RuntimeConfig
 from foldray.predictor import Predictor, PredictSettings
@@ -25,6 +28,15 @@ def _rank(sample: SamplePrediction) -> float:
 
 def _metric(value: float) -> float | None:
     return None if math.isnan(value) else float(value)
+
+
+def _release_memory() -> None:
+    """After a failed job (an OOM above all): drop its tensors before the next job."""
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 class PredictStage:
@@ -43,6 +55,14 @@ class PredictStage:
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         if row["status"] != PENDING:
             return row
+        try:
+            return self._predict(row)
+        except Exception as err:   # torch.OutOfMemoryError, a model bug on odd input, ...
+            failed = failed_row(row, err, "predict")
+            _release_memory()
+            return failed | {"actor_id": self.actor_id, "node_id": self.node_id}
+
+    def _predict(self, row: dict[str, Any]) -> dict[str, Any]:
         featurized: FeaturizedSeeds = row["payload"]
         started = time.perf_counter()
         tokens, samples = self.predictor.predict_featurized(featurized.by_seed, self.settings)

@@ -1,8 +1,8 @@
-"""CPU stages of `foldray predict-batch` before the model: read + size, then featurize.
+"""CPU stages of the batch engine before the model: read + size, then featurize.
 
 Thin: parsing, tokenizing and features live in the library; these stages loop rows, call
-it, and turn `InputError` into a status row so one bad record never sinks the batch.
-MSA parsing and conformer generation happen here, never on the inference actor.
+it, and turn any exception into that job's error row so one bad record never sinks the
+batch. MSA parsing and conformer generation happen here, never on the inference actor.
 """
 
 from __future__ import annotations
@@ -10,64 +10,140 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from foldray.actors.predict_rows import PENDING, FeaturizedSeeds, error_row, result_row
+from foldray.actors.predict_rows import PENDING, FeaturizedSeeds, failed_row, result_row
 from foldray.chem.ccd import warm_up
-from foldray.errors import InputError, error_line
-from foldray.features.pipeline import featurize_seeds
+from foldray.errors import InputError
+from foldray.features.pipeline import featurize_job, featurize_seeds
 from foldray.features.tokenize import tokenize
 from foldray.inputs.job import Job
 from foldray.inputs.manifest import ManifestEntry, read_entry_jobs
-from foldray.io.confidences import is_complete, job_dir
+from foldray.io import feature_store, storage
+from foldray.io.confidences import completion, conflict_message, input_sha256, job_dir
+
+
+def _read_entry(row: dict[str, Any]) -> list[Job | InputError] | dict[str, Any]:
+    """The jobs of one input, or the error row of an input that could not be read at all."""
+    source = row["source"]
+    try:
+        return storage.retry_io(lambda: read_entry_jobs(ManifestEntry(source, row.get("text"))))
+    except Exception as err:  # a parser bug on a malformed record: report it, keep the rest
+        return failed_row(result_row(PENDING, source=source), err, "read")
+
+
+def _featurized_done(out_url: str, job: Job, digest: str) -> tuple[str, str]:
+    """(state, detail) of `foldray featurize` outputs: missing, complete or conflict."""
+    summary = feature_store.done_summary(out_url, job.safe_name)
+    if summary is None:
+        return "missing", ""
+    other = summary.get("input_sha256")
+    if other not in (None, digest):
+        return "conflict", str(other)
+    return "complete", ""
+
+
+def _size_and_check(item: Job, row: dict[str, Any], *, out_url: str, max_tokens: int | None,
+                    overwrite: bool, stop_after: str) -> dict[str, Any]:
+    tokens = tokenize(item, max_tokens=max_tokens)
+    row.update(n_tokens=tokens.n_tokens, n_atoms=tokens.n_atoms)
+    if overwrite:
+        return row
+    digest = row["input_sha256"]
+    if stop_after == "featurize":
+        state, other = storage.retry_io(lambda: _featurized_done(out_url, item, digest))
+        if state == "complete":
+            row.update(status="skipped", payload=None,
+                       output=feature_store.features_url(out_url, item.safe_name))
+    else:
+        done = storage.retry_io(lambda: completion(out_url, item, digest))
+        state, other = done.state, done.other_sha256
+        if state == "complete":
+            row.update(done.scores, status="skipped", output=job_dir(out_url, item), payload=None)
+    if state == "conflict":
+        raise InputError(conflict_message(out_url, item, other), source=item.source,
+                         job=item.name, field="name")
+    return row
 
 
 def read_stage(row: dict[str, Any], *, out_url: str, max_tokens: int | None,
-               overwrite: bool) -> list[dict[str, Any]]:
+               overwrite: bool, stop_after: str = "predict") -> list[dict[str, Any]]:
     """One input (file or inline manifest JSON) -> one row per job, sized and checked.
 
     Tokenizing here gives each job its size (for grouping) and rejects jobs over the
     token budget before any featurization or model work. Complete jobs become `skipped`
-    unless `overwrite`.
+    (with the scores of their outputs) unless `overwrite`; a folder holding another job
+    with the same output name is an error.
     """
+    items = _read_entry(row)
+    if isinstance(items, dict):
+        return [items]
     rows = []
-    for item in read_entry_jobs(ManifestEntry(row["source"], row.get("text"))):
+    for item in items:
         if isinstance(item, InputError):
-            rows.append(result_row("error", source=item.source or row["source"], name=item.job,
-                                   error=error_line(item)))
+            rows.append(failed_row(result_row(PENDING, source=item.source or row["source"],
+                                              name=item.job), item, "read"))
             continue
-        base = result_row(PENDING, source=item.source, name=item.name,
-                          safe_name=item.safe_name, payload=item)
+        base = result_row(PENDING, source=item.source, name=item.name, payload=item)
         try:
-            tokens = tokenize(item, max_tokens=max_tokens)
-        except InputError as err:
-            rows.append(error_row(base, err.located(source=item.source, job=item.name)))
-            continue
-        base.update(n_tokens=tokens.n_tokens, n_atoms=tokens.n_atoms)
-        if not overwrite and is_complete(out_url, item):
-            base.update(status="skipped", output=job_dir(out_url, item), payload=None)
-        rows.append(base)
+            base.update(safe_name=item.safe_name, input_sha256=input_sha256(item))
+            rows.append(_size_and_check(item, base, out_url=out_url, max_tokens=max_tokens,
+                                        overwrite=overwrite, stop_after=stop_after))
+        except Exception as err:
+            rows.append(failed_row(base, err, "read"))
     return rows
 
 
 class FeaturizeStage:
-    """CPU actor: features per seed for a pending job (same seeds `Predictor.predict_job` uses)."""
+    """CPU actor: features per seed for a pending job (same seeds `Predictor.predict_job` uses).
+
+    Stopped after featurization (`foldray featurize`), it featurizes once with `seeds[0]`
+    (default 0) and writes `<out>/<job>/features.npz`, its sidecar last.
+    """
 
     def __init__(self, seeds: tuple[int, ...] | None, max_tokens: int | None,
-                 share_trunk: bool = False) -> None:
+                 share_trunk: bool = False, out_url: str | None = None) -> None:
         import ray
 
         self.seeds, self.max_tokens, self.share_trunk = seeds, max_tokens, share_trunk
+        self.out_url = out_url        # set: featurize only, features written here
         self.node_id = ray.get_runtime_context().get_node_id()   # reported per row: placement
         warm_up()  # decode the CCD once per actor, not inside the first job
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         if row["status"] != PENDING:
             return row
-        job: Job = row["payload"]
         started = time.perf_counter()
+        try:
+            done = self._featurize(row) if self.out_url is None else self._save(row)
+        except Exception as err:  # one job's failure is its error row, never the batch's
+            return failed_row(row, err, "featurize")
+        return done | {"featurize_node_id": self.node_id,
+                       "featurize_seconds": time.perf_counter() - started}
+
+    def _featurize(self, row: dict[str, Any]) -> dict[str, Any]:
+        job: Job = row["payload"]
         try:
             by_seed = featurize_seeds(job, self.seeds, max_tokens=self.max_tokens,
                                       share_trunk=self.share_trunk)
         except InputError as err:
-            return error_row(row, err.located(source=job.source, job=job.name))
-        return dict(row) | {"payload": FeaturizedSeeds(by_seed), "featurize_node_id": self.node_id,
-                            "featurize_seconds": time.perf_counter() - started}
+            raise err.located(source=job.source, job=job.name) from None
+        return dict(row) | {"payload": FeaturizedSeeds(by_seed)}
+
+    def _save(self, row: dict[str, Any]) -> dict[str, Any]:
+        assert self.out_url is not None
+        job: Job = row["payload"]
+        try:
+            featurized = featurize_job(job, seed=(self.seeds or (0,))[0],
+                                       max_tokens=self.max_tokens, with_targets=False)
+        except InputError as err:
+            raise err.located(source=job.source, job=job.name) from None
+        summary = {"name": job.name, "source": job.source, "n_tokens": featurized.n_tokens,
+                   "n_atoms": featurized.tokens.n_atoms, "input_sha256": row["input_sha256"],
+                   "chains": [c.chain_id for c in featurized.tokens.chains]}
+        out_url = self.out_url
+        folder = storage.join(out_url, job.safe_name)
+        storage.retry_io(lambda: storage.remove_folder(folder))   # nothing stale stays
+        url = storage.retry_io(lambda: feature_store.save_features(
+            out_url, job.safe_name, featurized.features, summary))
+        return dict(row) | {"status": "ok", "output": url, "payload": None,
+                            "n_tokens": featurized.n_tokens,
+                            "n_atoms": featurized.tokens.n_atoms}

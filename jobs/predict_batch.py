@@ -2,19 +2,23 @@
 
 Inputs are folders/prefixes of AF3 JSON / JSONL / mmCIF files, single files, or a Parquet
 or CSV manifest (column `input`: file paths/URLs, or column `json`: AF3 JSON texts), local
-or any fsspec URL (s3://, with AWS_* credentials and endpoint). The pipeline:
+or any fsspec URL (s3://, with AWS_* credentials and endpoint). The pipeline (the batch
+engine, `foldray.actors.batch`; this module only turns flags into its settings):
 
   read + size (CPU tasks: parse, tokenize, token budget, skip finished jobs)
   -> sort by token count, largest first (similar sizes run together; big jobs start early)
-  -> featurize (CPU tasks: MSAs, reference conformers, one feature set per seed)
+  -> featurize (CPU actors: MSAs, reference conformers, one feature set per seed)
   -> predict (actor pool, --actors MIN-MAX, --num-gpus-per-actor; model loaded once per actor)
-  -> write (CPU tasks: AF3 layout per job, summary written last as the completion marker)
+  -> write (CPU actors: AF3 layout per job, summary written last as the completion marker)
 
-`<out>/results.parquet` has one row per job (status ok / error / skipped). A rerun skips
-complete jobs; --overwrite redoes them. A killed inference actor is restarted and its
-records retried (writes are idempotent). The output location is write-tested before any
-work, so a missing bucket or refused credentials fail at once. Exit 0 when every job is ok
-or skipped, 2 when any job (or the storage check) failed.
+`<out>/results.parquet` has one row per job (status ok / error / skipped); an exception
+for one job in any stage is that job's error row, and finished rows also land in
+`<out>/.results/` while the run goes. A rerun skips complete jobs (a folder holding a
+different job with the same name is an error); --overwrite redoes them. A killed inference
+actor is restarted and its records retried (writes are idempotent). The output location is
+write-tested and every actor checked to fit a node before any work; pools that cannot
+start within --placement-timeout stop the run. Exit 0 when every job is ok or skipped, 2
+when any job (or a start check) failed.
 
 With no --address and no RAY_ADDRESS it starts an embedded local Ray; under
 `ray job submit -- python -m foldray.jobs.predict_batch ...` it runs on that cluster.
@@ -25,19 +29,26 @@ from __future__ import annotations
 import argparse
 import collections
 import sys
-import time
-import warnings
-from typing import Any
 
-from foldray.errors import InputError, error_line
-from foldray.jobs.msa import add_msa_arguments, check_search_config, search_stage
+from foldray.actors.batch import (
+    DEFAULT_PLACEMENT_TIMEOUT_S,
+    BatchError,
+    BatchResult,
+    BatchSettings,
+    MsaSettings,
+    Pools,
+    Resources,
+    run_batch,
+)
+from foldray.jobs.featurize import default_inputs
+from foldray.jobs.msa import add_msa_arguments
 from foldray.jobs.predict import (
     add_model_arguments,
     random_weights_warning,
     runtime_from_args,
     settings_from_args,
 )
-from foldray.jobs.ray_setup import absolute_local, connect_ray, worker_remote_args
+from foldray.jobs.ray_setup import absolute_local
 
 
 def parse_actors(text: str) -> tuple[int, int]:
@@ -76,197 +87,67 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                         help="featurize and write actor pools, each (default 1-<CPUs / 2>)")
     parser.add_argument("--actor-restarts", type=int, default=3,
                         help="restarts of a dead inference actor before the run fails")
+    parser.add_argument("--placement-timeout", type=float, default=DEFAULT_PLACEMENT_TIMEOUT_S,
+                        metavar="SECONDS",
+                        help="stop the run when the actor pools cannot start within this time "
+                             f"(default {DEFAULT_PLACEMENT_TIMEOUT_S:g})")
     add_msa_arguments(parser)
     parser.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or local)")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for an embedded local Ray")
     return parser
 
 
-def collect_entries(locations: list[str]) -> tuple[list[dict[str, Any]], list[InputError]]:
-    """Input units (files, or manifest rows holding JSON) and the locations that failed.
-
-    Storage errors here (missing bucket, refused credentials) are raised, not collected.
-    """
-    from foldray.inputs.load import INPUT_SUFFIXES, find_inputs
-    from foldray.inputs.manifest import ManifestEntry, is_manifest, read_manifest
-
-    entries: list[dict[str, Any]] = []
-    errors: list[InputError] = []
-
-    def add_files(location: str) -> None:
-        files = find_inputs(location)
-        if not files:
-            errors.append(InputError(f"no input files ({', '.join(INPUT_SUFFIXES)}) found",
-                                     source=location))
-        entries.extend({"source": f, "text": None} for f in files)
-
-    for location in locations:
-        try:
-            if not is_manifest(location):
-                add_files(location)
-                continue
-            for entry in read_manifest(location):
-                if isinstance(entry, InputError):
-                    errors.append(entry)
-                elif isinstance(entry, ManifestEntry) and entry.text is not None:
-                    entries.append({"source": entry.source, "text": entry.text})
-                else:
-                    try:
-                        add_files(entry.source)
-                    except InputError as err:
-                        errors.append(err)
-        except InputError as err:
-            errors.append(err)
-    return entries, errors
-
-
-def _storage_error(what: str, err: Exception) -> int:
-    print(f"error: {what}: {err.__class__.__name__}: {err} (check the bucket/path and the "
-          "AWS_* credentials and endpoint)", file=sys.stderr)
-    return 2
-
-
-def _error_rows(errors: list[InputError]) -> list[dict[str, Any]]:
-    from foldray.actors.predict_rows import result_row
-
-    return [result_row("error", source=err.source, name=err.job, error=error_line(err))
-            for err in errors]
-
-
-def _mark_duplicates(rows: list[dict[str, Any]]) -> frozenset[str]:
-    """Output names used by more than one job: those jobs are errors, not overwrites."""
-    names = collections.Counter(r["safe_name"] for r in rows if r["status"] != "error")
-    return frozenset(name for name, count in names.items() if count > 1 and name)
+def settings_from(args: argparse.Namespace) -> BatchSettings:
+    """The flags as engine settings; local paths made absolute (workers run elsewhere)."""
+    return BatchSettings(
+        inputs=tuple(absolute_local(u) for u in (args.inputs or [default_inputs()])),
+        out=absolute_local(args.out), stop_after="predict",
+        checkpoint=absolute_local(args.checkpoint), config=args.config,
+        runtime=runtime_from_args(args), predict=settings_from_args(args), seeds=args.seeds,
+        max_tokens=args.max_tokens, share_trunk=args.share_trunk,
+        resources=Resources(num_gpus_per_actor=args.num_gpus_per_actor,
+                            num_cpus_per_actor=args.num_cpus_per_actor,
+                            num_cpus_per_worker=args.num_cpus_per_worker),
+        pools=Pools(actors=args.actors, cpu_workers=args.cpu_workers,
+                    actor_restarts=args.actor_restarts),
+        msa=MsaSettings(mode=args.msa, config=absolute_local(args.msa_config),
+                        cache=absolute_local(args.msa_cache), workers=args.msa_workers),
+        overwrite=args.overwrite, placement_timeout_s=args.placement_timeout,
+        address=args.address, num_cpus=args.num_cpus, quiet=args.quiet)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.samples < 1:
         print("error: --samples must be >= 1", file=sys.stderr)
         return 2
-    from foldray.io import storage
-    from foldray.jobs.featurize import default_inputs
-
-    # workers resolve paths in their own working directory: make local ones absolute here
-    args.inputs = [absolute_local(u) for u in (args.inputs or [default_inputs()])]
-    args.out, args.checkpoint = absolute_local(args.out), absolute_local(args.checkpoint)
-    args.msa_config, args.msa_cache = absolute_local(args.msa_config), absolute_local(args.msa_cache)
-    started = time.perf_counter()
-    try:   # before Ray or the model: a wrong bucket or key fails in seconds
-        storage.check_writable(args.out)
-    except OSError as err:
-        return _storage_error(f"output {args.out}", err)
-    try:
-        entries, bad_locations = collect_entries(args.inputs)
-    except Exception as err:  # s3fs/botocore errors when listing inputs
-        return _storage_error(f"inputs {args.inputs}", err)
-    if (msa_error := check_search_config(args)) is not None:  # missing database: fail now
-        print(f"error: {msa_error}", file=sys.stderr)
+    if args.placement_timeout <= 0:
+        print("error: --placement-timeout must be > 0", file=sys.stderr)
         return 2
+    settings = settings_from(args)
     if args.checkpoint is None:
         print(random_weights_warning(args.config), file=sys.stderr)
-    with connect_ray(args.address, quiet=args.quiet, num_cpus=args.num_cpus):
-        rows = _run_pipeline(args, entries) if entries else []
-    rows = sorted(rows + _error_rows(bad_locations), key=lambda r: (r["source"], r["name"]))
-    return _report(args, rows, time.perf_counter() - started)
+    try:
+        result = run_batch(settings)
+    except BatchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return report(result, "predict-batch")
 
 
-def _pool_sizes(args: argparse.Namespace) -> tuple[tuple[int, int], tuple[int, int]]:
-    """(inference, CPU stage) actor pool bounds, defaulting to what the cluster has."""
-    import ray
-
-    resources = ray.cluster_resources()
-    inference = args.actors
-    if inference is None and args.num_gpus_per_actor > 0:
-        inference = 1, max(1, int(resources.get("GPU", 0.0) // args.num_gpus_per_actor))
-    cpu = args.cpu_workers or (1, max(1, int(resources.get("CPU", 1.0) // 2)))
-    return inference or (1, 1), cpu
-
-
-def _run_pipeline(args: argparse.Namespace, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    import ray
-    from ray.data import ActorPoolStrategy
-    from ray.data.expressions import col
-    from ray.util.annotations import RayDeprecationWarning
-
-    from foldray.actors.placement import stage_resources
-    from foldray.actors.predict_rows import PENDING, RESULT_COLUMNS
-    from foldray.actors.predict_stage import PredictStage
-    from foldray.actors.prepare_stage import FeaturizeStage, read_stage
-    from foldray.actors.write_stage import WriteStage
-
-    ray.data.DataContext.get_current().enable_progress_bars = not args.quiet
-    remote = worker_remote_args()
-    read = (ray.data.from_items(entries)
-            .flat_map(read_stage, fn_kwargs={"out_url": args.out, "max_tokens": args.max_tokens,
-                                             "overwrite": args.overwrite}, **remote)
-            .materialize())
-    light = read.select_columns(list(RESULT_COLUMNS)).take_all()
-    duplicates = _mark_duplicates(light)
-    finished = []
-    for row in light:
-        if row["safe_name"] in duplicates and row["status"] != "error":
-            row.update(status="error", output="", error=f"{row['source']}: {row['name']}: name: "
-                       f"another job in this batch has the output name {row['safe_name']!r}")
-        if row["status"] != PENDING:
-            finished.append(row)
-    if len(finished) == len(light):
-        return finished
-
-    (low, high), (cpu_low, cpu_high) = _pool_sizes(args)
-    keep = col("status") == PENDING
-    if duplicates:
-        keep = keep & col("safe_name").not_in(sorted(duplicates))
-    # Largest first: similar sizes run back to back and the longest jobs do not straggle at
-    # the end. Materialized before the actor pools start, so sort tasks never wait for CPUs
-    # the pools hold. One job per block: jobs spread evenly over the actors.
-    pending = (read.filter(expr=keep)
-               .sort("n_tokens", descending=True)
-               .repartition(target_num_rows_per_block=1)
-               .materialize())
-    if args.msa == "search":  # genetic search (foldray msa) before featurization
-        pending = search_stage(args, pending)
-    # CPU stages are actor pools too: a worker decodes the CCD once, and Ray's idle-worker
-    # reaping does not restart (and re-import) task workers between jobs.
-    # On a cluster with stage resources (cluster.yaml), CPU stages go to featurization
-    # nodes and model actors to GPU nodes; without them, anywhere with room.
-    cpu_place = stage_resources("featurize", args.num_cpus_per_worker)
-    model_place = stage_resources("model", args.num_gpus_per_actor or 1.0)
-    cpu_stage = {"compute": ActorPoolStrategy(min_size=cpu_low, max_size=cpu_high),
-                 "num_cpus": args.num_cpus_per_worker, **remote,
-                 **({"resources": cpu_place} if cpu_place else {})}
-    featurized = pending.map(FeaturizeStage, fn_constructor_kwargs={
-        "seeds": args.seeds, "max_tokens": args.max_tokens, "share_trunk": args.share_trunk},
-        **cpu_stage)
-    with warnings.catch_warnings():
-        # Ray 2.60 flags every extra remote arg as deprecated but has no named parameter for
-        # restarts; its default (-1) would retry an actor that dies on every record forever.
-        warnings.simplefilter("ignore", RayDeprecationWarning)
-        predicted = featurized.map(
-            PredictStage, fn_constructor_kwargs={
-                "checkpoint": args.checkpoint, "config": args.config,
-                "runtime": runtime_from_args(args),
-                "device": "cuda" if args.num_gpus_per_actor > 0 else "cpu",
-                "settings": settings_from_args(args)},
-            compute=ActorPoolStrategy(min_size=low, max_size=high),
-            num_gpus=args.num_gpus_per_actor, num_cpus=args.num_cpus_per_actor,
-            max_restarts=args.actor_restarts, max_task_retries=-1, **remote,
-            **({"resources": model_place} if model_place else {}))
-    written = predicted.map(WriteStage, fn_constructor_kwargs={"out_url": args.out}, **cpu_stage)
-    return finished + written.take_all()
-
-
-def _report(args: argparse.Namespace, rows: list[dict[str, Any]], seconds: float) -> int:
-    from foldray.io.results import PREDICT_SCHEMA, write_results_table
-
-    table_url = write_results_table(args.out, rows, schema=PREDICT_SCHEMA)
-    counts = collections.Counter(r["status"] for r in rows)
-    for row in rows:
+def report(result: BatchResult, command: str) -> int:
+    """Print every error and the counts; exit code 2 when any job failed."""
+    counts = collections.Counter(r["status"] for r in result.rows)
+    for row in result.rows:
         if row["status"] == "error":
             print(f"error: {row['error']}", file=sys.stderr)
-    print(f"predict-batch: {len(rows)} jobs in {seconds:.1f} s: ok {counts['ok']}, "
-          f"error {counts['error']}, skipped {counts['skipped']}; "
-          f"{counts['ok'] / max(seconds, 1e-9):.2f} jobs/s predicted; results: {table_url}")
-    return 2 if counts["error"] else 0
+    if result.problem:
+        print(f"error: {result.problem}", file=sys.stderr)
+    rate = (f"; {counts['ok'] / max(result.seconds, 1e-9):.2f} jobs/s predicted"
+            if command == "predict-batch" else "")
+    print(f"{command}: {len(result.rows)} jobs in {result.seconds:.1f} s: ok {counts['ok']}, "
+          f"error {counts['error']}, skipped {counts['skipped']}{rate}; "
+          f"results: {result.table_url}")
+    return 2 if counts["error"] or result.problem else 0
 
 
 def main(argv: list[str] | None = None) -> int:

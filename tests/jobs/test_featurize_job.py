@@ -22,7 +22,7 @@ def test_local_batch_reports_bad_records_and_resumes(ray_session, tmp_path, caps
     assert code == 2                                   # one bad record, reported
     table = pq.read_table(out / "results.parquet").to_pylist()
     by_name = {row["name"]: row for row in table}
-    assert by_name["bad_smiles"]["status"] == "input_error"
+    assert by_name["bad_smiles"]["status"] == "error"
     assert "sequences[1].ligand.smiles" in by_name["bad_smiles"]["error"]
     assert by_name["1l2y"]["status"] == "ok" and by_name["1l2y"]["n_tokens"] == 20
     features = load_features(by_name["tiny_protein_dna"]["output"])
@@ -34,7 +34,7 @@ def test_local_batch_reports_bad_records_and_resumes(ray_session, tmp_path, caps
     before = (out / "1l2y" / "features.npz").stat().st_mtime_ns
     assert main(["featurize", "--inputs", str(inputs), "--out", str(out), "--quiet"]) == 2
     rerun = {row["name"]: row["status"] for row in pq.read_table(out / "results.parquet").to_pylist()}
-    assert rerun == {"1l2y": "skipped", "tiny_protein_dna": "skipped", "bad_smiles": "input_error"}
+    assert rerun == {"1l2y": "skipped", "tiny_protein_dna": "skipped", "bad_smiles": "error"}
     assert (out / "1l2y" / "features.npz").stat().st_mtime_ns == before
 
 
@@ -45,7 +45,7 @@ def test_duplicate_output_names_are_reported_not_overwritten(ray_session, tmp_pa
     assert main(["featurize", "--inputs", str(tmp_path / "jobs.json"), "--out", str(out),
                  "--quiet"]) == 2
     statuses = [row["status"] for row in pq.read_table(out / "results.parquet").to_pylist()]
-    assert statuses == ["input_error", "input_error"]
+    assert statuses == ["error", "error"]
     assert not (out / "1l2y").exists()
 
 

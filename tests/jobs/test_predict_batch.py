@@ -21,6 +21,7 @@ import pytest
 
 from foldray.features.tokenize import tokenize
 from foldray.inputs.af3_json import parse_af3_json
+from foldray.io.results import read_parts
 from foldray.jobs import validate
 from foldray.jobs.cli import main
 from tests.data_paths import BAD_INPUTS, INPUTS
@@ -154,7 +155,8 @@ def test_kill_driver_then_resume(ray_session, s3_server, s3_bucket, s3_env, tmp_
                                 stdout=handle, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 400   # generous: the 2 shared cores may be busy
-        while len(fs.glob(f"{s3_bucket}/out/*/*_summary_confidences.json")) < 2:
+        while (len(fs.glob(f"{s3_bucket}/out/*/*_summary_confidences.json")) < 2
+               or not any(r["status"] == "ok" for r in read_parts(out))):
             assert proc.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, "no job finished in time: " + log.read_text()[-3000:]
             time.sleep(0.1)
@@ -166,6 +168,9 @@ def test_kill_driver_then_resume(ray_session, s3_server, s3_bucket, s3_env, tmp_
                    fs.glob(f"{s3_bucket}/out/*/*_summary_confidences.json")}
     assert 2 <= len(done_before) < len(jobs)
     assert not fs.exists(f"{s3_bucket}/out/results.parquet")
+    # rows finished before the kill survive in the part files
+    parted = {r["safe_name"] for r in read_parts(out) if r["status"] == "ok"}
+    assert parted and parted <= done_before
 
     assert main(["predict-batch", *args]) == 0
     rows = read_results(fs, out)
@@ -174,6 +179,10 @@ def test_kill_driver_then_resume(ray_session, s3_server, s3_bucket, s3_env, tmp_
     skipped = {name for name, status in statuses.items() if status == "skipped"}
     assert done_before <= skipped
     assert set(statuses.values()) == {"ok", "skipped"}
+    for row in rows:   # skipped jobs carry the scores of their outputs
+        assert row["ranking_score"] is not None and row["mean_plddt"] is not None, row
+    fs.invalidate_cache()
+    assert read_parts(out) == []      # merged into results.parquet, part files removed
     for job in jobs:
         check_outputs(fs, job, f"{out}/{job['name']}")
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import hashlib
 import io
 import json
 import math
@@ -345,6 +346,74 @@ def is_complete(out_url: str, job: Job, **storage_options: Any) -> bool:
     return storage.exists(summary_url(out_url, job), **storage_options)
 
 
+# --------------------------------------------------------------------------- job identity
+
+MARKER_FILE = "foldray_job.json"   # input_sha256 + top-sample scores, written before the summary
+SCORE_KEYS = ("ranking_score", "ptm", "iptm", "mean_plddt")
+
+
+def input_sha256(job: Job) -> str:
+    """The identity of a job's resolved input: SHA-256 of its AF3 JSON (the `_data.json`
+    text, without its source file), so the same job read from another file matches and a
+    different job with the same output name does not."""
+    return hashlib.sha256(job_to_af3_json_text(job).encode("utf-8")).hexdigest()
+
+
+def marker_url(out_url: str, job: Job) -> str:
+    return storage.join(job_dir(out_url, job), MARKER_FILE)
+
+
+@dataclass(frozen=True)
+class Completion:
+    """What a job folder holds for one job: `missing` (nothing complete: predict it),
+    `complete` (its scores read back from the outputs) or `conflict` (another job's)."""
+
+    state: str
+    scores: dict[str, float | None]
+    other_sha256: str = ""
+
+
+def _read_json(url: str, storage_options: dict[str, Any]) -> dict[str, Any] | None:
+    try:
+        value = json.loads(storage.read_text(url, **storage_options))
+    except (OSError, ValueError):   # absent, or half-written by a killed writer
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _score(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not math.isnan(value) else None
+
+
+def completion(out_url: str, job: Job, digest: str, **storage_options: Any) -> Completion:
+    """Whether `<out>/<job>` holds this job's complete outputs, nothing, or another job's.
+
+    The marker names the input the folder was written for; a folder written before markers
+    existed counts as this job's when its summary exists (its scores then come from it).
+    """
+    marker = _read_json(marker_url(out_url, job), storage_options)
+    if marker is not None and marker.get("input_sha256") not in (None, digest):
+        return Completion("conflict", {}, str(marker["input_sha256"]))
+    if not is_complete(out_url, job, **storage_options):
+        return Completion("missing", {})
+    values = marker or _read_json(summary_url(out_url, job), storage_options) or {}
+    return Completion("complete", {key: _score(values.get(key)) for key in SCORE_KEYS})
+
+
+def conflict_message(out_url: str, job: Job, other_sha256: str) -> str:
+    return (f"output folder {job_dir(out_url, job)} holds another job with the output name "
+            f"{job.safe_name!r} (input sha256 {other_sha256[:12]}, this job "
+            f"{input_sha256(job)[:12]}): rename the job, use another --out, or --overwrite")
+
+
+def _marker(job: Job, tokens: TokenizedStructure, best: SamplePrediction,
+            digest: str | None) -> str:
+    scores = {"ranking_score": best.score(), "ptm": best.ptm, "iptm": best.iptm,
+              "mean_plddt": float(np.mean(np.asarray(best.atom_plddt)[:tokens.n_atoms]))}
+    return json.dumps({"name": job.name, "input_sha256": digest or input_sha256(job),
+                       **{k: _score(v) for k, v in scores.items()}}, indent=1)
+
+
 def _sample_files(tokens: TokenizedStructure, job: Job, sample: SamplePrediction,
                   model_version: str) -> tuple[str, str, str]:
     """(model.cif, confidences.json, summary_confidences.json) texts of one sample."""
@@ -368,11 +437,13 @@ def _write_triplet(folder: str, prefix: str, texts: tuple[str, str, str],
 def write_prediction(out_url: str, job: Job, tokens: TokenizedStructure,
                      samples: Sequence[SamplePrediction], *,
                      model_version: str = DEFAULT_MODEL_VERSION,
-                     **storage_options: Any) -> str:
+                     input_digest: str | None = None, **storage_options: Any) -> str:
     """Write every sample and the top-ranked one in AF3's layout; returns the job folder.
 
     Every file is written atomically; the top-level summary goes last, so `is_complete`
     is True only for a job whose outputs are all there. Rewriting a job replaces its files.
+    Just before the summary, `foldray_job.json` records the input's identity
+    (`input_digest`, default `input_sha256(job)`) and the top sample's scores.
     """
     if not samples:
         raise ValueError(f"job {job.name!r}: no samples to write")
@@ -385,7 +456,7 @@ def write_prediction(out_url: str, job: Job, tokens: TokenizedStructure,
     if storage.exists(done, **storage_options):   # a rerun: not complete until rewritten
         fs, path = storage.filesystem(done, **storage_options)
         fs.rm(path)
-    best: tuple[float, tuple[str, str, str]] | None = None
+    best: tuple[float, tuple[str, str, str], SamplePrediction] | None = None
     rows = []
     for sample in samples:
         texts = _sample_files(tokens, job, sample, model_version)
@@ -395,7 +466,7 @@ def write_prediction(out_url: str, job: Job, tokens: TokenizedStructure,
         rows.append((sample.seed, sample.sample_index, score))
         rank = -math.inf if math.isnan(score) else score
         if best is None or rank > best[0]:     # ties: the first sample, as AF3
-            best = (rank, texts)
+            best = (rank, texts, sample)
     assert best is not None
     storage.write_text_atomic(storage.join(folder, f"{name}_data.json"),
                               job_to_af3_json_text(job), **storage_options)
@@ -405,5 +476,7 @@ def write_prediction(out_url: str, job: Job, tokens: TokenizedStructure,
     writer.writerows(rows)
     storage.write_text_atomic(storage.join(folder, f"{name}_ranking_scores.csv"),
                               buffer.getvalue(), **storage_options)
+    storage.write_text_atomic(storage.join(folder, MARKER_FILE),
+                              _marker(job, tokens, best[2], input_digest), **storage_options)
     _write_triplet(folder, name, best[1], storage_options)   # summary last: job complete
     return folder

@@ -32,9 +32,19 @@ def is_done(out_url: str, safe_name: str) -> bool:
     return storage.exists(done_url(out_url, safe_name))
 
 
+def done_summary(out_url: str, safe_name: str) -> dict[str, Any] | None:
+    """The sidecar of a finished job (its `input_sha256` names the input), None if absent."""
+    try:
+        value = json.loads(storage.read_text(done_url(out_url, safe_name)))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def save_features(out_url: str, safe_name: str, features: dict[str, np.ndarray],
                   summary: dict[str, Any]) -> str:
-    """Write features then the completion marker; returns the features URL."""
+    """Write features then the completion marker (the sidecar, with `summary`, which should
+    hold the input's `input_sha256`); returns the features URL."""
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **features)
     url = features_url(out_url, safe_name)

@@ -7,11 +7,13 @@ object stores a single PUT is already atomic, so objects are written directly.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
+import time
 import uuid
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import fsspec
 from fsspec.core import url_to_fs
@@ -62,20 +64,44 @@ def exists(url: str, **storage_options: Any) -> bool:
     return fs.exists(path)
 
 
+# Object stores: one PUT is atomic and a failed upload leaves no object behind.
+OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oci", "r2"})
+
+
+def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
+    return fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+
+
 def write_bytes_atomic(url: str, data: bytes, **storage_options: Any) -> None:
-    """Write so readers see either nothing or the whole file, never a prefix."""
+    """Write so readers see either nothing or the whole file, never a prefix.
+
+    Elsewhere than object stores the data goes to `<name>.tmp-<random>` first and is moved
+    into place; the temporary file is removed when the write fails (full disk, a folder in
+    the way), so failures leave nothing behind.
+    """
     fs, path = filesystem(url, **storage_options)
     parent = posixpath.dirname(path) if is_url(url) else os.path.dirname(path)
     if parent:
         fs.makedirs(parent, exist_ok=True)
-    if fs.protocol in ("file", "local") or "file" in (fs.protocol or ()):
-        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-        with fs.open(tmp, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    else:
+    protocols = _protocols(fs)
+    if OBJECT_STORES.intersection(protocols):
         with fs.open(path, "wb") as handle:
             handle.write(data)
+        return
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    local = "file" in protocols or "local" in protocols
+    try:
+        with fs.open(tmp, "wb") as handle:
+            handle.write(data)
+        if local:
+            os.replace(tmp, path)
+        else:
+            fs.mv(tmp, path)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            if fs.exists(tmp):
+                fs.rm(tmp)
+        raise
 
 
 def write_text_atomic(url: str, text: str, **storage_options: Any) -> None:
@@ -123,3 +149,40 @@ def check_writable(url: str, **storage_options: Any) -> None:
         raise OSError(f"{prefix}: {err}") from err
     except Exception as err:  # botocore/aiobotocore client errors are not OSErrors
         raise OSError(f"{prefix}: {err.__class__.__name__}: {err}") from err
+
+
+def remove_folder(url: str, **storage_options: Any) -> None:
+    """Delete a folder/prefix and everything under it; a file at `url` is left alone."""
+    fs, path = filesystem(url, **storage_options)
+    if fs.isdir(path):
+        fs.rm(path, recursive=True)
+
+
+# OSErrors a retry cannot fix: the same call fails the same way.
+_PERMANENT = (FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError,
+              FileNotFoundError)
+T = TypeVar("T")
+
+
+def is_transient(err: BaseException) -> bool:
+    """An I/O error worth retrying: an OSError that is not about the path itself (a full
+    disk, a dropped connection, a throttled request) or a botocore/aiobotocore client error."""
+    if isinstance(err, _PERMANENT):
+        return False
+    if isinstance(err, OSError):
+        return True
+    module = type(err).__module__ or ""
+    return module.startswith(("botocore", "aiobotocore"))
+
+
+def retry_io(call: Callable[[], T], *, attempts: int = 3, delay_s: float = 0.5) -> T:
+    """`call()`, retried on transient I/O errors with doubling delays (0.5 s, 1 s, ...);
+    the last error is raised. Only for idempotent calls (atomic writes, reads)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return call()
+        except Exception as err:
+            if attempt == attempts or not is_transient(err):
+                raise
+            time.sleep(delay_s * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")

@@ -224,7 +224,7 @@ def test_sample_summary_uses_given_pae_min_and_frame_mask():
 def expected_files(name: str, keys: list[tuple[int, int]]) -> set[str]:
     files = {f"{name}_{suffix}" for suffix in ("model.cif", "confidences.json",
                                                "summary_confidences.json", "data.json",
-                                               "ranking_scores.csv")}
+                                               "ranking_scores.csv")} | {"foldray_job.json"}
     for seed, index in keys:
         sub = f"seed-{seed}_sample-{index}"
         files |= {f"{sub}/{name}_{sub}_{suffix}" for suffix in ("model.cif", "confidences.json",
@@ -322,7 +322,7 @@ def test_summary_written_last_and_ranking_picks_best(tmp_path, monkeypatch):
     write_prediction(str(tmp_path), job, tokens, samples)
     name = job.safe_name
     assert written[-1].endswith(f"{name}/{name}_summary_confidences.json")
-    assert len(written) == len(set(written)) == 3 * 3 + 5
+    assert len(written) == len(set(written)) == 3 * 3 + 5 + 1
     for i in range(3):   # each sample's summary after its model and confidences
         sub = [w for w in written if f"sample-{i}/" in w]
         assert sub[-1].endswith("summary_confidences.json")

@@ -1,0 +1,442 @@
+"""The batch engine: `foldray predict-batch` and `foldray featurize` are this one pipeline.
+
+    read + size (CPU tasks: parse, tokenize, token budget, skip finished jobs)
+    -> sort by token count, largest first (similar sizes together; big jobs start early)
+    -> MSA search (--msa search only)
+    -> featurize (CPU actors; stop_after="featurize": features.npz written here, done)
+    -> predict (model actor pool, model loaded once per actor)
+    -> write (CPU actors: AF3 layout per job, summary last as the completion marker)
+
+One row schema (`foldray.io.results.RESULTS_SCHEMA`) and one status vocabulary (ok /
+error / skipped) for both. An exception for one job, in any stage, is that job's error
+row; the run always finishes and always writes `<out>/results.parquet`. Finished rows are
+also written to `<out>/.results/` as they arrive, so they survive a killed driver.
+Before any work the output is write-tested and every actor is checked to fit some node
+(or node type an autoscaler can launch); actor pools that still cannot be placed within
+`placement_timeout_s` stop the run with a message naming what they asked for.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import time
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, Literal
+
+from foldray.actors.predict_rows import PENDING, final_row, result_row, short_message
+from foldray.errors import InputError, error_line
+from foldray.model.config import RuntimeConfig
+
+if TYPE_CHECKING:
+    import ray.data
+
+    from foldray.io.results import ResultParts
+    from foldray.predictor import PredictSettings
+
+Stage = Literal["featurize", "predict"]
+DEFAULT_PLACEMENT_TIMEOUT_S = 600.0
+PART_INTERVAL_S = 2.0    # finished rows reach <out>/.results/ at least this often
+# stage metrics of a job finished by an interrupted earlier run, kept for its `skipped` row
+_CARRIED = ("featurize_seconds", "model_seconds", "write_seconds", "actor_id", "node_id",
+            "featurize_node_id")
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What each actor asks Ray for."""
+
+    num_gpus_per_actor: float = 0.0     # model actor; 0: CPU inference
+    num_cpus_per_actor: float = 1.0     # model actor
+    num_cpus_per_worker: float = 1.0    # featurize / write actor
+
+
+@dataclass(frozen=True)
+class Pools:
+    """Actor pool bounds (None: from the cluster's size) and model-actor restarts."""
+
+    actors: tuple[int, int] | None = None
+    cpu_workers: tuple[int, int] | None = None
+    actor_restarts: int = 3
+
+
+@dataclass(frozen=True)
+class MsaSettings:
+    """`--msa given` (the jobs' own MSAs) or `search` (foldray msa before featurization)."""
+
+    mode: Literal["given", "search"] = "given"
+    config: str = "configs/msa.yaml"
+    cache: str | None = None
+    workers: int | None = None
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """Everything one batch run needs; local paths must be absolute (workers run elsewhere)."""
+
+    inputs: tuple[str, ...]
+    out: str
+    stop_after: Stage = "predict"
+    checkpoint: str | None = None
+    config: str = "tiny"
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    predict: PredictSettings | None = None     # None: PredictSettings() (predict only)
+    seeds: tuple[int, ...] | None = None       # featurize only: seeds[0] (default 0)
+    max_tokens: int | None = None
+    share_trunk: bool = False
+    resources: Resources = field(default_factory=Resources)
+    pools: Pools = field(default_factory=Pools)
+    msa: MsaSettings = field(default_factory=MsaSettings)
+    overwrite: bool = False
+    placement_timeout_s: float = DEFAULT_PLACEMENT_TIMEOUT_S
+    address: str | None = None      # Ray address; None: RAY_ADDRESS or an embedded local Ray
+    num_cpus: int | None = None     # CPUs of an embedded local Ray
+    quiet: bool = False
+
+
+@dataclass
+class BatchResult:
+    rows: list[dict[str, Any]]      # one per job, results columns, sorted by source and name
+    table_url: str
+    seconds: float
+    problem: str | None = None      # why the run stopped early (pending jobs are error rows)
+
+
+class BatchError(Exception):
+    """The run could not start: storage, MSA databases or placement. One line for the user."""
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def collect_entries(locations: list[str]) -> tuple[list[dict[str, Any]], list[InputError]]:
+    """Input units (files, or manifest rows holding JSON) and the locations that failed.
+
+    Storage errors here (missing bucket, refused credentials) are raised, not collected.
+    """
+    from foldray.inputs.load import INPUT_SUFFIXES, find_inputs
+    from foldray.inputs.manifest import ManifestEntry, is_manifest, read_manifest
+
+    entries: list[dict[str, Any]] = []
+    errors: list[InputError] = []
+
+    def add_files(location: str) -> None:
+        files = find_inputs(location)
+        if not files:
+            errors.append(InputError(f"no input files ({', '.join(INPUT_SUFFIXES)}) found",
+                                     source=location))
+        entries.extend({"source": f, "text": None} for f in files)
+
+    for location in locations:
+        try:
+            if not is_manifest(location):
+                add_files(location)
+                continue
+            for entry in read_manifest(location):
+                if isinstance(entry, InputError):
+                    errors.append(entry)
+                elif isinstance(entry, ManifestEntry) and entry.text is not None:
+                    entries.append({"source": entry.source, "text": entry.text})
+                else:
+                    try:
+                        add_files(entry.source)
+                    except InputError as err:
+                        errors.append(err)
+        except InputError as err:
+            errors.append(err)
+    return entries, errors
+
+
+def _error_rows(errors: list[InputError]) -> list[dict[str, Any]]:
+    return [final_row(result_row("error", source=err.source, name=err.job,
+                                 error=error_line(err))) for err in errors]
+
+
+def _storage_problem(what: str, err: Exception) -> BatchError:
+    return BatchError(f"{what}: {err.__class__.__name__}: {err} (check the bucket/path and the "
+                      "AWS_* credentials and endpoint)")
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def run_batch(settings: BatchSettings) -> BatchResult:
+    """Run the batch; raises BatchError when it cannot start (nothing was done then)."""
+    from foldray.io import storage
+    from foldray.io.results import clear_parts, write_results_table
+    from foldray.jobs.ray_setup import connect_ray
+
+    started = time.perf_counter()
+    try:   # before Ray or the model: a wrong bucket or key fails in seconds
+        storage.check_writable(settings.out)
+    except OSError as err:
+        raise _storage_problem(f"output {settings.out}", err) from None
+    try:
+        entries, bad_locations = collect_entries(list(settings.inputs))
+    except Exception as err:  # s3fs/botocore errors when listing inputs
+        raise _storage_problem(f"inputs {list(settings.inputs)}", err) from None
+    if settings.stop_after == "predict" and settings.msa.mode == "search":
+        _check_msa_config(settings.msa)
+    with connect_ray(settings.address, quiet=settings.quiet, num_cpus=settings.num_cpus):
+        _check_placement(settings)
+        rows, problem = _run_pipeline(settings, entries) if entries else ([], None)
+    rows = sorted(rows + _error_rows(bad_locations), key=lambda r: (r["source"], r["name"]))
+    try:
+        table_url = write_results_table(settings.out, rows)
+    except Exception as err:   # storage gone at the very end: the part files keep the rows
+        raise BatchError(f"cannot write {settings.out}/results.parquet: {short_message(err)} "
+                         f"(finished rows are in {settings.out}/.results/)") from None
+    with contextlib.suppress(OSError):
+        clear_parts(settings.out)
+    return BatchResult(rows, table_url, time.perf_counter() - started, problem)
+
+
+def _check_msa_config(msa: MsaSettings) -> None:
+    from foldray.msa.config import load_config
+    from foldray.msa.databases import check_databases
+
+    try:
+        check_databases(load_config(msa.config))
+    except InputError as err:   # a missing database: fail now, not after featurization
+        raise BatchError(str(err)) from None
+
+
+def _actor_requests(settings: BatchSettings) -> dict[str, dict[str, float]]:
+    """Per actor kind, the resources one actor asks for (Ray's names)."""
+    from foldray.actors.placement import stage_resources
+
+    res = settings.resources
+    requests = {"featurize/write actors": {"CPU": res.num_cpus_per_worker,
+                                           **stage_resources("featurize", res.num_cpus_per_worker)}}
+    if settings.stop_after == "predict":
+        requests["model actors"] = {"CPU": res.num_cpus_per_actor, "GPU": res.num_gpus_per_actor,
+                                    **stage_resources("model", res.num_gpus_per_actor or 1.0)}
+    return requests
+
+
+def _check_placement(settings: BatchSettings) -> None:
+    from foldray.actors.placement import placement_problem
+
+    for what, request in _actor_requests(settings).items():
+        if (problem := placement_problem(what, request)) is not None:
+            raise BatchError(problem + " (change --num-gpus-per-actor / --num-cpus-per-actor / "
+                             "--num-cpus-per-worker, or add such nodes)")
+
+
+def _pool_sizes(settings: BatchSettings) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(inference, CPU stage) actor pool bounds, defaulting to what the cluster has."""
+    import ray
+
+    resources = ray.cluster_resources()
+    gpus = settings.resources.num_gpus_per_actor
+    inference = settings.pools.actors
+    if inference is None and gpus > 0:
+        inference = 1, max(1, int(resources.get("GPU", 0.0) // gpus))
+    cpu = settings.pools.cpu_workers or (1, max(1, int(resources.get("CPU", 1.0) // 2)))
+    return inference or (1, 1), cpu
+
+
+def _mark_duplicates(rows: list[dict[str, Any]]) -> frozenset[str]:
+    """Output names used by more than one job: those jobs are errors, not overwrites.
+
+    Names are lower-cased by sanitize_name, so `Lig` and `lig` collide here, as they would
+    on a case-insensitive filesystem."""
+    names = collections.Counter(r["safe_name"] for r in rows if r["status"] != "error")
+    return frozenset(name for name, count in names.items() if count > 1 and name)
+
+
+def _read(settings: BatchSettings, entries: list[dict[str, Any]],
+          remote: dict[str, Any]) -> ray.data.Dataset:
+    import ray
+
+    from foldray.actors.prepare_stage import read_stage
+
+    return (ray.data.from_items(entries)
+            .flat_map(read_stage, fn_kwargs={"out_url": settings.out,
+                                             "max_tokens": settings.max_tokens,
+                                             "overwrite": settings.overwrite,
+                                             "stop_after": settings.stop_after}, **remote)
+            .materialize())
+
+
+def _run_pipeline(settings: BatchSettings, entries: list[dict[str, Any]],
+                  ) -> tuple[list[dict[str, Any]], str | None]:
+    """Rows of every job read from `entries`, and why the run stopped early (or None)."""
+    import ray
+    from ray.data.expressions import col
+
+    from foldray.io.results import RESULT_COLUMNS, ResultParts, read_parts
+    from foldray.jobs.ray_setup import worker_remote_args
+
+    context = ray.data.DataContext.get_current()
+    saved = context.enable_progress_bars, context.wait_for_min_actors_s
+    context.enable_progress_bars = not settings.quiet
+    # an actor pool that cannot start within the deadline fails the run, instead of waiting
+    context.wait_for_min_actors_s = max(1, int(settings.placement_timeout_s))
+    previous = {r["safe_name"]: r for r in read_parts(settings.out) if r["status"] == "ok"}
+    parts = ResultParts(settings.out)
+    try:
+        remote = worker_remote_args()
+        read = _read(settings, entries, remote)
+        light = read.select_columns([*RESULT_COLUMNS, "input_sha256"]).take_all()
+        duplicates = _mark_duplicates(light)
+        finished: list[dict[str, Any]] = []
+        pending: dict[str, dict[str, Any]] = {}
+        for row in light:
+            if row["safe_name"] in duplicates and row["status"] != "error":
+                row.update(status="error", output="", error=f"{row['source']}: {row['name']}: "
+                           f"name: another job in this batch has the output name "
+                           f"{row['safe_name']!r}")
+            if row["status"] == PENDING:
+                pending[row["safe_name"]] = row
+            else:
+                finished.append(final_row(row))
+        _carry_previous(finished, previous)
+        parts.write(finished)
+        if not pending:
+            return finished, None
+        keep = col("status") == PENDING
+        if duplicates:
+            keep = keep & col("safe_name").not_in(sorted(duplicates))
+        # Largest first: similar sizes run back to back and the longest jobs do not straggle
+        # at the end. Materialized before the actor pools start, so sort tasks never wait for
+        # CPUs the pools hold. One job per block: jobs spread evenly over the actors.
+        todo = (read.filter(expr=keep).sort("n_tokens", descending=True)
+                .repartition(target_num_rows_per_block=1).materialize())
+        done, problem = _stream(settings, todo, remote, parts)
+    finally:
+        context.enable_progress_bars, context.wait_for_min_actors_s = saved
+    lost = [final_row(row | {"status": "error", "error": f"{row['source']}: {row['name']}: -: "
+                             f"not run: {problem}"})
+            for name, row in pending.items() if name not in done]
+    parts.write(lost)
+    return finished + list(done.values()) + lost, problem
+
+
+def _carry_previous(rows: list[dict[str, Any]], previous: dict[str, dict[str, Any]]) -> None:
+    """Skipped jobs finished by an interrupted run keep that run's stage times and nodes."""
+    for row in rows:
+        before = previous.get(row["safe_name"])
+        if row["status"] == "skipped" and before and before["name"] == row["name"]:
+            row.update({key: before[key] for key in _CARRIED})
+
+
+def _stream(settings: BatchSettings, todo: ray.data.Dataset, remote: dict[str, Any],
+            parts: ResultParts) -> tuple[dict[str, dict[str, Any]], str | None]:
+    """Run the stages after reading; rows by output name as they finish, and the problem
+    that stopped the run early (None when every job went through)."""
+    from foldray.actors.predict_rows import logger
+
+    done: dict[str, dict[str, Any]] = {}
+    buffer: list[dict[str, Any]] = []
+    flushed = time.monotonic()
+    try:
+        for row in _stages(settings, todo, remote).iter_rows():
+            row = final_row(row)
+            done[row["safe_name"]] = row
+            buffer.append(row)
+            if time.monotonic() - flushed >= PART_INTERVAL_S:
+                parts.write(buffer)
+                buffer, flushed = [], time.monotonic()
+    except Exception as err:   # a dead pool, an actor that cannot be placed: keep what is done
+        logger.error("batch run stopped", exc_info=err)
+        return done, _run_problem(settings, err)
+    finally:
+            parts.write(buffer)
+    return done, None
+
+
+def _run_problem(settings: BatchSettings, err: Exception) -> str:
+    import ray
+
+    text = str(err)
+    if isinstance(err, ray.exceptions.GetTimeoutError) or "Timed out while starting actors" in text:
+        asked = "; ".join(f"{what}: " + ", ".join(f"{k} {v:g}" for k, v in req.items() if v)
+                          for what, req in _actor_requests(settings).items())
+        return (f"the actor pools could not be placed within {settings.placement_timeout_s:g} s "
+                f"(--placement-timeout; each actor asks for {asked}; the cluster has "
+                + ", ".join(f"{k} {v:g}" for k, v in sorted(ray.cluster_resources().items())
+                            if not k.startswith(("node:", "memory", "object_store")))
+                + ")")
+    return f"the run stopped: {short_message(err)}"
+
+
+def _stages(settings: BatchSettings, todo: ray.data.Dataset,
+            remote: dict[str, Any]) -> ray.data.Dataset:
+    """MSA search, featurize, and (unless stopped after featurization) predict and write."""
+    import warnings
+
+    from ray.data import ActorPoolStrategy
+    from ray.util.annotations import RayDeprecationWarning
+
+    from foldray.actors.placement import stage_resources
+    from foldray.actors.predict_stage import PredictStage
+    from foldray.actors.prepare_stage import FeaturizeStage
+    from foldray.actors.write_stage import WriteStage
+
+    res = settings.resources
+    (low, high), (cpu_low, cpu_high) = _pool_sizes(settings)
+    if settings.stop_after == "predict" and settings.msa.mode == "search":
+        todo = _search(settings, todo)
+    # CPU stages are actor pools too: a worker decodes the CCD once, and Ray's idle-worker
+    # reaping does not restart (and re-import) task workers between jobs.
+    # On a cluster with stage resources (cluster.yaml), CPU stages go to featurization
+    # nodes and model actors to GPU nodes; without them, anywhere with room.
+    cpu_place = stage_resources("featurize", res.num_cpus_per_worker)
+    model_place = stage_resources("model", res.num_gpus_per_actor or 1.0)
+    cpu_stage = {"compute": ActorPoolStrategy(min_size=cpu_low, max_size=cpu_high),
+                 "num_cpus": res.num_cpus_per_worker, **remote,
+                 **({"resources": cpu_place} if cpu_place else {})}
+    featurize_only = settings.stop_after == "featurize"
+    featurized = todo.map(FeaturizeStage, fn_constructor_kwargs={
+        "seeds": settings.seeds, "max_tokens": settings.max_tokens,
+        "share_trunk": settings.share_trunk,
+        "out_url": settings.out if featurize_only else None}, **cpu_stage)
+    if featurize_only:
+        return featurized
+    with warnings.catch_warnings():
+        # Ray 2.60 flags every extra remote arg as deprecated but has no named parameter for
+        # restarts; its default (-1) would retry an actor that dies on every record forever.
+        warnings.simplefilter("ignore", RayDeprecationWarning)
+        predicted = featurized.map(
+            PredictStage, fn_constructor_kwargs={
+                "checkpoint": settings.checkpoint, "config": settings.config,
+                "runtime": settings.runtime,
+                "device": "cuda" if res.num_gpus_per_actor > 0 else "cpu",
+                "settings": settings.predict or _default_predict()},
+            compute=ActorPoolStrategy(min_size=low, max_size=high),
+            num_gpus=res.num_gpus_per_actor, num_cpus=res.num_cpus_per_actor,
+            max_restarts=settings.pools.actor_restarts, max_task_retries=-1, **remote,
+            **({"resources": model_place} if model_place else {}))
+    return predicted.map(WriteStage, fn_constructor_kwargs={"out_url": settings.out}, **cpu_stage)
+
+
+def _default_predict() -> PredictSettings:
+    from foldray.predictor import PredictSettings
+
+    return PredictSettings()
+
+
+def _search(settings: BatchSettings, todo: ray.data.Dataset) -> ray.data.Dataset:
+    """`--msa search`; when the search fails, jobs are searched one by one and those that
+    still fail become error rows (the cache keeps the others' searches)."""
+    import ray
+
+    from foldray.actors.predict_rows import failed_row
+    from foldray.jobs.msa import search_stage
+
+    args = SimpleNamespace(msa_config=settings.msa.config, msa_cache=settings.msa.cache,
+                           out=settings.out, msa_workers=settings.msa.workers,
+                           quiet=settings.quiet)
+    try:
+        return search_stage(args, todo)
+    except Exception:
+        rows = todo.take_all()
+    searched = []
+    for row in rows:
+        try:
+            searched.extend(search_stage(args, ray.data.from_items([row])).take_all())
+        except Exception as err:
+            searched.append(failed_row(row, err, "msa"))
+    return ray.data.from_items(searched).repartition(target_num_rows_per_block=1).materialize()
