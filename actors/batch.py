@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 
 Stage = Literal["featurize", "predict"]
 DEFAULT_PLACEMENT_TIMEOUT_S = 600.0
+# Per job: featurization past this (a huge flexible ligand's conformer search) is that
+# job's error row, not a CPU worker stalled for the rest of the run.
+DEFAULT_FEATURIZE_TIME_LIMIT_S = 600.0
 PART_INTERVAL_S = 2.0    # finished rows reach <out>/.results/ at least this often
 # stage metrics of a job finished by an interrupted earlier run, kept for its `skipped` row
 _CARRIED = ("featurize_seconds", "model_seconds", "write_seconds", "actor_id", "node_id",
@@ -90,6 +93,7 @@ class BatchSettings:
     msa: MsaSettings = field(default_factory=MsaSettings)
     overwrite: bool = False
     placement_timeout_s: float = DEFAULT_PLACEMENT_TIMEOUT_S
+    featurize_time_limit_s: float | None = DEFAULT_FEATURIZE_TIME_LIMIT_S   # per job; None: off
     address: str | None = None      # Ray address; None: RAY_ADDRESS or an embedded local Ray
     num_cpus: int | None = None     # CPUs of an embedded local Ray
     quiet: bool = False
@@ -392,7 +396,8 @@ def _stages(settings: BatchSettings, todo: ray.data.Dataset,
     featurized = todo.map(FeaturizeStage, fn_constructor_kwargs={
         "seeds": settings.seeds, "max_tokens": settings.max_tokens,
         "share_trunk": settings.share_trunk,
-        "out_url": settings.out if featurize_only else None}, **cpu_stage)
+        "out_url": settings.out if featurize_only else None,
+        "time_limit_s": settings.featurize_time_limit_s}, **cpu_stage)
     if featurize_only:
         return featurized
     with warnings.catch_warnings():

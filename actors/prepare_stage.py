@@ -11,12 +11,13 @@ import time
 from typing import Any
 
 from foldray.actors.predict_rows import PENDING, FeaturizedSeeds, failed_row, result_row
-from foldray.chem.ccd import warm_up
+from foldray.chem.ccd import parse_user_ccd, warm_up
+from foldray.chem.deadline import featurization_deadline
 from foldray.errors import InputError
 from foldray.features.pipeline import featurize_job, featurize_seeds
-from foldray.features.tokenize import tokenize
 from foldray.inputs.job import Job
 from foldray.inputs.manifest import ManifestEntry, read_entry_jobs
+from foldray.inputs.size import check_token_budget, count_tokens
 from foldray.io import feature_store, storage
 from foldray.io.confidences import completion, conflict_message, input_sha256, job_dir
 
@@ -43,8 +44,11 @@ def _featurized_done(out_url: str, job: Job, digest: str) -> tuple[str, str]:
 
 def _size_and_check(item: Job, row: dict[str, Any], *, out_url: str, max_tokens: int | None,
                     overwrite: bool, stop_after: str) -> dict[str, Any]:
-    tokens = tokenize(item, max_tokens=max_tokens)
-    row.update(n_tokens=tokens.n_tokens, n_atoms=tokens.n_atoms)
+    # Sized without building conformers (a large ligand's embedding is featurization's work,
+    # under its time limit, and done once): exact counts come from the featurize stage.
+    user_ccd = parse_user_ccd(item.user_ccd, source=item.source) if item.user_ccd else None
+    check_token_budget(item, max_tokens, user_ccd)
+    row.update(n_tokens=count_tokens(item, user_ccd))
     if overwrite:
         return row
     digest = row["input_sha256"]
@@ -68,8 +72,8 @@ def read_stage(row: dict[str, Any], *, out_url: str, max_tokens: int | None,
                overwrite: bool, stop_after: str = "predict") -> list[dict[str, Any]]:
     """One input (file or inline manifest JSON) -> one row per job, sized and checked.
 
-    Tokenizing here gives each job its size (for grouping) and rejects jobs over the
-    token budget before any featurization or model work. Complete jobs become `skipped`
+    Counting tokens here (no conformers: milliseconds) gives each job its size (for
+    grouping) and rejects jobs over the token budget before any featurization or model work. Complete jobs become `skipped`
     (with the scores of their outputs) unless `overwrite`; a folder holding another job
     with the same output name is an error.
     """
@@ -100,10 +104,12 @@ class FeaturizeStage:
     """
 
     def __init__(self, seeds: tuple[int, ...] | None, max_tokens: int | None,
-                 share_trunk: bool = False, out_url: str | None = None) -> None:
+                 share_trunk: bool = False, out_url: str | None = None,
+                 time_limit_s: float | None = None) -> None:
         import ray
 
         self.seeds, self.max_tokens, self.share_trunk = seeds, max_tokens, share_trunk
+        self.time_limit_s = time_limit_s   # per job: a stalled conformer search is its error
         self.out_url = out_url        # set: featurize only, features written here
         self.node_id = ray.get_runtime_context().get_node_id()   # reported per row: placement
         warm_up()  # decode the CCD once per actor, not inside the first job
@@ -113,7 +119,8 @@ class FeaturizeStage:
             return row
         started = time.perf_counter()
         try:
-            done = self._featurize(row) if self.out_url is None else self._save(row)
+            with featurization_deadline(self.time_limit_s):
+                done = self._featurize(row) if self.out_url is None else self._save(row)
         except Exception as err:  # one job's failure is its error row, never the batch's
             return failed_row(row, err, "featurize")
         return done | {"featurize_node_id": self.node_id,
@@ -126,7 +133,9 @@ class FeaturizeStage:
                                       share_trunk=self.share_trunk)
         except InputError as err:
             raise err.located(source=job.source, job=job.name) from None
-        return dict(row) | {"payload": FeaturizedSeeds(by_seed)}
+        tokens = next(iter(by_seed.values())).tokens
+        return dict(row) | {"payload": FeaturizedSeeds(by_seed), "n_tokens": tokens.n_tokens,
+                            "n_atoms": tokens.n_atoms}
 
     def _save(self, row: dict[str, Any]) -> dict[str, Any]:
         assert self.out_url is not None

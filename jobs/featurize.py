@@ -37,6 +37,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                         help="CPUs per featurize actor")
     parser.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or local)")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for an embedded local Ray")
+    parser.add_argument("--featurize-time-limit", type=float, default=600.0, metavar="SECONDS",
+                        help="per job: featurization past this is the job's error row "
+                             "(default 600; 0: no limit)")
     parser.add_argument("--quiet", action="store_true")
     return parser
 
@@ -49,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         inputs=tuple(absolute_local(u) for u in (args.inputs or [default_inputs()])),
         out=absolute_local(args.out), stop_after="featurize", seeds=(args.seed,),
         max_tokens=args.max_tokens, overwrite=args.overwrite,
+        featurize_time_limit_s=args.featurize_time_limit or None,
         resources=Resources(num_cpus_per_worker=args.num_cpus_per_worker),
         pools=Pools(), address=args.address, num_cpus=args.num_cpus, quiet=args.quiet)
     try:

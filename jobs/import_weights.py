@@ -1,12 +1,16 @@
-"""`foldray import-weights --from openfold3|protenix SRC --out DST [--config NAME]`.
+"""`foldray import-weights --from openfold3|protenix SRC --out DST [--config NAME] [--verbose]`.
 
 Converts a reference checkpoint you downloaded yourself (foldray never downloads weights)
-into a foldray checkpoint: one safetensors file holding the weights and the model config
-(`full-openfold3` by default for OpenFold3, `full-protenix` for Protenix), usable by
-`foldray predict --checkpoint DST`, predict-batch, serve and train. SRC and DST may be local paths or URLs (s3://...).
-The source is read as safetensors or a torch zip checkpoint with torch.load(weights_only=True);
-pickle files are refused. Every tensor must map: otherwise the error names each missing or
-unexpected tensor. Exit 0 on success, 2 when the checkpoint cannot be imported.
+into a foldray checkpoint: one safetensors file holding the weights and the model config,
+usable by `foldray predict --checkpoint DST`, predict-batch, serve and train. The config is
+read from SRC itself (block counts from its tensor names, widths from its shapes), with the
+family's behaviour switches (`full-openfold3`, `full-protenix`), so any depth and width
+imports; `--config NAME` forces a named config instead. SRC and DST may be local paths or
+URLs (s3://...). The source is read as safetensors or a torch zip checkpoint with
+torch.load(weights_only=True); pickle files are refused. Every tensor must map: otherwise
+the error gives the counts of missing / unexpected / misshaped tensors, the first ten names
+and the sizes used (`--verbose`: every name). Exit 0 on success, 2 when the checkpoint
+cannot be imported.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import argparse
 import json
 import sys
 
-from foldray.io.import_weights import DEFAULT_CONFIGS, SOURCES, import_checkpoint
+from foldray.io.import_weights import DEFAULT_CONFIGS, SOURCES, ImportMismatch, import_checkpoint
 from foldray.io.weights import WeightsError
 
 
@@ -27,14 +31,20 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--out", required=True, metavar="DST",
                         help="foldray checkpoint to write (.safetensors, path or URL)")
     parser.add_argument("--config", default=None,
-                        help="foldray model config matching SRC (default: "
+                        help="a named foldray config to import into instead of reading the sizes "
+                             "from SRC (family switches come from "
                         + ", ".join(f"{k}: {v}" for k, v in DEFAULT_CONFIGS.items()) + ")")
+    parser.add_argument("--verbose", action="store_true",
+                        help="on a mismatch, list every missing / unexpected / misshaped tensor")
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         summary = import_checkpoint(args.source, args.src, args.out, args.config)
+    except ImportMismatch as err:
+        print(f"error: {args.src}: {err.details() if args.verbose else err}", file=sys.stderr)
+        return 2
     except (WeightsError, FileNotFoundError) as err:
         print(f"error: {args.src}: {err}", file=sys.stderr)
         return 2

@@ -31,6 +31,7 @@ import collections
 import sys
 
 from foldray.actors.batch import (
+    DEFAULT_FEATURIZE_TIME_LIMIT_S,
     DEFAULT_PLACEMENT_TIMEOUT_S,
     BatchError,
     BatchResult,
@@ -91,10 +92,18 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                         metavar="SECONDS",
                         help="stop the run when the actor pools cannot start within this time "
                              f"(default {DEFAULT_PLACEMENT_TIMEOUT_S:g})")
+    add_featurize_time_limit(parser)
     add_msa_arguments(parser)
     parser.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or local)")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for an embedded local Ray")
     return parser
+
+
+def add_featurize_time_limit(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--featurize-time-limit", type=float, default=DEFAULT_FEATURIZE_TIME_LIMIT_S,
+                        metavar="SECONDS",
+                        help="per job: featurization past this is the job's error row "
+                             f"(default {DEFAULT_FEATURIZE_TIME_LIMIT_S:g}; 0: no limit)")
 
 
 def settings_from(args: argparse.Namespace) -> BatchSettings:
@@ -113,6 +122,7 @@ def settings_from(args: argparse.Namespace) -> BatchSettings:
         msa=MsaSettings(mode=args.msa, config=absolute_local(args.msa_config),
                         cache=absolute_local(args.msa_cache), workers=args.msa_workers),
         overwrite=args.overwrite, placement_timeout_s=args.placement_timeout,
+        featurize_time_limit_s=args.featurize_time_limit or None,
         address=args.address, num_cpus=args.num_cpus, quiet=args.quiet)
 
 

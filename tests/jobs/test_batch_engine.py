@@ -143,3 +143,23 @@ def test_name_collisions_across_runs_and_within_a_batch(ray_session, tmp_path):
     data = json.loads((out / "lig" / "lig_data.json").read_text())
     assert data["sequences"][0]["protein"]["sequence"] == "NLYIQWLKDG"
     assert read_parts(str(out)) == []
+
+
+def test_featurize_stage_ends_a_job_past_its_time_limit_as_its_error_row(ray_session, tmp_path):
+    """`--featurize-time-limit`: a ligand whose conformer search outlives the per-job limit
+    becomes that job's located error row quickly (the embedding child is killed)."""
+    from foldray.actors.prepare_stage import FeaturizeStage, read_stage
+
+    slow = trp_cage("slow_ligand")
+    slow["sequences"].append({"ligand": {"id": "B", "smiles": "C" * 150}})
+    (tmp_path / "slow.json").write_text(json.dumps(slow))
+    [row] = read_stage({"source": str(tmp_path / "slow.json"), "text": None},
+                       out_url=str(tmp_path / "out"), max_tokens=None, overwrite=False)
+    assert row["status"] == "pending", row["error"]
+    stage = FeaturizeStage(seeds=(1,), max_tokens=None, time_limit_s=3.0)
+    started = time.monotonic()
+    out = stage(row)
+    assert time.monotonic() - started < 30
+    assert out["status"] == "error" and out["payload"] is None
+    assert out["error"].startswith(f"{tmp_path / 'slow.json'}: slow_ligand: sequences[")
+    assert "featurization exceeded 3 s" in out["error"]

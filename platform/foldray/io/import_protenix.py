@@ -109,8 +109,9 @@ def _atom_encoder(m: _Mapper, f: str, r: str, config: ModelConfig, trunk: bool) 
     m.linear(f"{f}.single_to_pair_col", f"{r}.linear_no_bias_cm")
     for i in (1, 3, 5):
         m.linear(f"{f}.pair_mlp.{i}", f"{r}.small_mlp.{i}")
+    n_block = config.atom.n_block if trunk else config.atom.input_embedder().n_block
     _diffusion_transformer(m, f"{f}.transformer.transformer",
-                           f"{r}.atom_transformer.diffusion_transformer", config.atom.n_block, True)
+                           f"{r}.atom_transformer.diffusion_transformer", n_block, True)
     m.linear(f"{f}.to_token", f"{r}.linear_no_bias_q")
 
 

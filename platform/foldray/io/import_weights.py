@@ -5,10 +5,12 @@ weights. A checkpoint is read safely (safetensors, or a torch zip file through
 `torch.load(weights_only=True)`; legacy pickles are refused), every reference tensor is
 mapped by hand onto foldray's parameter names (renames, fused projections, split
 per-feature linears concatenated, transposed head layouts), and the result must cover
-foldray's state dict exactly: anything left over on either side is an error that names
-every tensor. Where the reference deviates from the SI, the foldray config that matches it
-(`full-openfold3`) switches on the model flags that reproduce it; benchmarks/equivalence
-proves the pair numerically.
+foldray's state dict exactly: anything left over on either side is an `ImportMismatch`
+(counts and the first names; all of them in `details()`). The foldray config is read from
+the checkpoint itself (`foldray.io.infer_config`: depths from the names, widths from the
+shapes) unless one is named. Where the reference deviates from the SI, the family's config
+(`full-openfold3`, `full-protenix`) switches on the model flags that reproduce it;
+benchmarks/equivalence proves the pair numerically.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from safetensors.torch import load as load_safetensors
 from torch import Tensor
 
 from foldray.io import storage
+from foldray.io.infer_config import FAMILY_CONFIGS, describe, infer_config, refuse_unsupported
 from foldray.io.weights import WeightsError, save_weights
 from foldray.model.config import NAMED_CONFIGS, ModelConfig
 
@@ -29,6 +32,7 @@ SOURCES = ("openfold3", "protenix")
 ZIP_MAGIC = b"PK\x03\x04"      # torch.save's (default since 1.6) zip container
 # Wrappers training frameworks put around a model's state dict, most specific first.
 WRAPPER_KEYS = ("ema", "params", "state_dict", "model", "module")
+SHOWN_NAMES = 10       # tensor names an import error shows; ImportMismatch.details() has all
 
 
 # --------------------------------------------------------------------------------- reading
@@ -223,8 +227,9 @@ def _of3_atom_encoder(m: _Mapper, f: str, r: str, config: ModelConfig, trunk: bo
     m.linear(f"{f}.single_to_pair_col", f"{r}.linear_m")
     for i in (1, 3, 5):
         m.linear(f"{f}.pair_mlp.{i}", f"{r}.pair_mlp.{i}")
+    n_block = config.atom.n_block if trunk else config.atom.input_embedder().n_block
     _of3_diffusion_transformer(m, f"{f}.transformer.transformer", f"{r}.atom_transformer",
-                               config.atom.n_block, local=True)
+                               n_block, local=True)
     m.linear(f"{f}.to_token", f"{r}.linear_q.0")
 
 
@@ -346,7 +351,7 @@ def _map_protenix(ref: Mapping[str, Tensor], config: ModelConfig,
 MAPPERS: dict[str, Callable[..., tuple[dict[str, Tensor], _Mapper]]] = {
     "openfold3": map_openfold3, "protenix": _map_protenix,
 }
-DEFAULT_CONFIGS = {"openfold3": "full-openfold3", "protenix": "full-protenix"}
+DEFAULT_CONFIGS = FAMILY_CONFIGS    # the family's switches; sizes come from the checkpoint
 
 
 # --------------------------------------------------------------------------------- checking
@@ -360,56 +365,89 @@ def expected_state(config: ModelConfig) -> dict[str, torch.Size]:
     return {k: v.shape for k, v in model.state_dict().items()}
 
 
+class ImportMismatch(WeightsError):
+    """A checkpoint whose tensors do not fit the foldray model: the message gives the counts,
+    the first SHOWN_NAMES names and the sizes used; `details()` lists every name."""
+
+    def __init__(self, source: str, sizes: str, missing: list[str], unexpected: list[str],
+                 misshaped: list[str]) -> None:
+        self.source, self.sizes = source, sizes
+        self.missing, self.unexpected, self.misshaped = missing, unexpected, misshaped
+        super().__init__(self._render(SHOWN_NAMES))
+
+    def _groups(self) -> list[tuple[str, list[str]]]:
+        return [(f"missing in the {self.source} checkpoint", self.missing),
+                (f"unexpected in the {self.source} checkpoint (not mapped)", self.unexpected),
+                ("misshaped (checkpoint != foldray)", self.misshaped)]
+
+    def _render(self, limit: int | None) -> str:
+        lines = [f"cannot import: {len(self.missing)} missing, {len(self.unexpected)} unexpected, "
+                 f"{len(self.misshaped)} misshaped tensors for the foldray model of sizes: {self.sizes}"]
+        left = limit
+        for label, names in self._groups():
+            shown = names if left is None else names[:left]
+            if shown:
+                lines.append(f"  {label}: {', '.join(shown)}")
+            if left is not None:
+                left -= len(shown)
+        hidden = sum(len(names) for _, names in self._groups()) - (limit or 0)
+        if limit is not None and hidden > 0:
+            lines.append(f"  ... and {hidden} more (--verbose lists them all)")
+        return "\n".join(lines)
+
+    def details(self) -> str:
+        """Every mismatched tensor, by kind."""
+        return self._render(None)
+
+
 def convert(source: str, ref: Mapping[str, Tensor], config: ModelConfig) -> dict[str, Tensor]:
     """Map a reference state dict onto foldray's for `config`; every tensor on both sides
-    must be accounted for, else WeightsError naming all of them."""
+    must be accounted for, else ImportMismatch (foldray-side leftovers, a mapping or flag
+    problem, are listed with a "foldray:" prefix)."""
     if source not in MAPPERS:
         raise WeightsError(f"importing from {source!r} is not implemented yet (available: "
                            f"{', '.join(MAPPERS)})")
+    refuse_unsupported(source, ref)
     expected = expected_state(config)
     out, m = MAPPERS[source](ref, config, expected)
-    problems = []
-    if m.missing_ref:
-        problems.append(f"missing in the {source} checkpoint: {', '.join(sorted(set(m.missing_ref)))}")
-    unused = sorted(set(ref) - m.used)
-    if unused:
-        problems.append(f"unexpected in the {source} checkpoint (not mapped): {', '.join(unused)}")
-    unfilled = sorted(set(expected) - set(out))
-    if unfilled:
-        problems.append(f"foldray parameters left without a value: {', '.join(unfilled)}")
-    extra = sorted(set(out) - set(expected))
-    if extra:
-        problems.append(f"mapped to names foldray does not have: {', '.join(extra)}")
-    wrong = [f"{k} {tuple(out[k].shape)} != {tuple(expected[k])}"
-             for k in sorted(set(out) & set(expected)) if out[k].shape != expected[k]]
-    if wrong:
-        problems.append(f"shape mismatch (reference config differs from foldray's?): {'; '.join(wrong)}")
-    if problems:
-        raise WeightsError("cannot import: " + " | ".join(problems))
+    missing = sorted(set(m.missing_ref)) + [f"foldray:{k}" for k in sorted(set(expected) - set(out))]
+    unexpected = sorted(set(ref) - m.used) + [f"foldray:{k}" for k in sorted(set(out) - set(expected))]
+    misshaped = [f"{k} {tuple(out[k].shape)} != {tuple(expected[k])}"
+                 for k in sorted(set(out) & set(expected)) if out[k].shape != expected[k]]
+    if missing or unexpected or misshaped:
+        raise ImportMismatch(source, describe(config), missing, unexpected, misshaped)
     return out
+
+
+def resolve_config(source: str, config: str | ModelConfig | None,
+                   ref: Mapping[str, Tensor]) -> tuple[ModelConfig, str]:
+    """The model config to import into and how it was chosen: given, named, or (None) read
+    from the checkpoint's names and shapes."""
+    if isinstance(config, ModelConfig):
+        return config, "custom"
+    if config is None:
+        inferred = infer_config(source, ref)
+        return inferred.config, f"inferred ({inferred.matches})"
+    return NAMED_CONFIGS[config](), config
 
 
 def import_checkpoint(source: str, src_url: str, dst_url: str,
                       config: str | ModelConfig | None = None) -> dict[str, object]:
-    """Read `src_url`, convert, write a foldray checkpoint (weights + config) to `dst_url`."""
+    """Read `src_url`, convert, write a foldray checkpoint (weights + config) to `dst_url`.
+    `config` None reads the architecture from the checkpoint (the usual case)."""
     if source not in SOURCES:
         raise WeightsError(f"unknown source {source!r} (choose from {', '.join(SOURCES)})")
     if source not in MAPPERS:
         raise WeightsError(f"importing from {source!r} is not implemented yet (available: "
                            f"{', '.join(MAPPERS)})")
-    name = config if isinstance(config, str) else None
-    if config is None:
-        name = DEFAULT_CONFIGS[source]
-    if isinstance(config, ModelConfig):
-        model_config = config
-    else:
-        if name not in NAMED_CONFIGS:
-            raise WeightsError(f"unknown model config {name!r} (choose from {', '.join(NAMED_CONFIGS)})")
-        model_config = NAMED_CONFIGS[name]()
+    if isinstance(config, str) and config not in NAMED_CONFIGS:
+        raise WeightsError(f"unknown model config {config!r} (choose from {', '.join(NAMED_CONFIGS)})")
     ref = read_reference_checkpoint(src_url)
+    model_config, how = resolve_config(source, config, ref)
     state = convert(source, ref, model_config)
+    del ref
     save_weights(dst_url, state, model_config,
                  extra_metadata={"foldray_imported_from": json.dumps(
-                     {"source": source, "url": src_url, "config": name or "custom"})})
-    return {"source": source, "config": name or "custom", "tensors": len(state),
+                     {"source": source, "url": src_url, "config": how})})
+    return {"source": source, "config": how, "sizes": describe(model_config), "tensors": len(state),
             "parameters": int(sum(v.numel() for v in state.values())), "out": dst_url}

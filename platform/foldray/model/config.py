@@ -36,6 +36,15 @@ class AtomAttentionConfig:
     # Protenix (with separate_key_norm): the keys' AdaLN reads the queries' AdaLN output
     # (its AttentionPairBias cross-attention mode normalises a twice for keys/values)
     chained_key_norm: bool = False
+    # blocks of the input embedder's atom transformer when they differ from the diffusion
+    # module's encoder/decoder (Protenix mini/tiny: 3 there, 1 here); None = n_block
+    n_block_input: int | None = None
+
+    def input_embedder(self) -> AtomAttentionConfig:
+        """This config as the input embedder's encoder builds it (its own block count)."""
+        if self.n_block_input is None:
+            return self
+        return dataclasses.replace(self, n_block=self.n_block_input, n_block_input=None)
 
 
 @dataclass(frozen=True, kw_only=True)

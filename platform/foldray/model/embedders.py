@@ -35,7 +35,8 @@ class InputFeatureEmbedder(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.encoder = AtomAttentionEncoder(config.atom, c_token=config.c_token_inputs)  # line 1
+        self.encoder = AtomAttentionEncoder(config.atom.input_embedder(),        # line 1
+                                            c_token=config.c_token_inputs)
         self.c_s_inputs = config.c_s_inputs
 
     def forward(self, features: dict[str, Tensor]) -> Tensor:

@@ -141,6 +141,8 @@ class TemplateEmbedder(nn.Module):
                                         checkpoint_activations)
         if template_mask.shape[-1] == 0 or not bool(template_mask.any()):
             return torch.zeros_like(z)
+        if not len(self.pairformer.blocks):   # a 0-block stack = templates off (Protenix v0.5)
+            return torch.zeros_like(z)
         pair_mask = same_chain_pair_mask(features["asym_id"], token_mask)
         z_t = self.embed_z(self.norm_z(z))                                 # [*, N, N, c_t]
         u = torch.zeros_like(z_t)                                          # line 6

@@ -18,6 +18,7 @@ import torch
 from benchmarks.equivalence.modules import errors, run_foldray
 from foldray.features.batch import collate
 from foldray.io.import_weights import convert, read_reference_checkpoint
+from foldray.io.infer_config import infer_config
 from foldray.io.weights import WeightsError, load_weights
 from foldray.jobs import import_weights as import_job
 from foldray.model.alphafold3 import AlphaFold3
@@ -122,14 +123,33 @@ def test_missing_tensor_is_named(name):
 
 def test_extra_tensors_are_named():
     ref = dict(fixture()[0])
-    ref["input_embedder.linear_esm.weight"] = torch.zeros(97, 2560)         # an ESM checkpoint
+    ref["confidence_head.linear_no_bias_extra.weight"] = torch.zeros(97, 24)
     ref["pairformer_stack.blocks.7.tri_att_start.linear.weight"] = torch.zeros(4, 24)
     with pytest.raises(WeightsError) as err:
         convert("protenix", ref, ModelConfig.tiny_protenix())
     message = str(err.value)
+    assert "0 missing, 2 unexpected, 0 misshaped" in message
     assert "unexpected in the protenix checkpoint" in message
-    assert "input_embedder.linear_esm.weight" in message
+    assert "confidence_head.linear_no_bias_extra.weight" in message
     assert "pairformer_stack.blocks.7.tri_att_start.linear.weight" in message
+
+
+def test_esm_checkpoints_are_refused_by_name():
+    """foldray computes no ESM embeddings: an ESM variant is refused in one sentence, not as a
+    list of unmapped tensors."""
+    ref = dict(fixture()[0])
+    ref["input_embedder.linear_esm.weight"] = torch.zeros(97, 2560)
+    with pytest.raises(WeightsError, match=r"ESM embedding input .* 1 tensors under 'input_embedder"):
+        convert("protenix", ref, ModelConfig.tiny_protenix())
+
+
+def test_config_is_read_from_the_checkpoint():
+    """Without a named config the sizes come from the tensors: the fixture's are tiny-protenix's
+    (the recycling and sampler settings, which shapes cannot show, are the family's)."""
+    config, _ = infer_config("protenix", fixture()[0])
+    tiny = ModelConfig.tiny_protenix()
+    assert config == dataclasses.replace(tiny, n_cycle=10, loss=ModelConfig.full().loss,
+                                         diffusion=dataclasses.replace(tiny.diffusion, n_step=200))
 
 
 def test_wrong_distance_bins_are_refused():
@@ -140,7 +160,7 @@ def test_wrong_distance_bins_are_refused():
 
 
 def test_wrong_config_reports_shapes():
-    with pytest.raises(WeightsError, match="shape mismatch"):
+    with pytest.raises(WeightsError, match=r"\d+ misshaped tensors .* c_s 384, c_z 128"):
         convert("protenix", fixture()[0], ModelConfig.full_protenix())
 
 

@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 
 from benchmarks.equivalence.modules import MODULES, errors, run_foldray
 from foldray.io.import_weights import convert, import_checkpoint, read_reference_checkpoint
+from foldray.io.infer_config import infer_config
 from foldray.io.weights import WeightsError, load_weights
 from foldray.jobs import import_weights as import_job
 from foldray.model.alphafold3 import AlphaFold3
@@ -89,8 +90,23 @@ def test_extra_tensors_are_named():
 
 
 def test_wrong_config_reports_shapes():
-    with pytest.raises(WeightsError, match="shape mismatch"):
+    with pytest.raises(WeightsError, match=r"\d+ misshaped tensors .* c_s 384, c_z 128") as err:
         convert("openfold3", fixture()[0], ModelConfig.full_openfold3())
+    assert len(str(err.value)) < 3000       # counts and ten names, not every tensor
+
+
+def test_config_is_read_from_the_checkpoint(tmp_path, capsys):
+    """Without --config the sizes come from the tensors: the fixture's are tiny-openfold3's
+    (recycling and sampler settings, which shapes cannot show, are the family's)."""
+    config, _ = infer_config("openfold3", fixture()[0])
+    tiny = ModelConfig.tiny_openfold3()
+    assert config == dataclasses.replace(tiny, n_cycle=4, loss=ModelConfig.full().loss,
+                                         diffusion=dataclasses.replace(tiny.diffusion, n_step=200))
+    out = tmp_path / "of3.safetensors"
+    assert import_job.run(import_job.build_parser().parse_args(
+        ["--from", "openfold3", str(WEIGHTS), "--out", str(out)])) == 0
+    assert json.loads(capsys.readouterr().out)["config"] == "inferred (custom)"
+    assert load_weights(str(out))[1] == config
 
 
 def test_cli_writes_a_checkpoint_with_its_config(tmp_path, capsys):
