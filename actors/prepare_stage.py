@@ -73,9 +73,9 @@ def read_stage(row: dict[str, Any], *, out_url: str, max_tokens: int | None,
     """One input (file or inline manifest JSON) -> one row per job, sized and checked.
 
     Counting tokens here (no conformers: milliseconds) gives each job its size (for
-    grouping) and rejects jobs over the token budget before any featurization or model work. Complete jobs become `skipped`
-    (with the scores of their outputs) unless `overwrite`; a folder holding another job
-    with the same output name is an error.
+    grouping) and rejects jobs over the token budget before any featurization or model
+    work. Complete jobs become `skipped` (with the scores of their outputs) unless
+    `overwrite`; a folder holding another job with the same output name is an error.
     """
     items = _read_entry(row)
     if isinstance(items, dict):

@@ -293,7 +293,7 @@ def test_ray_task_errors_are_reported_as_their_cause_without_traceback():
 def test_featurizer_stops_a_job_past_its_time_limit_and_reports_it():
     """`featurize_time_limit_s`: a ligand whose conformer search outlives the limit is that
     job's error (the embedding child is killed), not a replica stuck for minutes."""
-    from foldray.actors.serve import FeaturizeRequest, Featurizer
+    from foldray.actors.serve import Featurizer, FeaturizeRequest
 
     featurizer = Featurizer.func_or_class(target_cache_size=1, time_limit_s=3.0)
     job = parse_af3_json(json.dumps({
