@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -129,6 +130,24 @@ def metrics_url(config: TrainConfig) -> str:
 
 
 @contextmanager
+def own_sigint() -> Iterator[None]:
+    """Give SIGINT back to the caller after `fit()`.
+
+    Ray Train's `fit()` installs a SIGINT handler that holds the run's controller actor and
+    leaves it installed: in a long-lived driver (a notebook, a test session) the finished
+    controller and its helpers then stay alive until the next fit, and Ctrl-C keeps going to
+    a run that has ended."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextmanager
 def step_bar(config: TrainConfig, *, enabled: bool, every_s: float = 2.0) -> Iterator[StepBar]:
     """A driver-side step bar while `fit()` runs: polls the run's metrics file.
 
@@ -175,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     started = time.perf_counter()
     with connect_ray(args.address, num_cpus=args.num_cpus), \
-            step_bar(config, enabled=interactive(args.quiet)):
+            step_bar(config, enabled=interactive(args.quiet)), own_sigint():
         result = make_trainer(config).fit()
     metrics = result.metrics or {}
     checkpoint = result.checkpoint.path if result.checkpoint else None

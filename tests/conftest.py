@@ -28,6 +28,9 @@ from typing import Any
 
 import pytest
 
+# Session/module leak checks (Ray actors, nodes, processes, temp dirs): tests/leak_check.py
+pytest_plugins = ["tests.leak_check"]
+
 # Triton fixes "compiled" or "interpreted" for its own standard library (tl.zeros, tl.sum, ...)
 # when triton.language is first imported, and importing foldray.kernels (torch.compiler) or Ray
 # may import it long before tests/lib/kernels runs; interpreted kernels then fail inside those
@@ -62,7 +65,7 @@ _WEED_COMPONENTS = ("master", "volume", "filer", "s3", "admin")  # order of the 
 # s3_server fixture writes it, mode 0600), never a runtime_env. Its name is exported in
 # pytest_configure, before any Ray starts, so every Ray node process (the session Ray, Ray
 # Train's controller, `ray start` children) has it as its own; drivers forward it too.
-_S3_CREDENTIALS_FILE = Path(tempfile.gettempdir()) / f"fr-aws-{uuid.uuid4().hex[:12]}" / "credentials"
+_S3_CREDENTIALS_FILE = Path("/tmp") / f"fr-aws-{os.getpid()}-{uuid.uuid4().hex[:12]}" / "credentials"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -97,8 +100,9 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def _short_tmpdir(prefix: str) -> Path:
-    """A private temp dir with a short path: Ray's unix socket paths must stay < ~107 chars."""
-    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    """A private temp dir with a short path: Ray's unix socket paths must stay < ~107 chars.
+    The pytest PID in the name lets tests/leak_check.py tell this session's dirs from others'."""
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir="/tmp"))
 
 
 def _free_port() -> int:

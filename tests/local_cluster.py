@@ -10,6 +10,7 @@ process started here (nothing is written under ~/.ray).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -22,21 +23,35 @@ from pathlib import Path
 
 from tests.conftest import child_env
 
+# Worker nodes' worker-port ranges: one block per cluster, a slice of it per node. Every other
+# port of the cluster is drawn outside the block, so Ray never refuses a node because one of
+# its ports lies in its own (or a sibling's) worker-port range ("... used by other components").
+_WORKER_PORTS_PER_NODE = 201
+_MAX_WORKER_NODES = 4
 
-def free_ports(n: int) -> list[int]:
+
+def free_ports(n: int, avoid: range | None = None) -> list[int]:
+    """n distinct currently free loopback ports, chosen by the OS, none inside `avoid`.
+
+    Every socket stays bound until all are chosen, so the OS never hands out a port twice
+    (nor one we skipped): the loop ends."""
     sockets, ports = [], []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        sockets.append(s)
-        ports.append(s.getsockname()[1])
-    for s in sockets:
-        s.close()
+    try:
+        while len(ports) < n:
+            s = socket.socket()
+            sockets.append(s)
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+            if avoid is None or port not in avoid:
+                ports.append(port)
+    finally:
+        for s in sockets:
+            s.close()
     return ports
 
 
-def node_ports() -> list[str]:
-    manager, objects, agent, agent_grpc, metrics, runtime_env = free_ports(6)
+def node_ports(avoid: range | None = None) -> list[str]:
+    manager, objects, agent, agent_grpc, metrics, runtime_env = free_ports(6, avoid)
     return [f"--node-manager-port={manager}", f"--object-manager-port={objects}",
             f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
             f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={runtime_env}"]
@@ -64,8 +79,10 @@ class LocalCluster:
     def __init__(self, log_dir: Path) -> None:
         self.log_dir = log_dir
         self.temp_dir = Path(f"/tmp/fr-cluster-{os.getpid()}-{time.monotonic_ns() % 10 ** 6}")
-        self.gcs_port, self.dashboard_port, client, self.min_worker_port = free_ports(4)
-        self._client_port = client
+        first = free_ports(1)[0]
+        self.worker_ports = range(first, first + _WORKER_PORTS_PER_NODE * _MAX_WORKER_NODES)
+        self.gcs_port, self.dashboard_port, self._client_port = free_ports(3, self.worker_ports)
+        self._n_workers = 0
         self.env = child_env({"RAY_AUTH_MODE": "token",
                               "RAY_AUTH_TOKEN": uuid.uuid4().hex + uuid.uuid4().hex,
                               "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"})
@@ -95,7 +112,7 @@ class LocalCluster:
              f"--port={self.gcs_port}", "--dashboard-host=127.0.0.1",
              f"--dashboard-port={self.dashboard_port}", f"--ray-client-server-port={self._client_port}",
              f"--temp-dir={self.temp_dir}", "--disable-usage-stats",
-             *_resource_args(num_cpus, resources), *node_ports()], "head")
+             *_resource_args(num_cpus, resources), *node_ports(self.worker_ports)], "head")
 
         def up() -> bool:
             assert head.poll() is None, head.log_path.read_text()
@@ -107,24 +124,43 @@ class LocalCluster:
 
         wait_for(up, 90, "head node did not come up")
 
-    def add_node(self, num_cpus: int = 1, resources: dict[str, float] | None = None,
-                 settle_s: float = 5.0) -> subprocess.Popen:
-        """A worker node (`ray start --address --block`); returns its process.
+    def alive_node_ids(self, strict: bool = True) -> set[str]:
+        """Ids of the nodes the GCS lists alive (Ray's state API CLI)."""
+        try:
+            done = subprocess.run(["ray", "list", "nodes", "--address", self.dashboard_address,
+                                   "--format", "json", "--filter", "state=ALIVE"],
+                                  env=self.env, capture_output=True, text=True, timeout=60)
+        except subprocess.TimeoutExpired:
+            if strict:
+                raise
+            return set()
+        if done.returncode != 0 and not strict:
+            return set()
+        assert done.returncode == 0, done.stderr[-3000:]
+        return {n["node_id"] for n in json.loads(done.stdout)}
 
-        Its worker-port range and its other ports are picked separately, so they can overlap;
-        Ray then refuses to start ("... used by other components") and we retry with new ones."""
-        port = self.min_worker_port + 201 * (len(self.procs) - 1)
-        for _ in range(3):
-            worker = self._spawn(
-                ["ray", "start", f"--address={self.gcs_address}", "--block", "--node-ip-address=127.0.0.1",
-                 "--disable-usage-stats", f"--min-worker-port={port}", f"--max-worker-port={port + 200}",
-                 *_resource_args(num_cpus, resources), *node_ports()], "worker")
-            time.sleep(settle_s)
-            if worker.poll() is None or "used by other components" not in worker.log_path.read_text():
-                break
-            self.procs.remove(worker)
-            port = free_ports(1)[0]
-        assert worker.poll() is None, worker.log_path.read_text()
+    def add_node(self, num_cpus: int = 1, resources: dict[str, float] | None = None,
+                 timeout: float = 180) -> subprocess.Popen:
+        """A worker node (`ray start --address --block`), returned once the GCS lists it alive.
+
+        Waiting for the node itself (not a fixed sleep) means a test never starts work that
+        needs the node before it has joined, however slow the machine is; a node that dies
+        fails here with its log."""
+        assert self._n_workers < _MAX_WORKER_NODES, "raise _MAX_WORKER_NODES"
+        port = self.worker_ports.start + _WORKER_PORTS_PER_NODE * self._n_workers
+        self._n_workers += 1
+        before = self.alive_node_ids()
+        worker = self._spawn(
+            ["ray", "start", f"--address={self.gcs_address}", "--block", "--node-ip-address=127.0.0.1",
+             "--disable-usage-stats", f"--min-worker-port={port}",
+             f"--max-worker-port={port + _WORKER_PORTS_PER_NODE - 1}",
+             *_resource_args(num_cpus, resources), *node_ports(self.worker_ports)], "worker")
+
+        def joined() -> bool:
+            assert worker.poll() is None, worker.log_path.read_text()[-6000:]
+            return bool(self.alive_node_ids(strict=False) - before)
+
+        wait_for(joined, timeout, "the worker node did not join the cluster")
         return worker
 
     @staticmethod
@@ -138,8 +174,28 @@ class LocalCluster:
             proc.kill()
             proc.wait()
 
+    def pids(self) -> list[int]:
+        """Every live process of this cluster, wherever it was re-parented: they all carry the
+        cluster's own RAY_AUTH_TOKEN in their environment (raylets, GCS, agents, workers)."""
+        needle = f"RAY_AUTH_TOKEN={self.env['RAY_AUTH_TOKEN']}\0".encode()
+        found = []
+        for name in os.listdir("/proc"):
+            if name.isdigit():
+                try:
+                    with open(f"/proc/{name}/environ", "rb") as handle:
+                        if needle in handle.read():
+                            found.append(int(name))
+                except OSError:
+                    continue
+        return found
+
     def shutdown(self) -> None:
-        # SIGTERM to all at once stops them in ~3 s; a worker node alone waits longer
+        """Stop the nodes, then any of their processes still running, then remove the temp dir.
+
+        SIGTERM to the `ray start` processes stops a cluster in ~3 s, but an actor's worker
+        process can outlive its raylet for minutes on a busy machine (measured: a
+        `_AutoscalingCoordinatorActor` > 60 s), holding memory and CPU the next test needs;
+        so those are stopped by PID too."""
         for proc in self.procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -149,4 +205,13 @@ class LocalCluster:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        for sig, wait_s in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+            left = self.pids()
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            deadline = time.monotonic() + wait_s
+            while left and time.monotonic() < deadline:
+                time.sleep(0.1)
+                left = [pid for pid in self.pids() if pid in left]
         subprocess.run(["rm", "-rf", str(self.temp_dir)], check=False)

@@ -11,13 +11,14 @@ from __future__ import annotations
 import io
 import json
 import re
+import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
-from foldray.io.weights import load_weights
+from foldray.io.weights import load_weights, save_weights
 from foldray.jobs.train import main
 from foldray.training.checkpoint import param_checksum
 from foldray.training.config import OptimizerConfig
@@ -80,7 +81,7 @@ def test_worker_failure_is_recovered_from_the_last_checkpoint(s3_run):
     assert first["start"]["resumed"] and first["start"]["step"] == 2   # ... restart from step 2
     assert [r["step"] for r in first["rows"]] == [1, 2, 3, 4]          # and finished at 4
     assert first["files"] == {"model.safetensors", "ema.safetensors", "optimizer.pt",
-                              "trainer_state.json", "rng-rank0.pt", "rng-rank1.pt"}
+                              "trainer_state.json", "rng-rank0.pt", "rng-rank1.pt", "manifest.json"}
     assert first["adam"] == {4.0}
     last = first["rows"][-1]
     assert last["param_sync_spread"] == 0.0                   # DDP kept both replicas equal
@@ -109,10 +110,13 @@ def test_finetune_starts_from_the_checkpoint_weights_and_trains(s3_run, s3_serve
         monkeypatch.setenv(key, value)
     source = f"s3://{s3_run['run']}/checkpoint_000000005"
     ema, _ = load_weights(f"{source}/ema.safetensors")
+    sigint = signal.getsignal(signal.SIGINT)
     assert main(["--config", CONFIG, *TINY, f"run.storage_path={tmp_path}", "name=ft",
                  f"finetune.init_checkpoint={source}", "finetune.freeze_trunk=true",
                  "finetune.lr=1e-3", "optimizer.warmup_steps=0", "stage.name=finetune1",
                  "scaling.num_workers=1", "run.max_steps=2", "run.checkpoint_every=2"]) == 0
+    # Ray Train's handler (it holds the finished run's controller actor alive) is gone again
+    assert signal.getsignal(signal.SIGINT) is sigint
     start = json.loads((tmp_path / "ft" / "foldray" / "start.json").read_text())
     assert not start["resumed"] and start["step"] == 0 and start["init_checkpoint"] == source
     assert start["param_checksum"] == pytest.approx(param_checksum(ema), rel=1e-12)  # equal at step 0
@@ -123,6 +127,43 @@ def test_finetune_starts_from_the_checkpoint_weights_and_trains(s3_run, s3_serve
     rows = _rows((tmp_path / "ft" / "foldray" / "metrics.jsonl").read_text())
     assert [r["lr"] for r in rows] == pytest.approx([1e-3, 1e-3])
     assert all(r["smooth_lddt"] >= 0 and r["loss"] > 0 for r in rows)
+
+
+def test_resume_falls_back_from_a_corrupted_checkpoint(ray_session, tmp_path, capfd):
+    """A NaN written over the newest checkpoint's weights (same size: only the manifest hash
+    tells): the next fit resumes from the previous checkpoint, says so, never writes into the
+    refused folder, and a later fit resumes normally from the new newest one."""
+    common = [*TINY, f"run.storage_path={tmp_path}", "name=corrupt", "scaling.num_workers=1",
+              "run.checkpoint_every=1"]
+    assert main(["--config", CONFIG, *common, "run.max_steps=2"]) == 0
+    run = tmp_path / "corrupt"
+    good = load_weights(str(run / "checkpoint_000000001" / "model.safetensors"))[0]
+    bad_file = run / "checkpoint_000000002" / "model.safetensors"
+    weights, model_config = load_weights(str(bad_file))
+    first = next(k for k, v in sorted(weights.items()) if v.is_floating_point())
+    weights[first].view(-1)[0] = float("nan")
+    size = bad_file.stat().st_size
+    save_weights(str(bad_file), weights, model_config, {"foldray_train_step": "2"})
+    assert bad_file.stat().st_size == size
+    corrupted = bad_file.read_bytes()
+
+    assert main(["--config", CONFIG, *common, "run.max_steps=3"]) == 0
+    start = json.loads((run / "foldray" / "start.json").read_text())
+    assert start["resumed_from"] == "checkpoint_000000001" and start["step"] == 1
+    assert start["skipped_checkpoints"] == {"checkpoint_000000002": "model.safetensors sha256 mismatch"}
+    assert start["param_checksum"] == pytest.approx(param_checksum(good), rel=1e-12)
+    logs = "".join(capfd.readouterr())                           # worker log lines reach the driver
+    assert ("checkpoint_000000002: model.safetensors sha256 mismatch; resumed from checkpoint_000000001"
+            in logs), logs[-3000:]
+    assert bad_file.read_bytes() == corrupted                     # the refused folder is left alone
+    redone = json.loads((run / "checkpoint_000000002-1" / "trainer_state.json").read_text())
+    assert redone["step"] == 2
+    assert json.loads((run / "checkpoint_000000003" / "manifest.json").read_text())["step"] == 3
+    assert [r["step"] for r in _rows((run / "foldray" / "metrics.jsonl").read_text())] == [1, 2, 3]
+
+    assert main(["--config", CONFIG, *common, "run.max_steps=3"]) == 0   # Ray's run state still fine
+    start = json.loads((run / "foldray" / "start.json").read_text())
+    assert start["resumed_from"] == "checkpoint_000000003" and start["skipped_checkpoints"] == {}
 
 
 # ---------------------------------------------------------------------------- (c) + (e) cluster

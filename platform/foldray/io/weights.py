@@ -28,10 +28,16 @@ class WeightsError(ValueError):
 def save_weights(url: str, state_dict: dict[str, torch.Tensor], config: ModelConfig,
                  extra_metadata: dict[str, str] | None = None) -> None:
     """Write weights + config atomically (local) or as one object (object storage)."""
+    storage.write_bytes_atomic(url, weights_bytes(state_dict, config, extra_metadata))
+
+
+def weights_bytes(state_dict: dict[str, torch.Tensor], config: ModelConfig,
+                  extra_metadata: dict[str, str] | None = None) -> bytes:
+    """The file `save_weights` writes, as bytes (a caller that also hashes them reads them once)."""
     metadata = {FORMAT_KEY: FORMAT, CONFIG_KEY: json.dumps(config.to_dict())}
     metadata.update(extra_metadata or {})
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
-    storage.write_bytes_atomic(url, save_safetensors(tensors, metadata=metadata))
+    return save_safetensors(tensors, metadata=metadata)
 
 
 def read_metadata(data: bytes) -> dict[str, str]:
@@ -53,9 +59,22 @@ def load_weights(url: str) -> tuple[dict[str, torch.Tensor], ModelConfig]:
     if url.endswith((".pt", ".pth", ".ckpt", ".pkl", ".pickle")):
         raise WeightsError(f"{url}: pickle-based checkpoints are not loaded; convert it with "
                            "`foldray import-weights` to safetensors")
-    data = storage.read_bytes(url)
-    metadata = read_metadata(data)
+    return parse_weights(storage.read_bytes(url), url)
+
+
+def parse_weights(data: bytes, source: str) -> tuple[dict[str, torch.Tensor], ModelConfig]:
+    """`load_weights` on bytes already read (and verified) by the caller; `source` names them in
+    errors. A truncated or damaged file is a WeightsError, not the reader's own exception."""
+    try:
+        metadata = read_metadata(data)
+    except WeightsError as err:
+        raise WeightsError(f"{source}: {err}") from None
     if metadata.get(FORMAT_KEY) != FORMAT or CONFIG_KEY not in metadata:
-        raise WeightsError(f"{url}: not a foldray checkpoint (no model config in its metadata)")
+        raise WeightsError(f"{source}: not a foldray checkpoint (no model config in its metadata)")
     config = ModelConfig.from_dict(json.loads(metadata[CONFIG_KEY]))
-    return load_safetensors(data), config
+    try:
+        tensors = load_safetensors(data)
+    except Exception as err:  # safetensors' SafetensorError is a bare Exception subclass
+        raise WeightsError(f"{source}: not a readable safetensors file (truncated or damaged: "
+                           f"{err.__class__.__name__})") from None
+    return tensors, config
