@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Literal
 
-from foldray.actors.predict_rows import PENDING, final_row, result_row, short_message
-from foldray.errors import InputError, error_line
+from foldray.actors.predict_rows import PENDING, final_row, result_row
+from foldray.errors import InputError, error_line, short_message
 from foldray.model.config import RuntimeConfig
 
 if TYPE_CHECKING:

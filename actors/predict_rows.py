@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from foldray.errors import InputError, error_line
+from foldray.errors import InputError, error_line, short_message
 from foldray.features.pipeline import FeaturizedJob
 from foldray.features.tokenize import TokenizedStructure
 from foldray.inputs.job import Job
@@ -22,7 +22,6 @@ from foldray.io.confidences import SamplePrediction
 from foldray.io.results import RESULT_COLUMNS
 
 PENDING = "pending"   # still to do; final statuses are ok / error / skipped
-MAX_MESSAGE = 300     # characters of an exception message kept in the results table
 logger = logging.getLogger("foldray.batch")
 
 
@@ -55,14 +54,6 @@ def result_row(status: str, *, payload: Any = None, **values: Any) -> dict[str, 
 def final_row(row: dict[str, Any]) -> dict[str, Any]:
     """The results-table columns of a row (payload and bookkeeping dropped)."""
     return {column: row.get(column) for column in RESULT_COLUMNS}
-
-
-def short_message(err: BaseException) -> str:
-    """`ExceptionClass: first line of its message`, bounded: never a traceback or a file."""
-    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
-    if len(text) > MAX_MESSAGE:
-        text = text[:MAX_MESSAGE] + "..."
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 def failure_line(err: BaseException, *, source: str = "", job: str = "", stage: str = "") -> str:

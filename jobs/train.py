@@ -192,6 +192,15 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(json.dumps(config.to_dict(), indent=1))
         return 0
+    from foldray.training.checkpoint import resumable_problem
+
+    try:   # every checkpoint incomplete or truncated: say so once, not in every worker retry
+        problem = resumable_problem(storage.join(config.run.storage_path, config.name))
+    except OSError as err:   # storage unreachable: the same check Ray would fail on, said plainly
+        problem = f"{config.run.storage_path}: {err.__class__.__name__}: {err}"
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     started = time.perf_counter()
     with connect_ray(args.address, num_cpus=args.num_cpus), \
             step_bar(config, enabled=interactive(args.quiet)), own_sigint():
@@ -201,8 +210,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"foldray train: run {config.name!r} finished at step {metrics.get('step')} in "
           f"{time.perf_counter() - started:.0f} s; loss {metrics.get('loss')}; "
           f"checkpoint {checkpoint}")
-    if result.error:
-        print(f"error: {result.error}", file=sys.stderr)
+    if result.error:   # the cause in one line; Ray's traceback is in the worker logs
+        from foldray.errors import error_summary
+
+        print(f"error: training failed: {error_summary(result.error)}", file=sys.stderr)
         return 1
     return 0
 

@@ -15,7 +15,7 @@ import json
 import sys
 
 from foldray.chem.deadline import featurization_deadline
-from foldray.errors import InputError, error_line
+from foldray.errors import InputError, error_line, short_message
 from foldray.features.pipeline import featurize_job
 from foldray.features.tokenize import DEFAULT_MAX_TOKENS, TokenizedStructure
 from foldray.inputs.job import Job, LigandChain
@@ -74,8 +74,8 @@ def run(args: argparse.Namespace) -> int:
             continue
         except Exception as err:   # a bug, not bad input: this job's line, not the run's end
             n_errors += 1
-            bar.write(format_error(InputError(f"{err.__class__.__name__}: {str(err)[:200]}",
-                                              source=item.source, job=item.name)), file=sys.stderr)
+            bar.write(format_error(InputError(short_message(err), source=item.source,
+                                              job=item.name)), file=sys.stderr)
             bar.update(status=f"{n_errors} invalid")
             continue
         records.append(job_summary(item, featurized.tokens))

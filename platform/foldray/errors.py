@@ -41,3 +41,28 @@ def error_line(err: InputError) -> str:
 
 def _rebuild_input_error(message: str, source: str, job: str, field: str) -> InputError:
     return InputError(message, source=source, job=job, field=field)
+
+
+MAX_MESSAGE_CHARS = 300   # of an unexpected exception's message shown to a user or stored
+
+
+def short_message(err: BaseException) -> str:
+    """`ExceptionClass: first line of its message`, bounded: what a user is told about an
+    unexpected exception (never a traceback, never a whole file); the traceback goes to
+    the log. A Ray task error is reported as the exception that caused it."""
+    cause = getattr(err, "cause", None)
+    if isinstance(cause, BaseException):
+        err = cause
+    lines = str(err).strip().splitlines()
+    text = lines[0].strip() if lines else ""
+    if len(text) > MAX_MESSAGE_CHARS:
+        text = text[:MAX_MESSAGE_CHARS] + "..."
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def error_summary(err: BaseException) -> str:
+    """An InputError's located line, anything else as `short_message`."""
+    cause = getattr(err, "cause", None)
+    if isinstance(cause, BaseException):
+        err = cause
+    return error_line(err) if isinstance(err, InputError) else short_message(err)

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from foldray.errors import InputError, error_line
+from foldray.errors import InputError, error_line, error_summary
 from foldray.features.pipeline import FeaturizedJob
 from foldray.features.tokenize import DEFAULT_MAX_TOKENS
 from foldray.inputs.af3_json import parse_af3_json, parse_job
@@ -70,7 +70,6 @@ class Limits:
     max_key_chars: int = 256       # idempotency keys, ligand ids
 
 
-MAX_ERROR_CHARS = 300
 # heavy atoms a SMILES names outside brackets (organic subset): each is at least one token
 _SMILES_BRACKET = re.compile(r"\[[^\]]*\]")
 _SMILES_ATOM = re.compile(r"Br|Cl|[BCNOPSFIbcnops]")
@@ -249,23 +248,6 @@ def request_hash(*parts: str | bytes) -> str:
         digest.update(len(data).to_bytes(8, "little"))
         digest.update(data)
     return digest.hexdigest()
-
-
-def error_summary(err: BaseException) -> str:
-    """What a client is told about an unexpected exception: its class and the first line
-    of its message, shortened (the traceback goes to the server's log only). A Ray task
-    error is reported as the exception that caused it."""
-    cause = getattr(err, "cause", None)
-    if isinstance(cause, BaseException):
-        err = cause
-    if isinstance(err, InputError):
-        return error_line(err)
-    lines = str(err).strip().splitlines()
-    text = lines[0].strip() if lines else ""
-    if len(text) > MAX_ERROR_CHARS:
-        text = text[:MAX_ERROR_CHARS] + "..."
-    name = type(err).__name__
-    return f"{name}: {text}" if text else name
 
 
 def request_error_line(err: BaseException) -> str:

@@ -396,3 +396,44 @@ def restore_first_valid(candidates: Iterable[tuple[str, AbstractContextManager[s
                 on_skip(name, reason)
     raise CheckpointError(f"{where} has no usable checkpoint ({resume_summary(None, skipped)}); a retry "
                           "reads the same files: repair or remove them, or train under a new name")
+
+
+def _check_sizes(folder: str) -> None:
+    """The cheap half of `verify_checkpoint`: a manifest, and every file at its size."""
+    manifest = read_manifest(folder)
+    fs, path = storage.filesystem(folder)
+    for name, entry in sorted(manifest["files"].items()):
+        try:
+            size = fs.size(posixpath.join(path, name))
+        except FileNotFoundError:
+            raise CheckpointError(f"{name} is missing", folder=folder) from None
+        if size != entry["size"]:
+            raise CheckpointError(f"{name} size {size} != {entry['size']} in the manifest "
+                                  "(truncated or overwritten)", folder=folder)
+
+
+def resumable_problem(run_url: str) -> str | None:
+    """Why a run that has checkpoints cannot resume from any of them (None: it can, or it
+    has none). Checked on the driver before training starts, from listings and sizes only
+    (no download), so a run whose every checkpoint is incomplete or truncated stops with
+    one message instead of every worker retry refusing the same files; hash and finiteness
+    checks stay with the workers, which read the files anyway."""
+    fs, path = storage.filesystem(run_url)
+    try:
+        listed = fs.ls(path, detail=True)
+    except FileNotFoundError:
+        return None
+    names = [posixpath.basename(e["name"].rstrip("/")) for e in listed if e.get("type") == "directory"]
+    folders = sorted((n for n in names if dir_order(n)), key=dir_order, reverse=True)
+    skipped: dict[str, str] = {}
+    for name in folders:
+        try:
+            _check_sizes(storage.join(run_url, name))
+            return None
+        except (CheckpointError, OSError) as err:
+            skipped[name] = err.reason if isinstance(err, CheckpointError) else \
+                f"cannot be read ({err.__class__.__name__})"
+    if not folders:
+        return None
+    return (f"{run_url} has no usable checkpoint ({resume_summary(None, skipped)}): repair or "
+            "remove them, or train under a new name")

@@ -328,3 +328,23 @@ def test_init_weights_are_verified_when_a_manifest_is_present(saved, tmp_path_fa
     _with_nan(imported)
     with pytest.raises(ckpt.CheckpointError, match="weights.safetensors has non-finite values"):
         ckpt.load_init_weights(str(imported))
+
+
+def test_driver_precheck_stops_a_run_whose_every_checkpoint_is_unusable(pristine, tmp_path):
+    """`resumable_problem` (jobs/train.py, before fit): a run resumes if any checkpoint
+    is complete at its manifest sizes; with every one truncated or unfinished it is one
+    message naming each, instead of every worker retry refusing the same files."""
+    run = tmp_path / "run"
+    assert ckpt.resumable_problem(str(run)) is None                 # a new run
+    run.mkdir()
+    assert ckpt.resumable_problem(str(run)) is None                 # no checkpoint yet
+    shutil.copytree(pristine, run / "checkpoint_000000001")
+    shutil.copytree(pristine, run / "checkpoint_000000002")
+    assert ckpt.resumable_problem(str(run)) is None
+    _truncate(run / "checkpoint_000000002" / "model.safetensors")
+    assert ckpt.resumable_problem(str(run)) is None                 # the older one still serves
+    (run / "checkpoint_000000001" / "manifest.json").unlink()       # crashed before its manifest
+    problem = ckpt.resumable_problem(str(run))
+    assert problem is not None and problem.startswith(f"{run} has no usable checkpoint")
+    assert "checkpoint_000000002: model.safetensors size" in problem
+    assert "checkpoint_000000001: no manifest.json (incomplete checkpoint)" in problem
