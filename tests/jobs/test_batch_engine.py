@@ -163,3 +163,39 @@ def test_featurize_stage_ends_a_job_past_its_time_limit_as_its_error_row(ray_ses
     assert out["status"] == "error" and out["payload"] is None
     assert out["error"].startswith(f"{tmp_path / 'slow.json'}: slow_ligand: sequences[")
     assert "featurization exceeded 3 s" in out["error"]
+
+
+def test_hostile_corpus_through_predict_batch_gives_error_rows_and_the_good_job(ray_session,
+                                                                              tmp_path):
+    """The validate corpus (tests/fixtures/hostile) in one batch beside a good job: every
+    hostile file is error rows carrying validate's located line (never a Python exception
+    name or traceback), and the good job is predicted."""
+    import shutil
+
+    from tests.data_paths import INPUTS
+    from tests.fixtures.hostile.corpus import write_corpus
+    from tests.jobs.test_validate_hostile import PYTHON_ERRORS
+
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    expected = write_corpus(inputs / "hostile")
+    (inputs / "good").mkdir()
+    shutil.copy(INPUTS / "1l2y.json", inputs / "good" / "1l2y.json")
+    assert main(["predict-batch", "--inputs", str(inputs), "--out", str(out), *FAST]) == 2
+    rows = pq.read_table(out / "results.parquet").to_pylist()
+    assert [r["name"] for r in rows if r["status"] == "ok"] == ["1l2y"]
+    by_source: dict[str, list[dict]] = {}
+    for row in rows:
+        by_source.setdefault(row["source"], []).append(row)
+    problems = []
+    for name, (job, field, words) in sorted(expected.items()):
+        found = by_source.get(str(inputs / "hostile" / name), [])
+        prefix = f"{inputs / 'hostile' / name}: {job}: {field}: "
+        if name == "gzip_bomb.cif.gz":          # workers inflate up to the default cap (1 GiB)
+            words = []
+        if not found or any(r["status"] != "error" for r in found) or \
+                not any(r["error"].startswith(prefix) and all(w in r["error"] for w in words)
+                        for r in found):
+            problems.append((name, prefix, [r["error"] for r in found]))
+        problems += [(name, word, r["error"]) for r in found for word in PYTHON_ERRORS
+                     if word in r["error"]]
+    assert not problems, "\n".join(map(str, problems))
