@@ -241,6 +241,26 @@ def _pool_sizes(settings: BatchSettings) -> tuple[tuple[int, int], tuple[int, in
     return inference or (1, 1), cpu
 
 
+def _probe_placement(settings: BatchSettings) -> str | None:
+    """Why the actor pools cannot start (None: they can), found before any pool exists.
+
+    A placement group of one actor of each kind either becomes ready (the cluster, or its
+    autoscaler within `placement_timeout_s`, has room) or the run stops with a message and
+    every pending job as an error row. The probe is removed either way, so nothing waits
+    in the cluster afterwards; pools themselves then start as resources free up (on 2 CPUs
+    the featurize, model and write pools share them in turn)."""
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    bundles = [{key: amount for key, amount in request.items() if amount > 0}
+               for request in _actor_requests(settings).values()]
+    probe = placement_group(bundles, strategy="SPREAD")
+    try:
+        ready = probe.wait(timeout_seconds=settings.placement_timeout_s)
+    finally:
+        remove_placement_group(probe)
+    return None if ready else _placement_message(settings)
+
+
 def _mark_duplicates(rows: list[dict[str, Any]]) -> frozenset[str]:
     """Output names used by more than one job: those jobs are errors, not overwrites.
 
@@ -274,10 +294,8 @@ def _run_pipeline(settings: BatchSettings, entries: list[dict[str, Any]],
     from foldray.jobs.ray_setup import worker_remote_args
 
     context = ray.data.DataContext.get_current()
-    saved = context.enable_progress_bars, context.wait_for_min_actors_s
+    saved = context.enable_progress_bars
     context.enable_progress_bars = not settings.quiet
-    # an actor pool that cannot start within the deadline fails the run, instead of waiting
-    context.wait_for_min_actors_s = max(1, int(settings.placement_timeout_s))
     previous = {r["safe_name"]: r for r in read_parts(settings.out) if r["status"] == "ok"}
     parts = ResultParts(settings.out)
     try:
@@ -308,9 +326,10 @@ def _run_pipeline(settings: BatchSettings, entries: list[dict[str, Any]],
         # CPUs the pools hold. One job per block: jobs spread evenly over the actors.
         todo = (read.filter(expr=keep).sort("n_tokens", descending=True)
                 .repartition(target_num_rows_per_block=1).materialize())
-        done, problem = _stream(settings, todo, remote, parts)
+        problem = _probe_placement(settings)
+        done, problem = ({}, problem) if problem else _stream(settings, todo, remote, parts)
     finally:
-        context.enable_progress_bars, context.wait_for_min_actors_s = saved
+        context.enable_progress_bars = saved
     lost = [final_row(row | {"status": "error", "error": f"{row['source']}: {row['name']}: -: "
                              f"not run: {problem}"})
             for name, row in pending.items() if name not in done]
@@ -356,14 +375,20 @@ def _run_problem(settings: BatchSettings, err: Exception) -> str:
 
     text = str(err)
     if isinstance(err, ray.exceptions.GetTimeoutError) or "Timed out while starting actors" in text:
-        asked = "; ".join(f"{what}: " + ", ".join(f"{k} {v:g}" for k, v in req.items() if v)
-                          for what, req in _actor_requests(settings).items())
-        return (f"the actor pools could not be placed within {settings.placement_timeout_s:g} s "
-                f"(--placement-timeout; each actor asks for {asked}; the cluster has "
-                + ", ".join(f"{k} {v:g}" for k, v in sorted(ray.cluster_resources().items())
-                            if not k.startswith(("node:", "memory", "object_store")))
-                + ")")
+        return _placement_message(settings)
     return f"the run stopped: {short_message(err)}"
+
+
+def _placement_message(settings: BatchSettings) -> str:
+    import ray
+
+    asked = "; ".join(f"{what}: " + ", ".join(f"{k} {v:g}" for k, v in req.items() if v)
+                      for what, req in _actor_requests(settings).items())
+    return (f"the actor pools could not be placed within {settings.placement_timeout_s:g} s "
+            f"(--placement-timeout; each actor asks for {asked}; the cluster has "
+            + ", ".join(f"{k} {v:g}" for k, v in sorted(ray.cluster_resources().items())
+                        if not k.startswith(("node:", "memory", "object_store")))
+            + ")")
 
 
 def _stages(settings: BatchSettings, todo: ray.data.Dataset,
