@@ -37,16 +37,16 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                         help="CPUs per featurize actor")
     parser.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or local)")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for an embedded local Ray")
-    parser.add_argument("--featurize-time-limit", type=float, default=600.0, metavar="SECONDS",
-                        help="per job: featurization past this is the job's error row "
-                             "(default 600; 0: no limit)")
+    from foldray.jobs.predict_batch import add_featurize_time_limit  # it imports this module
+
+    add_featurize_time_limit(parser)
     parser.add_argument("--quiet", action="store_true")
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    from foldray.actors.batch import BatchError, BatchSettings, Pools, Resources, run_batch
-    from foldray.jobs.predict_batch import report
+    from foldray.actors.batch import BatchSettings, Pools, Resources
+    from foldray.jobs.predict_batch import run_and_report
 
     settings = BatchSettings(
         inputs=tuple(absolute_local(u) for u in (args.inputs or [default_inputs()])),
@@ -55,12 +55,7 @@ def run(args: argparse.Namespace) -> int:
         featurize_time_limit_s=args.featurize_time_limit or None,
         resources=Resources(num_cpus_per_worker=args.num_cpus_per_worker),
         pools=Pools(), address=args.address, num_cpus=args.num_cpus, quiet=args.quiet)
-    try:
-        result = run_batch(settings)
-    except BatchError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return report(result, "featurize")
+    return run_and_report(settings, "featurize")
 
 
 def main(argv: list[str] | None = None) -> int:

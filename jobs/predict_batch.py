@@ -136,12 +136,17 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     if args.checkpoint is None:
         print(random_weights_warning(args.config), file=sys.stderr)
+    return run_and_report(settings, "predict-batch")
+
+
+def run_and_report(settings: BatchSettings, command: str) -> int:
+    """Run the engine; a run that cannot start is one `error:` line and exit 2."""
     try:
         result = run_batch(settings)
     except BatchError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    return report(result, "predict-batch")
+    return report(result, command)
 
 
 def report(result: BatchResult, command: str) -> int:

@@ -12,6 +12,7 @@ from foldray.inputs.af3_json import parse_af3_json, parse_af3_json_lenient
 from foldray.inputs.af_server_json import DEFAULT_SEED, chain_id, parse_server_job
 from foldray.inputs.job import LigandChain, PolymerChain
 from foldray.jobs.cli import main
+from tests.fixtures.hostile.corpus import edited
 
 TRP_CAGE = "NLYIQWLKDGGPSSGRPPPS"
 
@@ -149,19 +150,6 @@ def test_a_bad_job_in_a_list_keeps_its_index_and_name_and_spares_the_others():
     assert str(err).startswith("batch.json: job 'Methylated DNA duplex + guide RNA': [1].")
 
 
-def _edit(job, path, value):
-    """A copy of `job` with the item at `path` (keys and indices) set; `...` deletes it."""
-    job = copy.deepcopy(job)
-    target = job
-    for key in path[:-1]:
-        target = target[key]
-    if value is ...:
-        del target[path[-1]]
-    else:
-        target[path[-1]] = value
-    return job
-
-
 P = ("sequences", 0, "proteinChain")
 BAD_CASES = {
     "count zero": (P + ("count",), 0, "[0].sequences[0].proteinChain.count", "0"),
@@ -214,16 +202,16 @@ BAD_CASES = {
 def test_errors_name_the_field(case):
     path, value, field, snippet = BAD_CASES[case]
     with pytest.raises(InputError) as info:
-        parse([_edit(TRP_CAGE_ATP_JOB, path, value)])
+        parse([edited(TRP_CAGE_ATP_JOB, path, value)])
     assert info.value.field == field, str(info.value)
     assert snippet in info.value.message, str(info.value)
     assert info.value.source == "job_request.json"
 
 
 def test_glycans_left_empty_and_template_date_without_templates_are_accepted():
-    job = _edit(TRP_CAGE_ATP_JOB, P + ("glycans",), [])
-    job = _edit(job, P + ("useStructureTemplate",), False)
-    job = _edit(job, P + ("maxTemplateDate",), "2021-09-30")
+    job = edited(TRP_CAGE_ATP_JOB, P + ("glycans",), [])
+    job = edited(job, P + ("useStructureTemplate",), False)
+    job = edited(job, P + ("maxTemplateDate",), "2021-09-30")
     (parsed,) = parse([job])
     assert parsed.entities[0].templates == ()
 
@@ -238,7 +226,7 @@ def test_foldray_validate_accepts_a_server_file(tmp_path, capsys):
 
 def test_foldray_validate_reports_a_bad_server_job_with_its_path(tmp_path, capsys):
     path = tmp_path / "bad_request.json"
-    bad = _edit(TRP_CAGE_ATP_JOB, ("sequences", 1, "ligand", "ligand"), "ATP-CCD")
+    bad = edited(TRP_CAGE_ATP_JOB, ("sequences", 1, "ligand", "ligand"), "ATP-CCD")
     path.write_text(json.dumps([NUCLEIC_JOB, bad]))
     assert main(["validate", str(path)]) == 2
     err = capsys.readouterr().err
