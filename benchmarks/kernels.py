@@ -223,8 +223,8 @@ def _layer_norm_row(n: int, dtype, device: str, repeat: int) -> dict:
     row: dict = {"name": "layer_norm_pair", "n_token": n, "backward": True, "shapes": {"x": [n, n, c]}}
     outs = {}
     for mode in ("torch", "triton"):
-        def step(mode=mode):
-            with kernels.use(mode):
+        def step(mode=mode):        # as in the model: bf16 activations, fp32 weights, autocast
+            with kernels.use(mode), torch.autocast(device, dtype=dtype, enabled=dtype != torch.float32):
                 y = kernels.layer_norm(x, w, b)
                 y.float().square().mean().backward()
             return y

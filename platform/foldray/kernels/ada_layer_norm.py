@@ -41,16 +41,18 @@ def ada_layer_norm(a: Tensor, s: Tensor, norm_s_weight: Tensor | None, norm_s_bi
                    ) -> Tensor:
     """Algorithm 26 on a [*, c_a] conditioned by s [*, c_s] (leading dims broadcast to a's);
     weights as nn.Linear/nn.LayerNorm hold them. Returns [*, c_a]; Triton or reference."""
-    tensors = [t for t in (a, s, norm_s_weight, norm_s_bias, scale_weight, scale_bias, shift_weight,
+    a_k, s_k = dispatch.autocast_operands(a, s)
+    tensors = [t for t in (a_k, s_k, norm_s_weight, norm_s_bias, scale_weight, scale_bias, shift_weight,
                            shift_bias) if t is not None]
-    kernel = dispatch.kernel_for("ada_layer_norm", "ada_layer_norm_triton", tensors, _unsupported(a, s))
+    kernel = dispatch.kernel_for("ada_layer_norm", "ada_layer_norm_triton", tensors, _unsupported(a_k, s_k))
     if kernel is None:
         return ada_layer_norm_reference(a, s, norm_s_weight, norm_s_bias, scale_weight, scale_bias,
                                         shift_weight, shift_bias, eps_a, eps_s)
-    s_n = layer_norm(s, norm_s_weight, norm_s_bias, eps_s)                              # [*, c_s]
-    scale = F.linear(s_n, scale_weight, scale_bias)                                     # [*, c_a]
-    shift = F.linear(s_n, shift_weight, shift_bias)
-    return kernel.fused_ada_layer_norm(a, scale, shift, eps_a)
+    s_n = layer_norm(s_k, norm_s_weight, norm_s_bias, eps_s)                            # [*, c_s]
+    scale, shift = dispatch.autocast_operands(F.linear(s_n, scale_weight, scale_bias),  # [*, c_a]
+                                              F.linear(s_n, shift_weight, shift_bias))
+    a_k, scale, shift = (t.to(a_k.dtype) for t in (a_k, scale, shift))
+    return kernel.fused_ada_layer_norm(a_k, scale, shift, eps_a)
 
 
 def ada_layer_norm_reference(a: Tensor, s: Tensor, norm_s_weight: Tensor | None,

@@ -39,10 +39,11 @@ def _unsupported(q: Tensor, k: Tensor, v: Tensor) -> str | None:
 def attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None,
               key_mask: Tensor | None = None) -> Tensor:
     """softmax(q k^T / sqrt(c) + bias + mask) v, returns [*, H, Q, c]; Triton or reference."""
-    tensors = [t for t in (q, k, v, bias, key_mask) if t is not None]
-    kernel = dispatch.kernel_for("attention", "attention_triton", tensors, _unsupported(q, k, v))
+    qc, kc, vc = dispatch.autocast_operands(q, k, v)
+    tensors = [t for t in (qc, kc, vc, bias, key_mask) if t is not None]
+    kernel = dispatch.kernel_for("attention", "attention_triton", tensors, _unsupported(qc, kc, vc))
     if kernel is not None:
-        return kernel.flash_attention(q, k, v, bias, key_mask, _mask_value(q.dtype))
+        return kernel.flash_attention(qc, kc, vc, bias, key_mask, _mask_value(qc.dtype))
     return attention_reference(q, k, v, bias, key_mask)
 
 

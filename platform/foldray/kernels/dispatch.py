@@ -22,6 +22,7 @@ from contextvars import ContextVar
 from types import ModuleType
 from typing import Any, Literal, TypeVar
 
+import torch
 from torch import Tensor
 
 Mode = Literal["auto", "triton", "torch"]
@@ -100,6 +101,22 @@ def reset() -> None:
 
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def autocast_operands(*tensors: Tensor) -> tuple[Tensor, ...]:
+    """`tensors` in autocast's dtype when autocast is on for their device, else unchanged.
+
+    A kernel takes one dtype, but under bf16 autocast the model hands it bf16 activations
+    with fp32 parameters (and LayerNorm outputs in fp32): without this cast every fused op
+    fell back to PyTorch in exactly the mixed-precision runs the kernels exist for (seen on
+    an H200). Casting like autocast casts a matmul's operands keeps the numerics autocast
+    would give; `.to` is differentiable, so gradients still reach fp32 parameters.
+    """
+    device_type = tensors[0].device.type
+    if not torch.is_autocast_enabled(device_type):
+        return tensors
+    dtype = torch.get_autocast_dtype(device_type)
+    return tuple(t.to(dtype) if t.is_floating_point() else t for t in tensors)
 
 
 def kernel_for(op: str, module: str, tensors: list[Tensor], unsupported: str | None = None

@@ -48,11 +48,12 @@ def gated_linear(x: Tensor, w_gate: Tensor, w_proj: Tensor, mask: Tensor | None 
     """
     if feature_dim >= 0 or -feature_dim > x.dim():
         raise ValueError(f"feature_dim={feature_dim}: expected a negative dim of x {tuple(x.shape)}")
-    tensors = [t for t in (x, w_gate, w_proj, mask) if t is not None]
+    xc, wg, wp = dispatch.autocast_operands(x, w_gate, w_proj)
+    tensors = [t for t in (xc, wg, wp, mask) if t is not None]
     kernel = dispatch.kernel_for("gated_linear", "triangle_multiplication_triton", tensors,
-                                 _unsupported(x, w_gate, w_proj))
+                                 _unsupported(xc, wg, wp))
     if kernel is not None:
-        return kernel.fused_gated_linear(x, w_gate, w_proj, mask, feature_dim)
+        return kernel.fused_gated_linear(xc, wg, wp, mask, feature_dim)
     return gated_linear_reference(x, w_gate, w_proj, mask, feature_dim)
 
 
@@ -107,15 +108,16 @@ def gated_norm_linear(p: Tensor, z: Tensor, norm_weight: Tensor | None, norm_bia
     place); z [*, c_z] with the same leading dims; norm_weight, norm_bias [c_h] or None;
     w_out [c_o, c_h]; w_gate [c_o, c_z]. Returns [*, c_o].
     """
-    tensors = [t for t in (p, z, norm_weight, norm_bias, w_out, w_gate) if t is not None]
-    reason = _unsupported(p, z, w_out, w_gate)
+    pc, zc, wo, wg = dispatch.autocast_operands(p, z, w_out, w_gate)
+    tensors = [t for t in (pc, zc, norm_weight, norm_bias, wo, wg) if t is not None]
+    reason = _unsupported(pc, zc, wo, wg)
     if reason is None and p.shape[-1] > _MAX_NORM_DIM:
         reason = f"c_h={p.shape[-1]} > {_MAX_NORM_DIM}"
     if reason is None and p.shape[:-1] != z.shape[:-1]:
         reason = f"leading dims of p {tuple(p.shape)} and z {tuple(z.shape)} differ"
     kernel = dispatch.kernel_for("gated_norm_linear", "triangle_multiplication_triton", tensors, reason)
     if kernel is not None:
-        return kernel.fused_gated_norm_linear(p, z, norm_weight, norm_bias, w_out, w_gate, eps)
+        return kernel.fused_gated_norm_linear(pc, zc, norm_weight, norm_bias, wo, wg, eps)
     return gated_norm_linear_reference(p, z, norm_weight, norm_bias, w_out, w_gate, eps)
 
 

@@ -80,3 +80,40 @@ def _tiny_features():
 
     name = "tiny_protein_ligand_smiles.json"
     return collate([featurized_inputs(name)[name]], token_buckets=None, atom_buckets=None)
+
+
+# fp16 stands in for bf16 here: the Triton interpreter computes through NumPy, which has no
+# bfloat16 (bf16 under the interpreter is garbage); compiled on a GPU both run (kernels.py).
+HALF = torch.float16
+
+
+def test_fused_ops_take_autocast_mixed_dtypes_on_the_kernel_path():
+    """Under bf16/fp16 autocast the model hands the kernels bf16 activations and fp32 parameters.
+    Before `autocast_operands`, kernels="triton" raised here (and "auto" fell back on every
+    fused op of a bf16 run on an H200); now each op runs the kernel and agrees with the
+    PyTorch reference under the same autocast."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 6, 6, 16, generator=g).to(HALF)       # an activation
+    w_gate, w_proj = torch.randn(8, 16, generator=g), torch.randn(8, 16, generator=g)   # fp32 params
+    z32 = torch.randn(2, 6, 6, 16, generator=g)                         # a LayerNorm output (fp32)
+    a32, s = torch.randn(2, 5, 12, generator=g), torch.randn(2, 5, 6, generator=g).to(HALF)
+    ada_weights = (torch.ones(6), torch.zeros(6), torch.randn(12, 6, generator=g), torch.zeros(12),
+                   torch.randn(12, 6, generator=g), None)
+    q = torch.randn(1, 2, 5, 8, generator=g).to(HALF)
+    k32, v32 = torch.randn(1, 2, 5, 8, generator=g), torch.randn(1, 2, 5, 8, generator=g)
+    ops = {
+        "gated_linear": lambda: kernels.gated_linear(x, w_gate, w_proj, None, -3),
+        "gated_norm_linear": lambda: kernels.gated_norm_linear(x[..., :8], z32, None, None,
+                                                               torch.randn(16, 8, generator=g),
+                                                               torch.randn(16, 16, generator=g)),
+        "ada_layer_norm": lambda: kernels.ada_layer_norm(a32, s, *ada_weights),
+        "attention": lambda: kernels.attention(q, k32, v32),
+    }
+    for name, op in ops.items():
+        results = {}
+        for mode in ("torch", "triton"):
+            g.manual_seed(1)
+            with torch.autocast("cpu", dtype=HALF), kernels.use(mode):
+                results[mode] = op().float()
+        torch.testing.assert_close(results["triton"], results["torch"], rtol=3e-2, atol=3e-2,
+                                   msg=lambda m, name=name: f"{name}: {m}")
