@@ -9,6 +9,7 @@ import sys
 import traceback
 
 from foldray.jobs import (
+    convert,
     example,
     featurize,
     import_weights,
@@ -28,6 +29,7 @@ COMMANDS = {
     "predict-batch": (predict_batch, "predict many jobs with Ray Data, folder/bucket to folder/bucket"),
     "report": (report, "plots and an offline HTML page for a prediction or a results table"),
     "example": (example, "print a bundled AF3 input job to start from"),
+    "convert": (convert, "write Boltz YAML, FASTA, Protenix/Server JSON or mmCIF inputs as AF3 JSON"),
     "train": (train, "train or fine-tune on Ray Train from a YAML config (local or cluster)"),
     "serve": (serve, "serve the HTTP API (predictions, library screens) with Ray Serve"),
     "import-weights": (import_weights, "convert an OpenFold3/Protenix checkpoint into a foldray checkpoint"),

@@ -208,9 +208,11 @@ def parse_af3_json_lenient(text: str | bytes, *, source: str = "", allow_paths: 
                            any_path: bool = False) -> list[Job | InputError]:
     """One result per job: a bad job in a list does not hide the good ones.
 
-    AlphaFold Server jobs (`af_server_json.is_server_job`) go to their own parser.
+    AlphaFold Server jobs (`af_server_json.is_server_job`) and Protenix jobs
+    (`protenix_json.is_protenix_job`) go to their own parsers.
     """
     from foldray.inputs.af_server_json import is_server_job, parse_server_job  # uses our helpers
+    from foldray.inputs.protenix_json import is_protenix_job, parse_protenix_job
 
     try:
         data = load_json(text, source)
@@ -227,7 +229,10 @@ def parse_af3_json_lenient(text: str | bytes, *, source: str = "", allow_paths: 
     for i, item in enumerate(items):
         index = i if indexed else None
         try:
-            if is_server_job(item, in_list=indexed):
+            if is_protenix_job(item):
+                results.append(parse_protenix_job(item, source=source, index=index,
+                                                  allow_paths=allow_paths, any_path=any_path))
+            elif is_server_job(item, in_list=indexed):
                 results.append(parse_server_job(item, source=source, index=index))
             else:
                 results.append(parse_job(item, source=source, allow_paths=allow_paths,

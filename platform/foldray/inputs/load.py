@@ -1,5 +1,6 @@
-"""Find and read job inputs: AF3 JSON (one job or a list), JSONL, mmCIF/PDB; files or folders,
-local paths or fsspec URLs. Bad records come back as `InputError`s beside the good jobs, so
+"""Find and read job inputs: AF3 JSON (one job or a list; AlphaFold Server and Protenix
+lists too), JSONL, Boltz YAML, FASTA, mmCIF/PDB; files or folders, local paths or fsspec
+URLs. Bad records come back as `InputError`s beside the good jobs, so
 one broken file never hides the rest of a batch.
 """
 
@@ -13,8 +14,11 @@ from collections.abc import Iterator
 from foldray.errors import InputError
 from foldray.inputs.af3_json import load_json, parse_af3_json_lenient, parse_job
 from foldray.inputs.af_server_json import is_server_job, parse_server_job
+from foldray.inputs.boltz_yaml import parse_boltz_yaml
+from foldray.inputs.fasta_input import FASTA_SUFFIXES, fasta_to_af3
 from foldray.inputs.job import Job
 from foldray.inputs.mmcif_input import job_from_structure_file
+from foldray.inputs.protenix_json import is_protenix_job, parse_protenix_job
 from foldray.io import storage
 
 log = logging.getLogger(__name__)
@@ -22,7 +26,8 @@ log = logging.getLogger(__name__)
 JSON_SUFFIXES = (".json",)
 JSONL_SUFFIXES = (".jsonl",)
 STRUCTURE_SUFFIXES = (".cif", ".mmcif", ".pdb", ".ent", ".cif.gz", ".mmcif.gz", ".pdb.gz")
-INPUT_SUFFIXES = JSON_SUFFIXES + JSONL_SUFFIXES + STRUCTURE_SUFFIXES
+YAML_SUFFIXES = (".yaml", ".yml")          # Boltz input files
+INPUT_SUFFIXES = JSON_SUFFIXES + JSONL_SUFFIXES + YAML_SUFFIXES + FASTA_SUFFIXES + STRUCTURE_SUFFIXES
 MAX_DECOMPRESSED_BYTES = 1 << 30   # a gzip input may not inflate past this (gzip bombs)
 MAX_DECOMPRESSED_ENV = "FOLDRAY_MAX_DECOMPRESSED_BYTES"
 _CHUNK = 1 << 20
@@ -88,6 +93,20 @@ def read_jobs(source: str, *, allow_paths: bool = True,
         lower = lower[:-3]
     if lower.endswith(JSONL_SUFFIXES):
         return _read_jsonl(data, source, allow_paths)
+    if lower.endswith(YAML_SUFFIXES):
+        try:
+            return [parse_boltz_yaml(data, source=source, allow_paths=allow_paths)]
+        except InputError as err:
+            return [err]
+    if lower.endswith(FASTA_SUFFIXES):
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as err:
+            return [InputError(f"not UTF-8 text ({err.reason} at byte {err.start})", source=source)]
+        try:
+            return [parse_job(fasta_to_af3(text, source=source), source=source, allow_paths=allow_paths)]
+        except InputError as err:
+            return [err]
     if lower.endswith(tuple(s for s in STRUCTURE_SUFFIXES if not s.endswith(".gz"))):
         try:
             return [job_from_structure_file(data, source=source)]
@@ -107,7 +126,10 @@ def _read_jsonl(data: bytes, source: str, allow_paths: bool) -> list[Job | Input
             results.append(InputError(err.message, source=source, field=f"line {number}"))
             continue
         try:
-            if is_server_job(record, in_list=False):
+            if is_protenix_job(record):
+                results.append(parse_protenix_job(record, source=source, index=None,
+                                                  allow_paths=allow_paths))
+            elif is_server_job(record, in_list=False):
                 results.append(parse_server_job(record, source=source, index=None))
             else:
                 results.append(parse_job(record, source=source, allow_paths=allow_paths))
