@@ -1,0 +1,1 @@
+"""Context parallelism: one complex across several devices (pair representation sharded by rows)."""
