@@ -1,0 +1,133 @@
+"""Template search (SI 2.4) on a miniature PDB: shared structures as the mmCIF mirror, a
+seqres FASTA built from them plus shuffled decoys. Hen lysozyme (1AKI) must find
+alpha-lactalbumin (1HML, its ~40%-identical homolog), never itself, and respect dates."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import gzip
+import random
+import shutil
+
+import gemmi
+import pytest
+
+from foldray.api import predict
+from foldray.features.pipeline import featurize_job
+from foldray.inputs.af3_json import parse_job
+from foldray.msa.template_search import (
+    TemplateSearchSettings,
+    build_profile,
+    check_sources,
+    read_seqres,
+    search_database,
+    search_templates,
+    seqres_fasta,
+)
+from tests.data_paths import STRUCTURES
+
+MIRROR_IDS = ("1aki", "1hml", "102m", "1ubq", "5zyh", "1k6p", "2rtg", "1ay7", "3o5r")
+
+
+def _chains(pdb_id: str) -> list[tuple[str, str]]:
+    st = gemmi.read_structure(str(STRUCTURES / f"{pdb_id}.cif"))
+    st.setup_entities()
+    out = []
+    for chain in st[0]:
+        polymer = chain.get_polymer()
+        entity = st.get_entity_of(polymer) if polymer.length() else None
+        if entity is not None and entity.polymer_type == gemmi.PolymerType.PeptideL:
+            out.append((f"{pdb_id}_{chain.name}", gemmi.one_letter_code(entity.full_sequence)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def mini_pdb(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mini_pdb")
+    mirror = root / "mirror"
+    mirror.mkdir()
+    entries = []
+    for i, pdb_id in enumerate(MIRROR_IDS):
+        source = STRUCTURES / f"{pdb_id}.cif"
+        if i % 2:                                    # half the mirror gzipped, as PDB mirrors are
+            with open(source, "rb") as raw, gzip.open(mirror / f"{pdb_id}.cif.gz", "wb") as packed:
+                shutil.copyfileobj(raw, packed)
+        else:
+            shutil.copy(source, mirror / f"{pdb_id}.cif")
+        entries += _chains(pdb_id)
+    rng = random.Random(0)
+    decoys = []
+    for name, seq in entries:                       # same composition, no homology
+        letters = list(seq)
+        rng.shuffle(letters)
+        decoys.append((f"9{name[1:4]}_Z", "".join(letters)))
+    database = root / "pdb_seqres.txt"
+    database.write_text(seqres_fasta(entries + decoys) + ">1bna_A mol:na length:12  DNA\nCGCGAATTCGCG\n")
+    return TemplateSearchSettings(database=str(database), mirror=str(mirror))
+
+
+def _lysozyme() -> str:
+    ((_, sequence),) = _chains("1aki")
+    return sequence
+
+
+def test_the_homolog_is_found_and_the_query_itself_is_not(mini_pdb):
+    with open(mini_pdb.database) as handle:
+        seqres = read_seqres(handle.read())
+    assert "1bna_A" not in seqres                       # nucleic-acid entries are not searched
+    hits = search_database(build_profile(_lysozyme(), None), seqres)
+    names = [hit.name for hit in hits]
+    assert names[0] == "1aki_A" and "1hml_A" in names    # the raw search sees both
+    templates = search_templates(_lysozyme(), None, mini_pdb)
+    assert len(templates) >= 1
+    template = templates[0]
+    doc = gemmi.cif.read_string(template.mmcif)
+    structure = gemmi.make_structure_from_block(doc.sole_block())
+    assert [chain.name for chain in structure[0]] == ["A"]
+    hml = dict(_chains("1hml"))["1hml_A"]
+    query = _lysozyme()
+    pairs = list(zip(template.query_indices, template.template_indices, strict=True))
+    assert len(pairs) > 100
+    identity = sum(query[q] == hml[t] for q, t in pairs) / len(pairs)
+    assert 0.3 < identity < 0.6, identity                  # lysozyme vs alpha-lactalbumin, ~40%
+    assert all(b > a for a, b in zip(template.query_indices, template.query_indices[1:], strict=False))
+
+
+def test_the_date_cutoff_excludes_a_template_released_after_it(mini_pdb):
+    before = dataclasses.replace(mini_pdb, max_template_date=dt.date(1995, 1, 1))   # 1HML: 1995-01-26
+    after = dataclasses.replace(mini_pdb, max_template_date=dt.date(1995, 2, 1))
+    hml = dict(_chains("1hml"))["1hml_A"]
+
+    def found_hml(settings) -> bool:
+        for template in search_templates(_lysozyme(), None, settings):
+            chain = gemmi.make_structure_from_block(gemmi.cif.read_string(template.mmcif).sole_block())
+            sequence = gemmi.one_letter_code([r.name for r in chain[0][0]])
+            if sequence in hml or hml[20:60] in sequence:
+                return True
+        return False
+
+    assert found_hml(after) and not found_hml(before)
+
+
+def test_the_filled_job_featurizes_and_predicts(mini_pdb, tmp_path):
+    templates = search_templates(_lysozyme(), None, mini_pdb)
+    job = parse_job({"dialect": "alphafold3", "version": 3, "name": "lysozyme", "modelSeeds": [1],
+                     "sequences": [{"protein": {
+                         "id": "A", "sequence": _lysozyme(), "unpairedMsa": "", "pairedMsa": "",
+                         "templates": [{"mmcif": t.mmcif, "queryIndices": list(t.query_indices),
+                                        "templateIndices": list(t.template_indices)} for t in templates]}}]},
+                    source=str(tmp_path / "lysozyme.json"))
+    features = featurize_job(job).features
+    assert features["template_pseudo_beta_mask"].shape[0] == len(templates)
+    assert features["template_pseudo_beta_mask"][0].sum() > 100   # aligned residues with atoms
+    prediction = predict(job, samples=1, steps=2, recycles=1)
+    assert prediction.pae.shape == (129, 129) and "ranking_score" in prediction.summary
+
+
+def test_a_missing_database_or_mirror_fails_at_start_naming_it(mini_pdb, tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere.fasta"):
+        check_sources(dataclasses.replace(mini_pdb, database=str(tmp_path / "nowhere.fasta")))
+    with pytest.raises(FileNotFoundError, match="no_mirror"):
+        check_sources(dataclasses.replace(mini_pdb, mirror=str(tmp_path / "no_mirror")))
+    check_sources(mini_pdb)
