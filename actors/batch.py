@@ -1,9 +1,11 @@
 """The batch engine: `foldray predict-batch` and `foldray featurize` are this one pipeline.
 
-    read + size (CPU tasks: parse, tokenize, token budget, skip finished jobs)
+    read + size (parse, tokenize, token budget, skip finished jobs; CPU tasks, or the
+                 driver itself for at most `driver_read_max_inputs` input files)
     -> sort by token count, largest first (similar sizes together; big jobs start early)
-    -> MSA search (--msa search only)
-    -> featurize (CPU actors; stop_after="featurize": features.npz written here, done)
+    -> MSA search (--msa search only: actors/msa_stage.py, materialized before the pools)
+    -> featurize (CPU actors; stop_after="featurize": features.npz written here, done;
+                  jobs stored by `foldray featurize` are loaded here, not featurized)
     -> predict (model actor pool, model loaded once per actor)
     -> write (CPU actors: AF3 layout per job, summary last as the completion marker)
 
@@ -22,16 +24,16 @@ import collections
 import contextlib
 import time
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Literal
 
 from foldray.actors.predict_rows import PENDING, final_row, result_row
 from foldray.errors import InputError, error_line, short_message
-from foldray.model.config import RuntimeConfig
+from foldray.model.config import ModelConfig, RuntimeConfig
 
 if TYPE_CHECKING:
     import ray.data
 
+    from foldray.actors.screen_stage import ScreenSettings
     from foldray.io.results import ResultParts
     from foldray.predictor import PredictSettings
 
@@ -40,10 +42,12 @@ DEFAULT_PLACEMENT_TIMEOUT_S = 600.0
 # Per job: featurization past this (a huge flexible ligand's conformer search) is that
 # job's error row, not a CPU worker stalled for the rest of the run.
 DEFAULT_FEATURIZE_TIME_LIMIT_S = 600.0
+DEFAULT_DRIVER_READ_MAX_INPUTS = 8
 PART_INTERVAL_S = 2.0    # finished rows reach <out>/.results/ at least this often
 # stage metrics of a job finished by an interrupted earlier run, kept for its `skipped` row
 _CARRIED = ("featurize_seconds", "model_seconds", "write_seconds", "actor_id", "node_id",
             "featurize_node_id")
+_SCREEN_CARRIED = ("ligand_plddt", "min_target_ligand_pae")   # not in a job folder's summary
 
 
 @dataclass(frozen=True)
@@ -82,7 +86,7 @@ class BatchSettings:
     out: str
     stop_after: Stage = "predict"
     checkpoint: str | None = None
-    config: str = "tiny"
+    config: str | ModelConfig = "tiny"          # preset name or a ModelConfig (--model-config)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     predict: PredictSettings | None = None     # None: PredictSettings() (predict only)
     seeds: tuple[int, ...] | None = None       # featurize only: seeds[0] (default 0)
@@ -94,9 +98,14 @@ class BatchSettings:
     overwrite: bool = False
     placement_timeout_s: float = DEFAULT_PLACEMENT_TIMEOUT_S
     featurize_time_limit_s: float | None = DEFAULT_FEATURIZE_TIME_LIMIT_S   # per job; None: off
+    # at most this many input files/manifest rows are read in the driver, not by Ray tasks
+    driver_read_max_inputs: int = DEFAULT_DRIVER_READ_MAX_INPUTS
     address: str | None = None      # Ray address; None: RAY_ADDRESS or an embedded local Ray
     num_cpus: int | None = None     # CPUs of an embedded local Ray
     quiet: bool = False
+    # `foldray screen`: rows come from a target x a ligand library (`inputs` unused) and the
+    # results table has the screen columns (foldray.io.results.SCREEN_SCHEMA)
+    screen: ScreenSettings | None = None
 
 
 @dataclass
@@ -105,6 +114,21 @@ class BatchResult:
     table_url: str
     seconds: float
     problem: str | None = None      # why the run stopped early (pending jobs are error rows)
+    # where the time went: seconds per phase of the run (`benchmarks/batch_overhead.py`)
+    phases: dict[str, float] = field(default_factory=dict)
+
+
+class _Clock:
+    """Seconds per phase, each phase from the end of the previous one."""
+
+    def __init__(self) -> None:
+        self.phases: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.phases[phase] = round(self.phases.get(phase, 0.0) + now - self._last, 3)
+        self._last = now
 
 
 class BatchError(Exception):
@@ -115,12 +139,14 @@ class BatchError(Exception):
 
 
 def collect_entries(locations: list[str]) -> tuple[list[dict[str, Any]], list[InputError]]:
-    """Input units (files, or manifest rows holding JSON) and the locations that failed.
+    """Input units (files, manifest rows holding JSON, or jobs stored by `foldray featurize`:
+    `stored`) and the locations that failed.
 
     Storage errors here (missing bucket, refused credentials) are raised, not collected.
     """
     from foldray.inputs.load import INPUT_SUFFIXES, find_inputs
     from foldray.inputs.manifest import ManifestEntry, is_manifest, read_manifest
+    from foldray.io.feature_store import is_sidecar
 
     entries: list[dict[str, Any]] = []
     errors: list[InputError] = []
@@ -130,7 +156,8 @@ def collect_entries(locations: list[str]) -> tuple[list[dict[str, Any]], list[In
         if not files:
             errors.append(InputError(f"no input files ({', '.join(INPUT_SUFFIXES)}) found",
                                      source=location))
-        entries.extend({"source": f, "text": None} for f in files)
+        # `foldray featurize` output: each job's sidecar stands for its stored features
+        entries.extend({"source": f, "text": None, "stored": is_sidecar(f)} for f in files)
 
     for location in locations:
         try:
@@ -141,7 +168,7 @@ def collect_entries(locations: list[str]) -> tuple[list[dict[str, Any]], list[In
                 if isinstance(entry, InputError):
                     errors.append(entry)
                 elif isinstance(entry, ManifestEntry) and entry.text is not None:
-                    entries.append({"source": entry.source, "text": entry.text})
+                    entries.append({"source": entry.source, "text": entry.text, "stored": False})
                 else:
                     try:
                         add_files(entry.source)
@@ -172,28 +199,50 @@ def run_batch(settings: BatchSettings) -> BatchResult:
     from foldray.jobs.ray_setup import connect_ray
 
     started = time.perf_counter()
+    clock = _Clock()
     try:   # before Ray or the model: a wrong bucket or key fails in seconds
         storage.check_writable(settings.out)
     except OSError as err:
         raise _storage_problem(f"output {settings.out}", err) from None
     try:
-        entries, bad_locations = collect_entries(list(settings.inputs))
+        if settings.screen is None:
+            entries, bad_locations = collect_entries(list(settings.inputs))
+        else:   # the library's files, listed (not read) here: a wrong prefix fails now
+            entries, bad_locations = [{"library": _library_files(settings.screen)}], []
+    except InputError as err:
+        raise BatchError(error_line(err)) from None
     except Exception as err:  # s3fs/botocore errors when listing inputs
         raise _storage_problem(f"inputs {list(settings.inputs)}", err) from None
     if settings.stop_after == "predict" and settings.msa.mode == "search":
         _check_msa_config(settings.msa)
+    clock.lap("checks")
     with connect_ray(settings.address, quiet=settings.quiet, num_cpus=settings.num_cpus):
+        clock.lap("ray_start")
         _check_placement(settings)
-        rows, problem = _run_pipeline(settings, entries) if entries else ([], None)
+        rows, problem = _run_pipeline(settings, entries, clock) if entries else ([], None)
+    clock.lap("ray_shutdown")
     rows = sorted(rows + _error_rows(bad_locations), key=lambda r: (r["source"], r["name"]))
     try:
-        table_url = write_results_table(settings.out, rows)
+        table_url = write_results_table(settings.out, rows, _schema(settings))
     except Exception as err:   # storage gone at the very end: the part files keep the rows
         raise BatchError(f"cannot write {settings.out}/results.parquet: {short_message(err)} "
                          f"(finished rows are in {settings.out}/.results/)") from None
     with contextlib.suppress(OSError):
         clear_parts(settings.out)
-    return BatchResult(rows, table_url, time.perf_counter() - started, problem)
+    clock.lap("results_table")
+    return BatchResult(rows, table_url, time.perf_counter() - started, problem, clock.phases)
+
+
+def _library_files(screen: ScreenSettings) -> dict[str, list[str]]:
+    from foldray.screen_library import list_library
+
+    return list_library(screen.library)
+
+
+def _schema(settings: BatchSettings) -> Any:
+    from foldray.io.results import RESULTS_SCHEMA, SCREEN_SCHEMA
+
+    return RESULTS_SCHEMA if settings.screen is None else SCREEN_SCHEMA
 
 
 def _check_msa_config(msa: MsaSettings) -> None:
@@ -276,6 +325,12 @@ def _read(settings: BatchSettings, entries: list[dict[str, Any]],
 
     from foldray.actors.prepare_stage import read_stage
 
+    if settings.screen is not None:
+        from foldray.actors.screen_stage import screen_dataset
+
+        return screen_dataset(settings.screen, entries[0]["library"], out_url=settings.out,
+                              max_tokens=settings.max_tokens, overwrite=settings.overwrite,
+                              remote=remote)
     return (ray.data.from_items(entries)
             .flat_map(read_stage, fn_kwargs={"out_url": settings.out,
                                              "max_tokens": settings.max_tokens,
@@ -284,24 +339,45 @@ def _read(settings: BatchSettings, entries: list[dict[str, Any]],
             .materialize())
 
 
-def _run_pipeline(settings: BatchSettings, entries: list[dict[str, Any]],
+def _read_here(settings: BatchSettings, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The read stage in this process (a handful of input files: one task each would only
+    add Ray worker start-up, and a sort over few blocks a shuffle)."""
+    from foldray.actors.prepare_stage import read_stage
+
+    return [row for entry in entries for row in read_stage(
+        entry, out_url=settings.out, max_tokens=settings.max_tokens, overwrite=settings.overwrite,
+        stop_after=settings.stop_after)]
+
+
+def _run_pipeline(settings: BatchSettings, entries: list[dict[str, Any]], clock: _Clock,
                   ) -> tuple[list[dict[str, Any]], str | None]:
     """Rows of every job read from `entries`, and why the run stopped early (or None)."""
     import ray
     from ray.data.expressions import col
 
-    from foldray.io.results import RESULT_COLUMNS, ResultParts, read_parts
+    from foldray.io.results import RESULT_COLUMNS, SCREEN_COLUMNS, ResultParts, read_parts, read_results
     from foldray.jobs.ray_setup import worker_remote_args
 
     context = ray.data.DataContext.get_current()
     saved = context.enable_progress_bars
     context.enable_progress_bars = not settings.quiet
-    previous = {r["safe_name"]: r for r in read_parts(settings.out) if r["status"] == "ok"}
-    parts = ResultParts(settings.out)
+    earlier = read_parts(settings.out)
+    if settings.screen is not None:   # a finished screen: its ligand metrics, for skipped rows
+        earlier = read_results(settings.out) + earlier
+    previous = {r["safe_name"]: r for r in earlier if r["status"] in ("ok", "skipped")}
+    parts = ResultParts(settings.out, _schema(settings))
+    columns = [*RESULT_COLUMNS, *(SCREEN_COLUMNS if settings.screen else ()), "input_sha256"]
     try:
         remote = worker_remote_args()
-        read = _read(settings, entries, remote)
-        light = read.select_columns([*RESULT_COLUMNS, "input_sha256"]).take_all()
+        local = settings.screen is None and len(entries) <= settings.driver_read_max_inputs
+        if local:   # a few files: read here, no Ray tasks (worker start-up, sort shuffle)
+            read_rows = _read_here(settings, entries)
+            light = [{key: row.get(key) for key in columns} for row in read_rows]
+        else:
+            read = _read(settings, entries, remote)
+            clock.lap("read")
+            light = read.select_columns(columns).take_all()
+        clock.lap("read_to_driver")
         duplicates = _mark_duplicates(light)
         finished: list[dict[str, Any]] = []
         pending: dict[str, dict[str, Any]] = {}
@@ -318,16 +394,24 @@ def _run_pipeline(settings: BatchSettings, entries: list[dict[str, Any]],
         parts.write(finished)
         if not pending:
             return finished, None
-        keep = col("status") == PENDING
-        if duplicates:
-            keep = keep & col("safe_name").not_in(sorted(duplicates))
         # Largest first: similar sizes run back to back and the longest jobs do not straggle
         # at the end. Materialized before the actor pools start, so sort tasks never wait for
         # CPUs the pools hold. One job per block: jobs spread evenly over the actors.
-        todo = (read.filter(expr=keep).sort("n_tokens", descending=True)
-                .repartition(target_num_rows_per_block=1).materialize())
+        if local:
+            todo_rows = sorted((row for row in read_rows if row["status"] == PENDING
+                                and row["safe_name"] not in duplicates),
+                               key=lambda row: row["n_tokens"], reverse=True)
+            todo = ray.data.from_items(todo_rows, override_num_blocks=len(todo_rows))
+        else:
+            keep = col("status") == PENDING
+            if duplicates:
+                keep = keep & col("safe_name").not_in(sorted(duplicates))
+            todo = (read.filter(expr=keep).sort("n_tokens", descending=True)
+                    .repartition(target_num_rows_per_block=1).materialize())
+        clock.lap("sort")
         problem = _probe_placement(settings)
-        done, problem = ({}, problem) if problem else _stream(settings, todo, remote, parts)
+        clock.lap("placement_probe")
+        done, problem = ({}, problem) if problem else _stream(settings, todo, remote, parts, clock)
     finally:
         context.enable_progress_bars = saved
     lost = [final_row(row | {"status": "error", "error": f"{row['source']}: {row['name']}: -: "
@@ -342,11 +426,14 @@ def _carry_previous(rows: list[dict[str, Any]], previous: dict[str, dict[str, An
     for row in rows:
         before = previous.get(row["safe_name"])
         if row["status"] == "skipped" and before and before["name"] == row["name"]:
-            row.update({key: before[key] for key in _CARRIED})
+            row.update({key: before.get(key) for key in _CARRIED})
+            if "ligand_id" in row:
+                row.update({key: before.get(key) for key in _SCREEN_CARRIED})
+                row["seconds"] = before.get("seconds")
 
 
 def _stream(settings: BatchSettings, todo: ray.data.Dataset, remote: dict[str, Any],
-            parts: ResultParts) -> tuple[dict[str, dict[str, Any]], str | None]:
+            parts: ResultParts, clock: _Clock) -> tuple[dict[str, dict[str, Any]], str | None]:
     """Run the stages after reading; rows by output name as they finish, and the problem
     that stopped the run early (None when every job went through)."""
     from foldray.actors.predict_rows import logger
@@ -355,18 +442,24 @@ def _stream(settings: BatchSettings, todo: ray.data.Dataset, remote: dict[str, A
     buffer: list[dict[str, Any]] = []
     flushed = time.monotonic()
     try:
+        writing = 0.0
         for row in _stages(settings, todo, remote).iter_rows():
+            if not done:
+                clock.lap("pools_start_to_first_row")
             row = final_row(row)
             done[row["safe_name"]] = row
             buffer.append(row)
-            if time.monotonic() - flushed >= PART_INTERVAL_S:
+            if (now := time.monotonic()) - flushed >= PART_INTERVAL_S:
                 parts.write(buffer)
                 buffer, flushed = [], time.monotonic()
+                writing += flushed - now
+        clock.phases["part_writes_in_stream"] = round(writing, 3)
     except Exception as err:   # a dead pool, an actor that cannot be placed: keep what is done
         logger.error("batch run stopped", exc_info=err)
         return done, _run_problem(settings, err)
     finally:
-            parts.write(buffer)
+        parts.write(buffer)
+        clock.lap("stream_rest")
     return done, None
 
 
@@ -403,11 +496,12 @@ def _stages(settings: BatchSettings, todo: ray.data.Dataset,
     from foldray.actors.predict_stage import PredictStage
     from foldray.actors.prepare_stage import FeaturizeStage
     from foldray.actors.write_stage import WriteStage
+    from foldray.features.model_featurization import model_featurization
 
     res = settings.resources
     (low, high), (cpu_low, cpu_high) = _pool_sizes(settings)
     if settings.stop_after == "predict" and settings.msa.mode == "search":
-        todo = _search(settings, todo)
+        todo = _search(settings, todo, remote)
     # CPU stages are actor pools too: a worker decodes the CCD once, and Ray's idle-worker
     # reaping does not restart (and re-import) task workers between jobs.
     # On a cluster with stage resources (cluster.yaml), CPU stages go to featurization
@@ -422,7 +516,10 @@ def _stages(settings: BatchSettings, todo: ray.data.Dataset,
         "seeds": settings.seeds, "max_tokens": settings.max_tokens,
         "share_trunk": settings.share_trunk,
         "out_url": settings.out if featurize_only else None,
-        "time_limit_s": settings.featurize_time_limit_s}, **cpu_stage)
+        "time_limit_s": settings.featurize_time_limit_s,
+        # featurize as the model's checkpoint asks (imported weights: their reference's)
+        "featurization": model_featurization(settings.checkpoint, settings.config),
+        "screen_target": settings.screen.target if settings.screen else None}, **cpu_stage)
     if featurize_only:
         return featurized
     with warnings.catch_warnings():
@@ -439,7 +536,9 @@ def _stages(settings: BatchSettings, todo: ray.data.Dataset,
             num_gpus=res.num_gpus_per_actor, num_cpus=res.num_cpus_per_actor,
             max_restarts=settings.pools.actor_restarts, max_task_retries=-1, **remote,
             **({"resources": model_place} if model_place else {}))
-    return predicted.map(WriteStage, fn_constructor_kwargs={"out_url": settings.out}, **cpu_stage)
+    return predicted.map(WriteStage, fn_constructor_kwargs={
+        "out_url": settings.out, "outputs": (settings.predict or _default_predict()).outputs},
+        **cpu_stage)
 
 
 def _default_predict() -> PredictSettings:
@@ -448,25 +547,24 @@ def _default_predict() -> PredictSettings:
     return PredictSettings()
 
 
-def _search(settings: BatchSettings, todo: ray.data.Dataset) -> ray.data.Dataset:
-    """`--msa search`; when the search fails, jobs are searched one by one and those that
-    still fail become error rows (the cache keeps the others' searches)."""
-    import ray
+def _search(settings: BatchSettings, todo: ray.data.Dataset,
+            remote: dict[str, Any]) -> ray.data.Dataset:
+    """`--msa search`: the engine's MSA stage (`foldray.actors.msa_stage`) on the pending
+    jobs; a job whose search fails is its error row. The rows stay in the cluster."""
+    import sys
 
-    from foldray.actors.predict_rows import failed_row
-    from foldray.jobs.msa import search_stage
+    from foldray.actors.msa_stage import search_dataset, search_totals
+    from foldray.io import storage
+    from foldray.msa.config import load_config
 
-    args = SimpleNamespace(msa_config=settings.msa.config, msa_cache=settings.msa.cache,
-                           out=settings.out, msa_workers=settings.msa.workers,
-                           quiet=settings.quiet)
-    try:
-        return search_stage(args, todo)
-    except Exception:
-        rows = todo.take_all()
-    searched = []
-    for row in rows:
-        try:
-            searched.extend(search_stage(args, ray.data.from_items([row])).take_all())
-        except Exception as err:
-            searched.append(failed_row(row, err, "msa"))
-    return ray.data.from_items(searched).repartition(target_num_rows_per_block=1).materialize()
+    config = load_config(settings.msa.config)
+    cache_url = settings.msa.cache or config.cache_url or storage.join(settings.out, "msa_cache")
+    searched = search_dataset(todo, config, cache_url=cache_url, workers=settings.msa.workers,
+                              remote=remote)
+    if not settings.quiet:
+        totals, warnings = search_totals(searched)
+        for line in warnings:
+            print(f"warning: {line}", file=sys.stderr)
+        print(f"msa: {totals['msa_chains']} chains: {totals['msa_searched']} database searches "
+              f"run, {totals['msa_cached']} from the cache ({cache_url})", file=sys.stderr)
+    return searched

@@ -165,3 +165,126 @@ class JobMsaFiller:
                     self._filled.popitem(last=False)
             self._filled.move_to_end(key)
             return dataclasses.replace(job, entities=self._filled[key])
+
+
+class MsaSearchStage:
+    """Batch-engine stage (`predict-batch --msa search`, `foldray msa`): one actor per run
+    that fans each pending job's chain searches out over its `RayShards` workers and
+    returns the row with the job's MSAs filled. A chain is searched once per run (shared
+    chains of other jobs, and reruns, come from the memo and the cache); a job whose
+    search fails is its own error row. Every row leaves with the `msa_*` columns, so the
+    driver can total what the stage did without pulling the jobs back."""
+
+    def __init__(self, config: MsaConfig, cache_url: str | None, workers: int | None,
+                 num_cpus_per_worker: float = 1.0, runtime_env: dict | None = None,
+                 max_remembered: int = 1024) -> None:
+        from foldray.msa.cache import MsaCache
+        from foldray.msa.fill import ChainSearcher
+
+        self.shards = RayShards(config, workers or config.shards, num_cpus=num_cpus_per_worker,
+                                runtime_env=runtime_env)
+        self.searcher = ChainSearcher(config, self.shards, MsaCache(cache_url) if cache_url else None)
+        self._found: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self.max_remembered = max_remembered
+
+    def _chain(self, sequence: str, mol_type: str) -> Any:
+        key = (sequence.upper(), mol_type)
+        if key not in self._found:
+            self._found[key] = self.searcher.chain(*key)
+            while len(self._found) > self.max_remembered:
+                self._found.popitem(last=False)
+        self._found.move_to_end(key)
+        return self._found[key]
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
+        import warnings
+
+        from foldray.actors.predict_rows import PENDING, failed_row
+        from foldray.msa.fill import NoHitsWarning, chains_to_search, fill_job
+
+        counts = {"msa_chains": 0, "msa_searched": 0, "msa_cached": 0, "msa_warnings": ""}
+        job = row.get("payload")
+        if row["status"] != PENDING or job is None or not hasattr(job, "entities") \
+                or not (chains := chains_to_search([job])):
+            return dict(row) | counts
+        before = dataclasses.replace(self.searcher.counts)
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", NoHitsWarning)
+                filled = fill_job(job, self._chain)
+        except Exception as err:   # one job's failed search is its error row
+            return failed_row(row, err, "msa") | counts
+        after = self.searcher.counts
+        return dict(row) | {
+            "payload": filled, "msa_chains": len(chains),
+            "msa_searched": after.searched - before.searched,
+            "msa_cached": after.cached - before.cached,
+            "msa_warnings": "\n".join(str(w.message) for w in caught)}
+
+
+def search_dataset(rows: Any, config: MsaConfig, *, cache_url: str | None, workers: int | None,
+                   num_cpus_per_worker: float = 1.0, remote: dict[str, Any] | None = None) -> Any:
+    """`rows` (a ray.data.Dataset of engine rows) through `MsaSearchStage`, materialized.
+
+    Materialized so the shard workers, which hold the databases in memory and reserve
+    CPUs, are gone (with their stage actor) before the featurize and model pools start:
+    on a small cluster the pools would otherwise wait for CPUs the search holds."""
+    from ray.data import ActorPoolStrategy
+
+    remote = remote or {}
+    return rows.map(MsaSearchStage, fn_constructor_kwargs={
+        "config": config, "cache_url": cache_url, "workers": workers,
+        "num_cpus_per_worker": num_cpus_per_worker, "runtime_env": remote.get("runtime_env")},
+        compute=ActorPoolStrategy(size=1), num_cpus=0, **remote).materialize()
+
+
+def search_totals(searched: Any) -> tuple[dict[str, int], list[str]]:
+    """(chains / searched / cached totals, warning lines) of a `search_dataset` result."""
+    columns = ["msa_chains", "msa_searched", "msa_cached"]
+    totals = {key: 0 for key in columns}
+    warnings: list[str] = []
+    for batch in searched.select_columns([*columns, "msa_warnings"]).iter_batches(
+            batch_format="pyarrow", batch_size=4096):
+        for key in columns:
+            totals[key] += int(batch[key].to_numpy().sum())
+        warnings.extend(line for text in batch["msa_warnings"].to_pylist() if text
+                        for line in text.split("\n"))
+    return totals, warnings
+
+
+def _write_searched(row: dict[str, Any], *, out_url: str) -> dict[str, Any]:
+    """`foldray msa`'s last stage: `<out>/<job>_data.json`, the input of `foldray predict`."""
+    from foldray.actors.predict_rows import PENDING, failed_row
+    from foldray.inputs.af3_json_writer import job_to_af3_json_text
+    from foldray.io import storage
+
+    if row["status"] == PENDING:
+        job = row["payload"]
+        url = storage.join(out_url, f"{job.safe_name}_data.json")
+        try:
+            storage.retry_io(lambda: storage.write_text_atomic(url, job_to_af3_json_text(job)))
+        except Exception as err:
+            row = failed_row(row, err, "write")
+        else:
+            row = dict(row) | {"status": "ok", "output": url}
+    return {key: value for key, value in row.items() if key != "payload"}
+
+
+def search_and_write(jobs: list[Any], config: MsaConfig, *, out_url: str, cache_url: str | None,
+                     workers: int | None, num_cpus_per_worker: float = 1.0,
+                     remote: dict[str, Any] | None = None) -> tuple[list[dict[str, Any]], dict[str, int],
+                                                                    list[str]]:
+    """`foldray msa` on Ray: the jobs through the MSA stage and a write stage in the cluster;
+    returns the rows (name, status, output, error; no MSAs), totals and warning lines."""
+    import ray
+
+    from foldray.actors.predict_rows import PENDING, result_row
+
+    rows = [result_row(PENDING, source=job.source, name=job.name, payload=job) for job in jobs]
+    dataset = ray.data.from_items(rows).repartition(target_num_rows_per_block=1)
+    searched = search_dataset(dataset, config, cache_url=cache_url, workers=workers,
+                              num_cpus_per_worker=num_cpus_per_worker, remote=remote)
+    totals, warnings = search_totals(searched)
+    written = searched.map(_write_searched, fn_kwargs={"out_url": out_url}, **(remote or {}))
+    done = written.select_columns(["name", "source", "status", "output", "error"]).take_all()
+    return done, totals, warnings

@@ -19,7 +19,7 @@ from foldray.features.pipeline import FeaturizedJob
 from foldray.features.tokenize import TokenizedStructure
 from foldray.inputs.job import Job
 from foldray.io.confidences import SamplePrediction
-from foldray.io.results import RESULT_COLUMNS
+from foldray.io.results import RESULT_COLUMNS, SCREEN_COLUMNS
 
 PENDING = "pending"   # still to do; final statuses are ok / error / skipped
 logger = logging.getLogger("foldray.batch")
@@ -30,6 +30,24 @@ class FeaturizedSeeds:
     """Features of one job per seed (a Python object, so Ray keeps the arrays as they are)."""
 
     by_seed: dict[int, FeaturizedJob]
+
+
+@dataclass(frozen=True)
+class StoredFeatures:
+    """A job featurized by `foldray featurize`: where its features and layout are stored
+    (loaded by the featurize stage, so the read stage and the sort stay light)."""
+
+    job: Job
+    features_url: str
+    layout_url: str
+
+
+@dataclass(frozen=True)
+class ScreenLigand:
+    """A ligand of `foldray screen` (a `foldray.screening.LigandSpec`): the featurize stage
+    builds its complex with the target it holds, so rows never carry the target's MSAs."""
+
+    spec: Any
 
 
 @dataclass(frozen=True)
@@ -52,8 +70,14 @@ def result_row(status: str, *, payload: Any = None, **values: Any) -> dict[str, 
 
 
 def final_row(row: dict[str, Any]) -> dict[str, Any]:
-    """The results-table columns of a row (payload and bookkeeping dropped)."""
-    return {column: row.get(column) for column in RESULT_COLUMNS}
+    """The results-table columns of a row (payload and bookkeeping dropped); screen rows
+    (`ligand_id` set) keep the screen columns, `seconds` the sum of their stages."""
+    out = {column: row.get(column) for column in RESULT_COLUMNS}
+    if "ligand_id" in row:
+        out.update({column: row.get(column) for column in SCREEN_COLUMNS})
+        out["seconds"] = sum(float(row.get(k) or 0.0) for k in
+                             ("featurize_seconds", "model_seconds", "write_seconds"))
+    return out
 
 
 def failure_line(err: BaseException, *, source: str = "", job: str = "", stage: str = "") -> str:

@@ -39,6 +39,15 @@ def _release_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def _screen_metrics(tokens: Any, best: SamplePrediction) -> dict[str, float | None]:
+    """`foldray screen` rows: the ligand (last chain) pLDDT and the target-ligand PAE."""
+    from foldray.screening import screen_metrics
+
+    found = screen_metrics(tokens, best)
+    return {"ligand_plddt": _metric(found["ligand_mean_plddt"]),
+            "min_target_ligand_pae": _metric(found["min_pae_target_ligand"])}
+
+
 class PredictStage:
     """Featurized job in, samples and top-sample metrics out."""
 
@@ -69,7 +78,8 @@ class PredictStage:
         seconds = time.perf_counter() - started
         best = max(samples, key=_rank)          # the sample write_prediction ranks first
         job = next(iter(featurized.by_seed.values())).job
-        return dict(row) | {
+        screen = _screen_metrics(tokens, best) if "ligand_id" in row else {}
+        return dict(row) | screen | {
             "payload": PredictedJob(job=job, tokens=tokens, samples=samples),
             "model_seconds": seconds, "actor_id": self.actor_id, "node_id": self.node_id,
             "ranking_score": _metric(best.score()), "ptm": _metric(best.ptm),

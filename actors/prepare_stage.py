@@ -7,14 +7,25 @@ batch. MSA parsing and conformer generation happen here, never on the inference 
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
-from foldray.actors.predict_rows import PENDING, FeaturizedSeeds, failed_row, result_row
+from foldray.actors.predict_rows import (
+    PENDING,
+    FeaturizedSeeds,
+    ScreenLigand,
+    StoredFeatures,
+    failed_row,
+    result_row,
+)
 from foldray.chem.ccd import parse_user_ccd, warm_up
 from foldray.chem.deadline import featurization_deadline
 from foldray.errors import InputError
-from foldray.features.pipeline import featurize_job, featurize_seeds
+from foldray.features.config import FeaturizationConfig
+from foldray.features.pipeline import FeaturizedJob, featurize_job, featurize_seeds
+from foldray.inputs.af3_json import parse_af3_json_lenient
+from foldray.inputs.af3_json_writer import job_to_af3_json
 from foldray.inputs.job import Job
 from foldray.inputs.manifest import ManifestEntry, read_entry_jobs
 from foldray.inputs.size import check_token_budget, count_tokens
@@ -49,6 +60,12 @@ def _size_and_check(item: Job, row: dict[str, Any], *, out_url: str, max_tokens:
     user_ccd = parse_user_ccd(item.user_ccd, source=item.source) if item.user_ccd else None
     check_token_budget(item, max_tokens, user_ccd)
     row.update(n_tokens=count_tokens(item, user_ccd))
+    return _check_done(item, row, out_url=out_url, overwrite=overwrite, stop_after=stop_after)
+
+
+def _check_done(item: Job, row: dict[str, Any], *, out_url: str, overwrite: bool,
+                stop_after: str) -> dict[str, Any]:
+    """`row` as skipped when its outputs exist for the same input; a conflict is an error."""
     if overwrite:
         return row
     digest = row["input_sha256"]
@@ -77,6 +94,9 @@ def read_stage(row: dict[str, Any], *, out_url: str, max_tokens: int | None,
     work. Complete jobs become `skipped` (with the scores of their outputs) unless
     `overwrite`; a folder holding another job with the same output name is an error.
     """
+    if row.get("stored"):
+        return [_read_stored(row, out_url=out_url, max_tokens=max_tokens, overwrite=overwrite,
+                             stop_after=stop_after)]
     items = _read_entry(row)
     if isinstance(items, dict):
         return [items]
@@ -96,6 +116,40 @@ def read_stage(row: dict[str, Any], *, out_url: str, max_tokens: int | None,
     return rows
 
 
+def _read_stored(row: dict[str, Any], *, out_url: str, max_tokens: int | None, overwrite: bool,
+                 stop_after: str) -> dict[str, Any]:
+    """The row of a job stored by `foldray featurize` (`row["source"]` is its sidecar): the
+    job and its sizes from the sidecar; features and layout are loaded by the featurize
+    stage. Its source and input digest are the original input's, so skipping finished jobs
+    and name conflicts work as for that input."""
+    sidecar = row["source"]
+    base = result_row(PENDING, source=sidecar)
+    try:
+        summary = storage.retry_io(lambda: feature_store.read_sidecar(sidecar))
+        if summary is None or "job" not in summary:
+            raise InputError("not a features sidecar of this foldray version (no job in it); "
+                             "run foldray featurize again", source=sidecar)
+        if stop_after == "featurize":
+            raise InputError("already featurized: stored features are inputs of predict-batch",
+                             source=sidecar)
+        folder = sidecar.rsplit("/", 1)[0]
+        (job,) = parse_af3_json_lenient(json.dumps(summary["job"]), source=summary["source"])
+        if isinstance(job, InputError):
+            raise job
+        base.update(source=job.source, name=job.name, safe_name=job.safe_name,
+                    input_sha256=summary["input_sha256"], n_tokens=int(summary["n_tokens"]),
+                    n_atoms=int(summary["n_atoms"]),
+                    payload=StoredFeatures(job=job, features_url=storage.join(
+                        folder, feature_store.FEATURES_FILE), layout_url=storage.join(
+                        folder, feature_store.LAYOUT_FILE)))
+        if max_tokens is not None and base["n_tokens"] > max_tokens:
+            raise InputError(f"{base['n_tokens']} tokens, over the budget of {max_tokens} "
+                             "(--max-tokens)", source=job.source, job=job.name)
+        return _check_done(job, base, out_url=out_url, overwrite=overwrite, stop_after=stop_after)
+    except Exception as err:
+        return failed_row(base, err, "read")
+
+
 class FeaturizeStage:
     """CPU actor: features per seed for a pending job (same seeds `Predictor.predict_job` uses).
 
@@ -105,10 +159,17 @@ class FeaturizeStage:
 
     def __init__(self, seeds: tuple[int, ...] | None, max_tokens: int | None,
                  share_trunk: bool = False, out_url: str | None = None,
-                 time_limit_s: float | None = None) -> None:
+                 time_limit_s: float | None = None,
+                 featurization: FeaturizationConfig | None = None,
+                 screen_target: Job | None = None) -> None:
         import ray
 
+        from foldray.screening import TargetCache
+
         self.seeds, self.max_tokens, self.share_trunk = seeds, max_tokens, share_trunk
+        self.screen_target = screen_target   # `foldray screen`: rows carry only ligands
+        self.targets = TargetCache(max_entries=1)   # its MSAs parsed once per actor
+        self.featurization = featurization   # the model's (ModelConfig.featurization); None: AF3
         self.time_limit_s = time_limit_s   # per job: a stalled conformer search is its error
         self.out_url = out_url        # set: featurize only, features written here
         self.node_id = ray.get_runtime_context().get_node_id()   # reported per row: placement
@@ -127,13 +188,48 @@ class FeaturizeStage:
                        "featurize_seconds": time.perf_counter() - started}
 
     def _featurize(self, row: dict[str, Any]) -> dict[str, Any]:
+        if isinstance(row["payload"], StoredFeatures):
+            return self._load(row)
+        if isinstance(row["payload"], ScreenLigand):
+            return self._screen(row)
         job: Job = row["payload"]
         try:
             by_seed = featurize_seeds(job, self.seeds, max_tokens=self.max_tokens,
-                                      share_trunk=self.share_trunk)
+                                      share_trunk=self.share_trunk, featurization=self.featurization)
         except InputError as err:
             raise err.located(source=job.source, job=job.name) from None
         tokens = next(iter(by_seed.values())).tokens
+        return dict(row) | {"payload": FeaturizedSeeds(by_seed), "n_tokens": tokens.n_tokens,
+                            "n_atoms": tokens.n_atoms}
+
+    def _screen(self, row: dict[str, Any]) -> dict[str, Any]:
+        """A screen ligand: the complex featurized with the target's cached MSAs (equal to
+        featurizing the complex's JSON, `foldray.screening.featurize_screen_job`)."""
+        from foldray.screening import featurize_screen_job, ligand_job
+
+        assert self.screen_target is not None, "screen rows need the featurize stage's target"
+        job = ligand_job(self.screen_target, row["payload"].spec)
+        prepared = self.targets.get(self.screen_target)
+        seeds = self.seeds or job.seeds
+        try:
+            made = {seed: featurize_screen_job(job, prepared, seed=seed, max_tokens=self.max_tokens,
+                                               featurization=self.featurization)
+                    for seed in (seeds[:1] if self.share_trunk else seeds)}
+        except InputError as err:
+            raise err.located(source=job.source, job=job.name) from None
+        by_seed = dict.fromkeys(seeds, made[seeds[0]]) if self.share_trunk else made
+        tokens = made[seeds[0]].tokens
+        return dict(row) | {"payload": FeaturizedSeeds(by_seed), "n_tokens": tokens.n_tokens,
+                            "n_atoms": tokens.n_atoms}
+
+    def _load(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Stored features: loaded, not made; every seed predicts from them (their reference
+        conformers were rotated with `foldray featurize --seed`)."""
+        stored: StoredFeatures = row["payload"]
+        tokens = storage.retry_io(lambda: feature_store.load_layout(stored.layout_url))
+        features = storage.retry_io(lambda: feature_store.load_features(stored.features_url))
+        featurized = FeaturizedJob(job=stored.job, tokens=tokens, features=features)
+        by_seed = dict.fromkeys(self.seeds or stored.job.seeds, featurized)  # one object: pickled once
         return dict(row) | {"payload": FeaturizedSeeds(by_seed), "n_tokens": tokens.n_tokens,
                             "n_atoms": tokens.n_atoms}
 
@@ -141,18 +237,19 @@ class FeaturizeStage:
         assert self.out_url is not None
         job: Job = row["payload"]
         try:
-            featurized = featurize_job(job, seed=(self.seeds or (0,))[0],
-                                       max_tokens=self.max_tokens, with_targets=False)
+            featurized = featurize_job(job, seed=(self.seeds or (0,))[0], max_tokens=self.max_tokens,
+                                       with_targets=False, featurization=self.featurization)
         except InputError as err:
             raise err.located(source=job.source, job=job.name) from None
         summary = {"name": job.name, "source": job.source, "n_tokens": featurized.n_tokens,
                    "n_atoms": featurized.tokens.n_atoms, "input_sha256": row["input_sha256"],
-                   "chains": [c.chain_id for c in featurized.tokens.chains]}
+                   "chains": [c.chain_id for c in featurized.tokens.chains],
+                   "seed": (self.seeds or (0,))[0], "job": job_to_af3_json(job)}
         out_url = self.out_url
         folder = storage.join(out_url, job.safe_name)
         storage.retry_io(lambda: storage.remove_folder(folder))   # nothing stale stays
         url = storage.retry_io(lambda: feature_store.save_features(
-            out_url, job.safe_name, featurized.features, summary))
+            out_url, job.safe_name, featurized.features, summary, featurized.tokens))
         return dict(row) | {"status": "ok", "output": url, "payload": None,
                             "n_tokens": featurized.n_tokens,
                             "n_atoms": featurized.tokens.n_atoms}

@@ -8,6 +8,7 @@ from typing import Any
 from foldray.actors.predict_rows import PENDING, PredictedJob, failed_row, final_row
 from foldray.io import storage
 from foldray.io.confidences import job_dir, write_prediction
+from foldray.io.outputs import OutputOptions
 
 
 class WriteStage:
@@ -20,8 +21,9 @@ class WriteStage:
     (full disk, a file where the folder belongs) is that job's error row.
     """
 
-    def __init__(self, out_url: str) -> None:
+    def __init__(self, out_url: str, outputs: OutputOptions | None = None) -> None:
         self.out_url = out_url
+        self.outputs = outputs    # extra files (PDB, SDF, PDE, ...): foldray.io.outputs
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         if row["status"] == PENDING:
@@ -39,4 +41,5 @@ class WriteStage:
         predicted: PredictedJob = row["payload"]
         storage.remove_folder(job_dir(self.out_url, predicted.job))
         return write_prediction(self.out_url, predicted.job, predicted.tokens, predicted.samples,
-                                input_digest=row.get("input_sha256") or None)
+                                input_digest=row.get("input_sha256") or None,
+                                outputs=self.outputs)

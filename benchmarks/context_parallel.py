@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform as stdlib_platform
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from provenance import git_sha, python_version  # noqa: E402  (benchmarks/provenance.py)
 
 
 def _rss_bytes() -> int:
@@ -105,20 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or ROOT / "benchmarks" / "results" / f"context_parallel-{args.device}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
-        "name": "context_parallel", "device": args.device, "git_sha": _git_sha(),
-        "python": stdlib_platform.python_version(), "config": {
+        "name": "context_parallel", "device": args.device, "git_sha": git_sha(short=False),
+        "python": python_version(), "config": {
             "model": "full widths", "blocks": args.blocks, "chunk_size": chunk,
             "threads_per_worker": args.threads, "backend": backend}, "rows": rows}, indent=1) + "\n")
     print(f"wrote {out}")
     return 0
-
-
-def _git_sha() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 if __name__ == "__main__":

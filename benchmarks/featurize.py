@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform as stdlib_platform
 import resource
-import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -25,6 +24,10 @@ from foldray.features.pipeline import featurize_job
 from foldray.inputs.af3_json import parse_af3_json
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from provenance import cpu_name, git_sha  # noqa: E402  (benchmarks/provenance.py)
+
 DATA = ROOT.parent / "shared" / "data"
 
 
@@ -83,10 +86,8 @@ def main() -> None:
         rows.append({"case": "warm (median)", "max_msa_rows": rows_cap, "n_msa": n_msa,
                      "seconds": sorted(times)[len(times) // 2], "min_seconds": min(times)})
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                         text=True).stdout.strip()
-    result = {"name": "featurize", "device": "cpu", "cpu": stdlib_platform.processor() or
-              stdlib_platform.machine(), "torch": torch.__version__, "git_sha": sha,
+    result = {"name": "featurize", "device": "cpu", "cpu": cpu_name(),
+              "torch": torch.__version__, "git_sha": git_sha(),
               "config": {"job": "1000-token complex, 5 protein chains, 2 ligands, DNA duplex"},
               "n_token": n_token, "peak_mem_bytes": peak, "rows": rows}
     out = ROOT / "benchmarks" / "results" / "featurize-cpu.json"

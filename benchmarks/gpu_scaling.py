@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from kernels import _git_sha, _gpu_name  # noqa: E402  (benchmarks/kernels.py, beside this file)
 from model_forward import protein_job  # noqa: E402
+from provenance import git_sha, gpu_name  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ("torch", "triton")
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     torch.manual_seed(0)
     model = AlphaFold3(NAMED_CONFIGS[args.config]()).cuda().eval()
-    device = _gpu_name()
+    device = gpu_name()
     out = args.out or ROOT / "benchmarks" / "results" / f"gpu_scaling-{device}.json"
     rows: list[dict] = []
     alive = set(args.modes)
@@ -195,7 +195,8 @@ def _write(out: Path, device: str, args: argparse.Namespace, rows: list[dict]) -
 
     largest = {m: max((r["n_token"] for r in rows if r["kernels"] == m and r["status"] == "ok"), default=None)
                for m in MODES}
-    result = {"name": "gpu_scaling", "device": device, "torch": torch.__version__, "git_sha": _git_sha(),
+    result = {"name": "gpu_scaling", "device": device, "torch": torch.__version__,
+              "git_sha": git_sha(short=False),
               "config": {"model": args.config, "precision": args.precision, "n_step": args.steps,
                          "n_sample": args.samples, "n_cycle": 1},
               "max_n_token": largest, "rows": rows}

@@ -18,14 +18,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform as stdlib_platform
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from provenance import git_sha, gpu_name, python_version  # noqa: E402  (benchmarks/provenance.py)
 
 
 def attention_cases(n: int, n_atom: int, n_sample: int) -> dict[str, dict]:
@@ -256,10 +257,10 @@ def main(argv: list[str] | None = None) -> int:
         print("benchmarks/kernels.py: no CUDA device here; run it on a GPU machine, "
               "or use --interpret for a CPU smoke test.")
         return 0
-    device_name = "interpret" if args.interpret else _gpu_name()
+    device_name = "interpret" if args.interpret else gpu_name()
     rows = run(args)
     result = {"name": "kernels", "device": device_name, "torch": torch.__version__,
-              "git_sha": _git_sha(), "python": stdlib_platform.python_version(),
+              "git_sha": git_sha(short=False), "python": python_version(),
               "config": {"dtype": "fp32" if args.interpret else args.dtype, "repeat": args.repeat,
                          "n_sample": args.samples}, "rows": rows}
     out = args.out or ROOT / "benchmarks" / "results" / f"kernels-{device_name}.json"
@@ -271,20 +272,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kernel output differs from the reference: {bad}", file=sys.stderr)
         return 1
     return 0
-
-
-def _gpu_name() -> str:
-    import torch
-
-    return "-".join(torch.cuda.get_device_name(0).lower().replace("nvidia", "nvidia ").split())
-
-
-def _git_sha() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform as stdlib_platform
 import resource
 import subprocess
 import sys
@@ -28,6 +27,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from provenance import cpu_model, cpu_name, git_sha  # noqa: E402  (benchmarks/provenance.py)
 
 
 def protein_job(n_token: int):
@@ -407,10 +409,8 @@ def compare_main(reference: str, tokens: list[int], *, n_sample: int, n_step: in
             "status": "ok", "version": version[0] if version else None,
             "reference_torch": version[1] if len(version) > 1 else None,
             "foldray_config": f"full-{reference}", "depth": depth, "blocks": depths, "runs": runs}
-    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                         text=True).stdout.strip()
-    result = {"name": "model_forward-compare", "device": "cpu", "cpu": _cpu_model(),
-              "torch": torch.__version__, "threads": threads, "git_sha": sha,
+    result = {"name": "model_forward-compare", "device": "cpu", "cpu": cpu_model(),
+              "torch": torch.__version__, "threads": threads, "git_sha": git_sha(),
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "input": f"shared/data/inputs/{PROTEIN} chain A, first N residues, no MSA",
               "forward": f"trunk (1 cycle) + sampler ({n_step} steps, {n_sample} samples) + confidence head, "
@@ -433,13 +433,6 @@ def _named_configs() -> list[str]:
     from foldray.model.config import NAMED_CONFIGS
 
     return [name.removeprefix("full-") for name in NAMED_CONFIGS if name.startswith("full-")]
-
-
-def _cpu_model() -> str:
-    for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-        if line.startswith("Model name:"):
-            return line.split(":", 1)[1].strip()
-    return stdlib_platform.processor() or stdlib_platform.machine()
 
 
 def compare_case(case: str, args: argparse.Namespace) -> dict:
@@ -520,12 +513,10 @@ def main() -> None:
                      if "error" not in row else f"failed: {row['error']}"), flush=True)
     import torch
 
-    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                         text=True).stdout.strip()
     out = ROOT / "benchmarks" / "results" / f"model_forward-{args.device.split(':')[0]}.json"
     out.write_text(json.dumps({"name": "model_forward", "device": args.device,
-                               "cpu": stdlib_platform.processor() or stdlib_platform.machine(),
-                               "torch": torch.__version__, "git_sha": sha, "rows": rows}, indent=2))
+                               "cpu": cpu_name(),
+                               "torch": torch.__version__, "git_sha": git_sha(), "rows": rows}, indent=2))
     print(f"-> {out}")
 
 

@@ -19,13 +19,16 @@ import argparse
 import dataclasses
 import json
 import os
-import platform as stdlib_platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from provenance import python_version  # noqa: E402  (benchmarks/provenance.py)
+
 PROTEIN_DB = ROOT.parent / "shared" / "data" / "seqdb" / "protein_db.fasta"
 
 
@@ -79,7 +82,7 @@ def main() -> int:
     config = MsaConfig(databases=(db,), shards=args.shards)
     results: dict = {"queries": len(sequences), "query_lengths": [len(s) for s in sequences],
                      "database_sequences": 9674, "shards": args.shards, "iterations": args.iterations,
-                     "machine": {"cpus": os.cpu_count(), "python": stdlib_platform.python_version(),
+                     "machine": {"cpus": os.cpu_count(), "python": python_version(),
                                  "loadavg_before": os.getloadavg()}}
     local = LocalShards(1)
     local.database_size(db)  # load outside the timing, like the actors' start-up

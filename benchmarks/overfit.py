@@ -1,9 +1,10 @@
 """Overfit one small real structure with the full training step (issue goal: diffusion loss
 down > 5x, all-atom lDDT of a sampled structure > 0.8).
 
-Trains AlphaFold3 on Trp-cage (1l2y, 20 residues, 154 heavy atoms) with
+Trains AlphaFold3 on Trp-cage (1l2y, 20 residues, 154 heavy atoms) with the library's
+training loop (foldray.training.loop.TrainLoop, the one `foldray train` workers run) over
 `foldray.training.train_step` (trunk, 48 noised copies through the diffusion module,
-mini-rollout + confidence head, distogram, SI loss weights) and Adam, on CPU. Records:
+mini-rollout + confidence head, distogram, SI loss weights), on CPU. Records:
   - the training curve: every step's diffusion loss (noise levels differ per step, so it is
     noisy) and the rollout lDDT;
   - an evaluation diffusion loss before and after training on one fixed set of noise levels,
@@ -12,26 +13,32 @@ mini-rollout + confidence head, distogram, SI loss weights) and Adam, on CPU. Re
     `--n-step` steps) and their all-atom lDDT against the truth.
 Writes benchmarks/results/overfit-<device>.json.
 
-Defaults (what the committed result used): `tiny-wide` (ModelConfig.tiny() with a wider,
-deeper diffusion module, see `model_config`), Adam with the SI 5.4 betas / eps, LR 2e-3 (the
-SI base LR is 1.8e-3) after a 20-step warm-up, gradient clipping at norm 10 (SI 5.4),
-1,500 steps, one structure per step, 48 diffusion copies and a 20-step mini-rollout (SI).
+Defaults: `tiny-wide` (ModelConfig.tiny() with a wider, deeper diffusion module, see
+`model_config`); the optimizer is a training config's `optimizer` section (OptimizerConfig:
+SI 5.4 Adam betas / eps, the `lr_at` warm-up schedule, clipping at norm 10), from
+`--train-config` or the defaults with LR 2e-3 (the SI base LR is 1.8e-3) and a 20-step
+warm-up; `--lr` / `--warmup` override it. 1,500 steps, one structure per step, 48 diffusion
+copies and a 20-step mini-rollout (SI). The committed result predates the shared loop: its
+warm-up started at LR/20 on the first step where `lr_at` starts at 0.
 Exploration on this CPU (eval diffusion loss ratio / mean sampled lDDT): tiny, LR 1e-3,
 400 steps: 2.5x / 0.67; tiny, 2e-3, 800: 3.5x / 0.89; tiny, 2e-3, 2000: 4.1x / 0.93;
 tiny-wide, 2e-3, 1000: 4.5x / 1.00.
 
     python benchmarks/overfit.py [--steps 1500] [--lr 2e-3] [--config tiny-wide] [--threads 1]
+                                 [--train-config configs/tiny_cpu.yaml]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import resource
-import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -39,13 +46,20 @@ from foldray.features.batch import collate
 from foldray.features.pipeline import featurize_job
 from foldray.inputs.mmcif_input import job_from_structure_file
 from foldray.model.alphafold3 import AlphaFold3
-from foldray.model.config import DiffusionConfig, ModelConfig
+from foldray.model.config import DiffusionConfig, ModelConfig, RuntimeConfig
 from foldray.model.diffusion import diffusion_training_inputs
 from foldray.model.losses import total_loss
-from foldray.training import lddt, train_step, training_sample
+from foldray.training import lddt, training_sample
+from foldray.training.config import OptimizerConfig, TrainConfig, load_train_config
+from foldray.training.loop import LoopSettings, TrainCallback, TrainLoop, build_parts
+from foldray.training.parallel import TrainStepModule
 from foldray.training.permutation import permute_ground_truth
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from provenance import git_sha  # noqa: E402  (benchmarks/provenance.py)
+
 DATA = ROOT.parent / "shared" / "data"
 
 
@@ -112,8 +126,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--structure", default="1l2y")
     parser.add_argument("--config", default="tiny-wide", choices=["tiny", "tiny-wide"])
     parser.add_argument("--steps", type=int, default=1500)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--warmup", type=int, default=20, help="linear LR warm-up steps")
+    parser.add_argument("--train-config", default=None,
+                        help="training config YAML whose `optimizer` section is used")
+    parser.add_argument("--lr", type=float, default=None, help="optimizer.lr (default 2e-3)")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="optimizer.warmup_steps, linear LR warm-up (default 20)")
     parser.add_argument("--diffusion-batch", type=int, default=48)
     parser.add_argument("--mini-rollout-steps", type=int, default=20)
     parser.add_argument("--eval-copies", type=int, default=48)
@@ -126,6 +143,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def optimizer_config(args: argparse.Namespace) -> OptimizerConfig:
+    """The `optimizer` section of --train-config (else LR 2e-3, 20 warm-up steps), with
+    --lr / --warmup applied."""
+    config = load_train_config(args.train_config).optimizer if args.train_config else \
+        OptimizerConfig(lr=2e-3, warmup_steps=20)
+    if args.lr is not None:
+        config = dataclasses.replace(config, lr=args.lr)
+    if args.warmup is not None:
+        config = dataclasses.replace(config, warmup_steps=args.warmup)
+    return config
+
+
+class Curve(TrainCallback):
+    """Every step's training metrics (report_every 1), printed every 25 steps."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps, self.rows = steps, []
+        self.started = time.perf_counter()
+
+    def on_report(self, loop: TrainLoop, metrics: dict[str, Any], *, checkpoint: bool) -> None:
+        step = int(metrics["step"]) - 1
+        self.rows.append({"step": step, **{k: metrics[k] for k in (
+            "diffusion", "loss", "lddt_rollout", "t_mean", "grad_norm")}})
+        if step % 25 == 0 or step == self.steps - 1:
+            window = self.rows[-25:]
+            mean = sum(row["diffusion"] for row in window) / len(window)
+            print(f"step {step:4d}  diffusion {metrics['diffusion']:.4f} (last-25 mean {mean:.4f})  "
+                  f"rollout lDDT {metrics['lddt_rollout']:.3f}  |g| {metrics['grad_norm']:.2f}  "
+                  f"{time.perf_counter() - self.started:.0f} s", flush=True)
+
+
 def run(args: argparse.Namespace) -> tuple[AlphaFold3, dict[str, torch.Tensor], dict[str, object]]:
     """Train, evaluate and sample; returns the trained model, the batch and the result row."""
     if args.threads:
@@ -134,35 +182,25 @@ def run(args: argparse.Namespace) -> tuple[AlphaFold3, dict[str, torch.Tensor], 
     path = DATA / "structures" / f"{args.structure}.cif"
     featurized = featurize_job(job_from_structure_file(path.read_text(), source=str(path)))
     batch = collate([training_sample(featurized)], token_buckets=None, atom_buckets=None)
+    train_config = TrainConfig(seed=args.seed, optimizer=optimizer_config(args))
     torch.manual_seed(args.seed)
     config = model_config(args.config, args.diffusion_batch, args.mini_rollout_steps)
-    model = AlphaFold3(config).train()
+    parts = build_parts(train_config, config, device=torch.device("cpu"))
+    model = parts.model
     n_param = sum(p.numel() for p in model.parameters())
-    # SI 5.4 Adam settings and gradient clipping; the base LR is the issue's ~1e-3
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.95), eps=1e-8)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / max(1, args.warmup)))
-    generator = torch.Generator().manual_seed(args.seed)
+    step_module = TrainStepModule(model, runtime=RuntimeConfig(), loss=config.loss,
+                                  diffusion_batch=args.diffusion_batch)
+    settings = LoopSettings(max_steps=args.steps, report_every=1,
+                            grad_clip_norm=train_config.optimizer.grad_clip_norm)
 
     initial = eval_diffusion_loss(model, batch, args.eval_copies, seed=1234)
-    curve: list[dict[str, float]] = []
+    recorder = Curve(args.steps)
     started = time.perf_counter()
-    for step in range(args.steps):
-        optimizer.zero_grad(set_to_none=True)
-        loss, metrics = train_step(model, batch, generator=generator)
-        loss.backward()
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0))
-        optimizer.step()
-        schedule.step()
-        curve.append({"step": step, "diffusion": metrics["diffusion"], "loss": metrics["loss"],
-                      "lddt_rollout": metrics["lddt_rollout"], "t_mean": metrics["t_mean"],
-                      "grad_norm": grad_norm})
-        if step % 25 == 0 or step == args.steps - 1:
-            window = curve[-25:]
-            mean = sum(row["diffusion"] for row in window) / len(window)
-            print(f"step {step:4d}  diffusion {metrics['diffusion']:.4f} (last-25 mean {mean:.4f})  "
-                  f"rollout lDDT {metrics['lddt_rollout']:.3f}  |g| {grad_norm:.2f}  "
-                  f"{time.perf_counter() - started:.0f} s", flush=True)
+    TrainLoop(step_module, model=model, params=parts.trainable, optimizer=parts.optimizer,
+              scheduler=parts.scheduler, ema=parts.ema, batches=itertools.repeat(batch),
+              generator=torch.Generator().manual_seed(args.seed), settings=settings,
+              callbacks=[recorder]).run()
+    curve = recorder.rows
     train_seconds = time.perf_counter() - started
     final = eval_diffusion_loss(model, batch, args.eval_copies, seed=1234)
     sampled = sampled_lddt(model, batch, args.n_sample, args.n_step, seed=args.seed + 1)
@@ -176,11 +214,12 @@ def run(args: argparse.Namespace) -> tuple[AlphaFold3, dict[str, torch.Tensor], 
     inter = sampled["lddt_inter_residue_per_sample"]
     result = {
         "name": "overfit", "device": "cpu", "torch": torch.__version__,
-        "git_sha": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                                  capture_output=True, text=True).stdout.strip(),
+        "git_sha": git_sha(),
         "config": {"model": args.config, "model_config": config.to_dict(), "n_param": n_param,
-                   "structure": args.structure, "optimizer": "Adam(betas=(0.9, 0.95), eps=1e-8)",
-                   "lr": args.lr, "warmup_steps": args.warmup, "grad_clip_norm": 10.0,
+                   "structure": args.structure, "loop": "foldray.training.loop.TrainLoop",
+                   "optimizer": dataclasses.asdict(train_config.optimizer),
+                   "lr": train_config.optimizer.lr, "warmup_steps": train_config.optimizer.warmup_steps,
+                   "grad_clip_norm": train_config.optimizer.grad_clip_norm,
                    "diffusion_batch": args.diffusion_batch, "eval_copies": args.eval_copies,
                    "n_sample": args.n_sample, "n_step": args.n_step, "seed": args.seed,
                    "threads": torch.get_num_threads()},

@@ -18,31 +18,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform as stdlib_platform
 import resource
-import socket
-import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from provenance import cpu_name, free_port, git_sha  # noqa: E402  (benchmarks/provenance.py)
+
 DATA = ROOT.parent / "shared" / "data"
 TOKEN = "benchmark-token"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _git_sha() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                                       text=True).strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def featurization_row(n: int) -> dict:
@@ -108,7 +96,7 @@ def main() -> None:
     ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
              _temp_dir=temp_dir, object_store_memory=1 << 30, configure_logging=False,
              log_to_driver=False)
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     client = FoldrayClient(f"http://127.0.0.1:{port}", token=TOKEN, timeout=120)
     rows = [featurization_row(min(args.n, 8))]
@@ -152,7 +140,7 @@ def main() -> None:
 
     result = {
         "name": "screen_throughput", "device": "cpu" if not torch.cuda.is_available() else "cuda",
-        "cpu": stdlib_platform.machine(), "torch": torch.__version__, "git_sha": _git_sha(),
+        "cpu": cpu_name(), "torch": torch.__version__, "git_sha": git_sha(),
         "config": {**model, "target": "102m chain A (154 aa) + 98-row MSA", "ray_cpus": 2,
                    "weights": "random (no trained checkpoint yet)"},
         "n_token": len(sequence),

@@ -17,6 +17,7 @@ from foldray.jobs import (
     predict,
     predict_batch,
     report,
+    screen,
     serve,
     train,
     validate,
@@ -27,6 +28,7 @@ COMMANDS = {
     "predict": (predict, "predict structures locally (AF3 output layout), no Ray needed"),
     "featurize": (featurize, "featurize many jobs on Ray (local or cluster) into a folder/bucket"),
     "predict-batch": (predict_batch, "predict many jobs with Ray Data, folder/bucket to folder/bucket"),
+    "screen": (screen, "screen one target against a ligand library (SMILES/SDF/CSV/Parquet) on Ray Data"),
     "report": (report, "plots and an offline HTML page for a prediction or a results table"),
     "example": (example, "print a bundled AF3 input job to start from"),
     "convert": (convert, "write Boltz YAML, FASTA, Protenix/Server JSON or mmCIF inputs as AF3 JSON"),
@@ -37,9 +39,37 @@ COMMANDS = {
 }
 
 
+def version_text() -> str:
+    """`foldray <version>`, then torch/Ray versions read from package metadata (no import, so fast)."""
+    from importlib import metadata
+
+    import foldray
+
+    parts = []
+    for dist in ("torch", "ray"):
+        try:
+            parts.append(f"{dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            parts.append(f"{dist} not installed")
+    return f"foldray {foldray.__version__}\n" + ", ".join(parts)
+
+
+class _VersionAction(argparse.Action):
+    """Like argparse's "version" action, but builds the text only when asked."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)  # type: ignore[arg-type]
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: object, values: object,
+                 option_string: str | None = None) -> None:
+        print(version_text())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="foldray", description="AlphaFold 3-class structure "
                                      "prediction on Ray.")
+    parser.add_argument("--version", action=_VersionAction, help="print the foldray, torch and Ray versions")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module, help_text) in COMMANDS.items():
         module.build_parser(sub.add_parser(name, help=help_text, description=module.__doc__,
@@ -48,7 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    if not (sys.argv[1:] if argv is None else argv):  # bare `foldray`: the help, not a usage error
+        parser.print_help()
+        return 0
+    args = parser.parse_args(argv)
     module, _ = COMMANDS[args.command]
     try:
         return module.run(args)

@@ -15,7 +15,14 @@ import argparse
 import sys
 from importlib import resources
 
+from foldray.config_loader import ConfigError
 from foldray.features.tokenize import DEFAULT_MAX_TOKENS
+from foldray.jobs.options import (
+    PRESETS_HELP,
+    add_model_config_argument,
+    add_set_argument,
+    resolve_model_and_runtime,
+)
 from foldray.jobs.ray_setup import absolute_local
 
 
@@ -30,6 +37,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                         help="AF3 JSON / JSONL / mmCIF files or folders, or a .parquet/.csv "
                              "manifest; local or URL (default: the bundled example)")
     parser.add_argument("--out", default="foldray_out/features", help="output folder or URL")
+    add_model_config_argument(parser, help_text=(
+        f"the model the features are for (its featurization): a preset ({PRESETS_HELP}) or a "
+        "YAML/JSON model config file (default tiny, AF3's featurization)"))
+    add_set_argument(parser, "override a model setting: model.featurization.paired_msa=precomputed")
     parser.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS)
     parser.add_argument("--seed", type=int, default=0, help="seed of reference-conformer rotations")
     parser.add_argument("--overwrite", action="store_true", help="redo jobs already featurized")
@@ -48,9 +59,14 @@ def run(args: argparse.Namespace) -> int:
     from foldray.actors.batch import BatchSettings, Pools, Resources
     from foldray.jobs.predict_batch import run_and_report
 
+    try:
+        model_config, _ = resolve_model_and_runtime(args)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     settings = BatchSettings(
         inputs=tuple(absolute_local(u) for u in (args.inputs or [default_inputs()])),
-        out=absolute_local(args.out), stop_after="featurize", seeds=(args.seed,),
+        out=absolute_local(args.out), stop_after="featurize", seeds=(args.seed,), config=model_config,
         max_tokens=args.max_tokens, overwrite=args.overwrite,
         featurize_time_limit_s=args.featurize_time_limit or None,
         resources=Resources(num_cpus_per_worker=args.num_cpus_per_worker),

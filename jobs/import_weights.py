@@ -19,8 +19,11 @@ import argparse
 import json
 import sys
 
+from foldray.config_loader import ConfigError
 from foldray.io.import_weights import DEFAULT_CONFIGS, SOURCES, ImportMismatch, import_checkpoint
 from foldray.io.weights import WeightsError
+from foldray.jobs.options import add_model_config_argument, add_set_argument, deprecated_config_alias
+from foldray.model.config import ModelConfig, is_preset, model_config_from
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -30,18 +33,34 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("src", metavar="SRC", help="reference checkpoint (path or URL)")
     parser.add_argument("--out", required=True, metavar="DST",
                         help="foldray checkpoint to write (.safetensors, path or URL)")
-    parser.add_argument("--config", default=None,
-                        help="a named foldray config to import into instead of reading the sizes "
-                             "from SRC (family switches come from "
-                        + ", ".join(f"{k}: {v}" for k, v in DEFAULT_CONFIGS.items()) + ")")
+    add_model_config_argument(parser, default=None, help_text=(
+        "a model preset or YAML/JSON model config file to import into instead of reading the sizes "
+        "from SRC (family switches come from "
+        + ", ".join(f"{k}: {v}" for k, v in DEFAULT_CONFIGS.items()) + ")"))
+    deprecated_config_alias(parser, "model_config")
+    add_set_argument(parser, "override a setting of --model-config, e.g. --set n_cycle=10")
     parser.add_argument("--verbose", action="store_true",
                         help="on a mismatch, list every missing / unexpected / misshaped tensor")
     return parser
 
 
+def model_config(args: argparse.Namespace) -> str | ModelConfig | None:
+    """None (read the sizes from SRC), a preset's canonical name, or a ModelConfig."""
+    if args.model_config is None:
+        if args.set:
+            raise ConfigError("--set needs --model-config (the config it changes)", key="--set")
+        return None
+    if is_preset(args.model_config) and not args.set:
+        return args.model_config.strip().lower().replace("_", "-")
+    return model_config_from(args.model_config, args.set)
+
+
 def run(args: argparse.Namespace) -> int:
     try:
-        summary = import_checkpoint(args.source, args.src, args.out, args.config)
+        summary = import_checkpoint(args.source, args.src, args.out, model_config(args))
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except ImportMismatch as err:
         print(f"error: {args.src}: {err.details() if args.verbose else err}", file=sys.stderr)
         return 2

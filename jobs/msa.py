@@ -3,7 +3,9 @@
 Reads AF3 input jobs, searches every protein chain with jackhmmer and every RNA chain with
 nhmmer (pyhmmer) against the databases in the config, and writes each job back as
 `<out>/<job>_data.json` with `unpairedMsa` / `pairedMsa` filled in: the input of
-`foldray predict`, like AF3's data-pipeline-only mode. Each database is split into
+`foldray predict`, like AF3's data-pipeline-only mode. On Ray the search and the writes
+are the batch engine's MSA stage (`foldray.actors.msa_stage`, also `predict-batch --msa
+search`); this module parses flags and prints. Each database is split into
 `--shards` shards held by `--workers` Ray actors, and every search round maps the profile
 over all shards. Results go to a content-addressed cache (`--cache`, default
 `<out>/msa_cache`), so a chain is searched once per database release and settings, and an
@@ -22,6 +24,7 @@ from foldray.errors import InputError
 from foldray.inputs.af3_json_writer import job_to_af3_json_text
 from foldray.inputs.job import Job
 from foldray.io import storage
+from foldray.jobs.options import add_set_argument
 from foldray.msa.cache import MsaCache
 from foldray.msa.config import MsaConfig, load_config, with_overrides
 from foldray.msa.databases import check_databases
@@ -37,6 +40,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--out", required=True, help="output folder or URL (s3://...)")
     parser.add_argument("--config", default=DEFAULT_CONFIG,
                         help=f"databases and search settings (default: {DEFAULT_CONFIG})")
+    add_set_argument(parser, "override a setting of the --config file, e.g. --set shards=8 "
+                             "--set cache_url=s3://bucket/msa_cache")
     parser.add_argument("--shards", type=int, default=None, help="shards per database (default: config)")
     parser.add_argument("--workers", type=int, default=None,
                         help="shard-holding Ray actors (default: one per shard)")
@@ -61,12 +66,9 @@ class MsaRun:
     seconds: float
 
 
-def search_jobs(jobs: list[Job], config: MsaConfig, *, cache_url: str | None, workers: int | None = None,
-                use_ray: bool = True, quiet: bool = False, num_cpus_per_worker: float = 1.0) -> MsaRun:
-    """Fill the jobs' MSAs (databases checked first); Ray actors when `use_ray`, else in-process.
-
-    Runs on the Ray this process is connected to (callers wrap it in `connect_ray`).
-    """
+def search_jobs(jobs: list[Job], config: MsaConfig, *, cache_url: str | None,
+                quiet: bool = False) -> MsaRun:
+    """Fill the jobs' MSAs in this process (`--no-ray`; databases checked first)."""
     from tqdm import tqdm
 
     from foldray.msa.search import LocalShards
@@ -74,21 +76,10 @@ def search_jobs(jobs: list[Job], config: MsaConfig, *, cache_url: str | None, wo
 
     check_databases(config)
     started = time.perf_counter()
-    if use_ray:
-        from foldray.actors.msa_stage import RayShards
-        from foldray.jobs.ray_setup import worker_runtime_env
-
-        shards = RayShards(config, workers or config.shards, num_cpus=num_cpus_per_worker,
-                           runtime_env=worker_runtime_env())
-    else:
-        shards = LocalShards(config.shards)
-    cache = MsaCache(cache_url) if cache_url else None
-    searcher = ChainSearcher(config, shards, cache)
+    searcher = ChainSearcher(config, LocalShards(config.shards), MsaCache(cache_url) if cache_url else None)
     n_chain = len(chains_to_search(jobs))
     with tqdm(total=n_chain, desc="msa chains", disable=not interactive(quiet), file=sys.stderr) as bar:
         filled = fill_jobs(jobs, searcher, on_chain=lambda: bar.update(1))
-    if use_ray:
-        shards.close()
     return MsaRun(jobs=filled, counts=searcher.counts, chains=n_chain,
                   seconds=time.perf_counter() - started)
 
@@ -105,42 +96,6 @@ def add_msa_arguments(parser: argparse.ArgumentParser) -> None:
                         help="shard workers for --msa search (default: one per shard, at most the CPUs)")
 
 
-def check_search_config(args: argparse.Namespace) -> str | None:
-    """For predict-batch, before Ray starts: the `--msa search` config's problem, or None."""
-    if args.msa != "search":
-        return None
-    try:
-        check_databases(load_config(args.msa_config))
-    except InputError as err:
-        return str(err)
-    return None
-
-
-def search_stage(args: argparse.Namespace, pending):  # ray.data.Dataset -> ray.data.Dataset
-    """The `--msa search` stage of predict-batch: fill the pending jobs' MSAs, keep the row order.
-
-    Runs between reading and featurization; the shard workers are released before the
-    featurization and model pools start.
-    """
-    import ray
-
-    config = load_config(args.msa_config)
-    rows = pending.take_all()
-    cache_url = args.msa_cache or config.cache_url or storage.join(args.out, "msa_cache")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", NoHitsWarning)
-        result = search_jobs([row["payload"] for row in rows], config, cache_url=cache_url,
-                             workers=args.msa_workers, quiet=args.quiet)
-    for warning in caught:
-        print(f"warning: {warning.message}", file=sys.stderr)
-    if not args.quiet:
-        print(f"msa: {result.chains} chains in {result.seconds:.1f} s: {result.counts.searched} "
-              f"database searches run, {result.counts.cached} from the cache ({cache_url})")
-    for row, job in zip(rows, result.jobs, strict=True):
-        row["payload"] = job
-    return ray.data.from_items(rows).repartition(target_num_rows_per_block=1).materialize()
-
-
 def output_url(out: str, job: Job) -> str:
     return storage.join(out, f"{job.safe_name}_data.json")
 
@@ -149,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     from foldray.inputs.load import find_inputs, read_jobs
 
     try:
-        config = with_overrides(load_config(args.config), shards=args.shards)
+        config = with_overrides(load_config(args.config, args.set), shards=args.shards)
         check_databases(config)
         files = [path for location in args.inputs for path in find_inputs(location)]
     except InputError as err:
@@ -168,16 +123,17 @@ def run(args: argparse.Namespace) -> int:
             else:
                 jobs.append(item)
     cache_url = args.cache or config.cache_url or storage.join(args.out, "msa_cache")
+    if args.no_ray:
+        return _run_local(args, jobs, config, cache_url, n_errors)
+    return _run_ray(args, jobs, config, cache_url, n_errors)
+
+
+def _run_local(args: argparse.Namespace, jobs: list[Job], config: MsaConfig, cache_url: str,
+               n_errors: int) -> int:
+    """`--no-ray`: search and write in this process."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", NoHitsWarning)
-        if args.no_ray:
-            result = search_jobs(jobs, config, cache_url=cache_url, use_ray=False, quiet=args.quiet)
-        else:
-            from foldray.jobs.ray_setup import connect_ray
-
-            with connect_ray(args.address, quiet=args.quiet, num_cpus=args.num_cpus):
-                result = search_jobs(jobs, config, cache_url=cache_url, workers=args.workers,
-                                     quiet=args.quiet, num_cpus_per_worker=args.worker_cpus)
+        result = search_jobs(jobs, config, cache_url=cache_url, quiet=args.quiet)
     for warning in caught:
         print(f"warning: {warning.message}", file=sys.stderr)
     for job in result.jobs:
@@ -189,6 +145,34 @@ def run(args: argparse.Namespace) -> int:
         print(f"msa: {len(result.jobs)} jobs, {result.chains} chains in {result.seconds:.1f} s: "
               f"{result.counts.searched} database searches run, {result.counts.cached} from the "
               f"cache ({cache_url}); {n_errors} bad records")
+    return 2 if n_errors else 0
+
+
+def _run_ray(args: argparse.Namespace, jobs: list[Job], config: MsaConfig, cache_url: str,
+             n_errors: int) -> int:
+    """The batch engine's MSA stage (`foldray.actors.msa_stage`): search and write in the
+    cluster; this process prints what came back."""
+    from foldray.actors.msa_stage import search_and_write
+    from foldray.jobs.ray_setup import connect_ray, worker_remote_args
+
+    started = time.perf_counter()
+    with connect_ray(args.address, quiet=args.quiet, num_cpus=args.num_cpus):
+        rows, totals, lines = search_and_write(
+            jobs, config, out_url=args.out, cache_url=cache_url, workers=args.workers,
+            num_cpus_per_worker=args.worker_cpus, remote=worker_remote_args())
+    for line in lines:
+        print(f"warning: {line}", file=sys.stderr)
+    for row in sorted(rows, key=lambda r: (r["source"], r["name"])):
+        if row["status"] == "ok":
+            if not args.quiet:
+                print(f"ok: {row['name']}: {row['output']}")
+        else:
+            n_errors += 1
+            print(f"error: {row['error']}", file=sys.stderr)
+    if not args.quiet:
+        print(f"msa: {len(jobs)} jobs, {len(chains_to_search(jobs))} chains in "
+              f"{time.perf_counter() - started:.1f} s: {totals['msa_searched']} database searches "
+              f"run, {totals['msa_cached']} from the cache ({cache_url}); {n_errors} bad records")
     return 2 if n_errors else 0
 
 

@@ -14,12 +14,21 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
+from foldray.config_loader import ConfigError
 from foldray.errors import InputError
 from foldray.features.tokenize import DEFAULT_MAX_TOKENS
 from foldray.inputs.load import iter_jobs
 from foldray.io.confidences import is_complete, job_dir
+from foldray.io.outputs import OutputOptions
+from foldray.jobs.options import (
+    add_model_config_argument,
+    add_runtime_arguments,
+    add_set_argument,
+    deprecated_config_alias,
+    resolve_model_and_runtime,
+)
 from foldray.jobs.validate import format_error
-from foldray.model.config import NAMED_CONFIGS, RuntimeConfig
+from foldray.model.config import RuntimeConfig
 from foldray.progress import JobsBar, StageBars, interactive
 
 if TYPE_CHECKING:
@@ -38,8 +47,8 @@ def parse_seeds(text: str) -> tuple[int, ...]:
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Model, sampling and resume options shared by `predict` and `predict-batch`."""
-    parser.add_argument("--config", default="tiny", choices=tuple(NAMED_CONFIGS),
-                        help="model size when no checkpoint is given (default tiny)")
+    add_model_config_argument(parser)
+    deprecated_config_alias(parser, "model_config")
     parser.add_argument("--checkpoint", default=None,
                         help="foldray safetensors checkpoint (path or URL); its config is used")
     parser.add_argument("--seeds", type=parse_seeds, default=None,
@@ -50,18 +59,38 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--share-trunk", action="store_true",
                         help="one trunk run per job for all seeds (seeds then differ only in "
                              "diffusion noise): faster with many seeds, less diverse")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
-    parser.add_argument("--chunk-size", type=int, default=None,
-                        help="pair-stack chunk size (default: chosen from free memory)")
-    parser.add_argument("--diffusion-chunk", type=int, default=None,
-                        help="samples denoised and scored at once (default: all); lowers peak memory")
-    parser.add_argument("--kernels", default="auto", choices=("auto", "triton", "torch"),
-                        help="Triton kernels on CUDA when available (auto), always, or never")
-    parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the repeated blocks (GPU; one-off compile per input size)")
+    add_runtime_arguments(parser)
+    add_set_argument(parser, "override a runtime or model setting: runtime.chunk_size=64, "
+                             "model.n_cycle=2 (model.* only without --checkpoint)")
     parser.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS)
     parser.add_argument("--overwrite", action="store_true", help="redo jobs already complete")
     parser.add_argument("--quiet", action="store_true")
+    add_output_arguments(parser)
+
+
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """Extra output files (foldray.io.outputs), shared by `predict` and `predict-batch`."""
+    group = parser.add_argument_group("outputs")
+    group.add_argument("--output-format", default="mmcif", choices=("mmcif", "pdb", "both"),
+                       help="structure files per sample: mmCIF (AF3's), PDB, or both "
+                            "(default mmcif)")
+    group.add_argument("--save-ligand-sdf", action="store_true",
+                       help="write <prefix>_ligands.sdf per sample for jobs with ligands: the "
+                            "model's poses with the input's bond orders and charges")
+    group.add_argument("--save-pde", action="store_true",
+                       help="add the predicted distance error matrix (pde) to each confidences.json")
+    group.add_argument("--save-embeddings", action="store_true",
+                       help="write the trunk's single and pair embeddings per seed "
+                            "(seed-<s>_embeddings/*.npz; pair is N_token^2 x 128 floats)")
+    group.add_argument("--save-distogram", action="store_true",
+                       help="write the distogram's bin probabilities per seed "
+                            "(seed-<s>_distogram/*.npz, float16)")
+
+
+def outputs_from_args(args: argparse.Namespace) -> OutputOptions:
+    return OutputOptions(structure_format=args.output_format, ligand_sdf=args.save_ligand_sdf,
+                         save_pde=args.save_pde, save_embeddings=args.save_embeddings,
+                         save_distogram=args.save_distogram)
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -70,14 +99,16 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                         help="AF3 JSON / JSONL / mmCIF files or folders, local or URL")
     parser.add_argument("--out", required=True, help="output folder or URL (s3://...)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--devices", type=int, default=1,
+                        help="spread each prediction over N local devices (GPUs with --device cuda, "
+                             "else CPU processes): the pair representation split by rows; "
+                             "--samples must be a multiple of N")
     add_model_arguments(parser)
     return parser
 
 
 def runtime_from_args(args: argparse.Namespace) -> RuntimeConfig:
-    return RuntimeConfig(precision=args.precision, chunk_size=args.chunk_size,
-                         diffusion_chunk=args.diffusion_chunk, kernels=args.kernels,
-                         compile=args.compile)
+    return resolve_model_and_runtime(args)[1]
 
 
 def settings_from_args(args: argparse.Namespace) -> PredictSettings:
@@ -85,7 +116,7 @@ def settings_from_args(args: argparse.Namespace) -> PredictSettings:
 
     return PredictSettings(seeds=args.seeds, n_sample=args.samples, n_cycle=args.recycles,
                            n_step=args.steps, max_tokens=args.max_tokens,
-                           share_trunk=args.share_trunk)
+                           share_trunk=args.share_trunk, outputs=outputs_from_args(args))
 
 
 def random_weights_warning(config: str) -> str:
@@ -100,10 +131,28 @@ def run(args: argparse.Namespace) -> int:
     if args.samples < 1:
         print("error: --samples must be >= 1", file=sys.stderr)
         return 2
-    predictor = Predictor.load(args.checkpoint, config=args.config, runtime=runtime_from_args(args),
-                               device=args.device)
+    try:
+        model_config, runtime = resolve_model_and_runtime(args)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.devices != 1:          # context parallelism: one complex over several devices
+        from foldray.parallel.predict import check_devices
+
+        try:
+            if args.share_trunk:
+                raise ValueError("--devices N does not combine with --share-trunk")
+            check_devices(args.devices, args.device, args.samples)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    predictor = Predictor.load(args.checkpoint, config=model_config, runtime=runtime, device=args.device)
+    if args.devices != 1:
+        from foldray.parallel.predict import ShardedPredictor
+
+        predictor = ShardedPredictor.from_predictor(predictor, args.devices)
     if predictor.random_weights:
-        print(random_weights_warning(args.config), file=sys.stderr)
+        print(random_weights_warning(args.model_config), file=sys.stderr)
     settings = settings_from_args(args)
     items = list(iter_jobs(args.inputs))      # parsed up front: the jobs bar knows its total
     jobs_bar = JobsBar(len(items), enabled=interactive(args.quiet), desc="jobs")

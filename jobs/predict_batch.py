@@ -2,7 +2,11 @@
 
 Inputs are folders/prefixes of AF3 JSON / JSONL / mmCIF files, single files, or a Parquet
 or CSV manifest (column `input`: file paths/URLs, or column `json`: AF3 JSON texts), local
-or any fsspec URL (s3://, with AWS_* credentials and endpoint). The pipeline (the batch
+or any fsspec URL (s3://, with AWS_* credentials and endpoint). The output folder of
+`foldray featurize` (or one job folder of it) is an input too: its jobs are predicted from
+the stored features, not featurized again (every seed uses the features of
+`featurize --seed`; with `--seeds` equal to it, the outputs equal predicting from the JSON).
+Stored jobs and JSON inputs may be mixed in one run. The pipeline (the batch
 engine, `foldray.actors.batch`; this module only turns flags into its settings):
 
   read + size (CPU tasks: parse, tokenize, token budget, skip finished jobs)
@@ -41,12 +45,13 @@ from foldray.actors.batch import (
     Resources,
     run_batch,
 )
+from foldray.config_loader import ConfigError
 from foldray.jobs.featurize import default_inputs
 from foldray.jobs.msa import add_msa_arguments
+from foldray.jobs.options import resolve_model_and_runtime
 from foldray.jobs.predict import (
     add_model_arguments,
     random_weights_warning,
-    runtime_from_args,
     settings_from_args,
 )
 from foldray.jobs.ray_setup import absolute_local
@@ -69,9 +74,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         prog="foldray predict-batch", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--inputs", nargs="+", default=None,
-                        help="folders/prefixes or files (AF3 JSON, JSONL, mmCIF), or a "
-                             ".parquet/.csv manifest; local or URL (default: the bundled "
-                             "examples, so a first run needs no files)")
+                        help="folders/prefixes or files (AF3 JSON, JSONL, mmCIF), a "
+                             ".parquet/.csv manifest, or `foldray featurize` output; local or "
+                             "URL (default: the bundled examples, so a first run needs no files)")
     parser.add_argument("--out", default="foldray_out/predictions",
                         help="output folder or URL (s3://bucket/prefix)")
     add_model_arguments(parser)
@@ -107,12 +112,14 @@ def add_featurize_time_limit(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from(args: argparse.Namespace) -> BatchSettings:
-    """The flags as engine settings; local paths made absolute (workers run elsewhere)."""
+    """The flags as engine settings; local paths made absolute (workers run elsewhere).
+    A bad --model-config / --set is a ConfigError naming the key."""
+    model_config, runtime = resolve_model_and_runtime(args)
     return BatchSettings(
         inputs=tuple(absolute_local(u) for u in (args.inputs or [default_inputs()])),
         out=absolute_local(args.out), stop_after="predict",
-        checkpoint=absolute_local(args.checkpoint), config=args.config,
-        runtime=runtime_from_args(args), predict=settings_from_args(args), seeds=args.seeds,
+        checkpoint=absolute_local(args.checkpoint), config=model_config,
+        runtime=runtime, predict=settings_from_args(args), seeds=args.seeds,
         max_tokens=args.max_tokens, share_trunk=args.share_trunk,
         resources=Resources(num_gpus_per_actor=args.num_gpus_per_actor,
                             num_cpus_per_actor=args.num_cpus_per_actor,
@@ -133,9 +140,13 @@ def run(args: argparse.Namespace) -> int:
     if args.placement_timeout <= 0:
         print("error: --placement-timeout must be > 0", file=sys.stderr)
         return 2
-    settings = settings_from(args)
+    try:
+        settings = settings_from(args)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if args.checkpoint is None:
-        print(random_weights_warning(args.config), file=sys.stderr)
+        print(random_weights_warning(args.model_config), file=sys.stderr)
     return run_and_report(settings, "predict-batch")
 
 

@@ -10,6 +10,7 @@ application's args; flags override it. Blocks until Ctrl-C unless --detach.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
@@ -17,8 +18,9 @@ from typing import Any
 
 import yaml
 
+from foldray.jobs.options import add_runtime_arguments, runtime_overrides
 from foldray.jobs.ray_setup import connect_ray, worker_env
-from foldray.model.config import NAMED_CONFIGS
+from foldray.model.config import preset_names
 
 APP_NAME = "foldray"
 
@@ -29,14 +31,17 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--host", default=None, help="HTTP bind address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help="HTTP port (default 8000)")
     parser.add_argument("--checkpoint", default=None, help="safetensors checkpoint path or URL")
-    parser.add_argument("--model-config", choices=tuple(NAMED_CONFIGS), default=None,
-                        help="model preset when no checkpoint is given (default tiny)")
+    parser.add_argument("--model-config", default=None, metavar="PRESET",
+                        help="model preset when no checkpoint is given (default tiny; one of "
+                             f"{', '.join(preset_names())}; _ and - are the same)")
     parser.add_argument("--num-gpus", type=float, default=None, help="GPUs per model replica")
     parser.add_argument("--token-file", default=None, help="file holding the bearer token")
     parser.add_argument("--insecure-no-auth", action="store_true",
                         help="serve without a token (local development only)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="any app setting (YAML value), e.g. --set n_sample=1 --set max_batch_size=4")
+                        help="any app setting (foldray.serve_config.ServeConfig; YAML value), e.g. "
+                             "--set n_sample=1 --set runtime.precision=bf16")
+    add_runtime_arguments(parser, defaults=False)   # runtime.* of the served model
     parser.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or local)")
     parser.add_argument("--detach", action="store_true",
                         help="return once deployed and leave the app running on the cluster")
@@ -58,6 +63,9 @@ def app_settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, An
         if not sep:
             raise SystemExit(f"foldray serve: --set expects KEY=VALUE, got {item!r}")
         app_args[key.strip()] = yaml.safe_load(value)
+    for item in runtime_overrides(args):   # --precision bf16 -> runtime.precision: bf16
+        key, _, value = item.partition("=")
+        app_args[key] = yaml.safe_load(value)
     flags = {"checkpoint": args.checkpoint, "model_config": args.model_config,
              "num_gpus": args.num_gpus, "token_file": args.token_file}
     app_args.update({k: v for k, v in flags.items() if v is not None})
@@ -80,7 +88,7 @@ def app_settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, An
 def run(args: argparse.Namespace) -> int:
     from ray import serve  # jobs wire Ray; the library never imports it
 
-    from foldray.actors.serve import build_app
+    from foldray.actors.serve import build_app, deploy
 
     app_args, http = app_settings(args)
     try:
@@ -88,19 +96,33 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"error: foldray serve: {err}", file=sys.stderr)
         return 2
+    if not app_args.get("checkpoint"):
+        print(f"warning: foldray serve: no checkpoint: the {app_args.get('model_config', 'tiny')!r} "
+              "model has RANDOM weights; predictions are meaningless", file=sys.stderr, flush=True)
     with connect_ray(args.address, quiet=args.detach):
-        serve.start(http_options={"host": http["host"], "port": int(http["port"])})
-        serve.run(app, name=APP_NAME, route_prefix="/")
+        started = deploy(app, name=APP_NAME, host=http["host"], port=int(http["port"]))
+        if not started:
+            print("foldray serve: Serve already runs on this cluster; its HTTP host/port stay "
+                  "as they are (--host/--port apply only when Serve starts)", file=sys.stderr)
         print(f"foldray serve: ready at http://{http['host']}:{http['port']}/ "
               f"(health: /healthz, API: /v1/predict, /v1/screen, /v1/jobs/<id>)", flush=True)
         if args.detach:
             return 0
+        # SIGTERM stops like Ctrl-C; set after Ray connected, replacing the handler Ray's core
+        # worker installs (it prints a stack dump before exiting)
+        signal.signal(signal.SIGTERM, _interrupt)
         try:
             while True:
                 time.sleep(3600)
         except KeyboardInterrupt:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)    # one stop at a time
             serve.delete(APP_NAME)
+            print("foldray serve: stopped", flush=True)
             return 0
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:

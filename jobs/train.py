@@ -27,8 +27,11 @@ from contextlib import contextmanager, suppress
 from typing import Any
 from urllib.parse import urlparse
 
+from foldray.config_loader import ConfigError, read_mapping
 from foldray.io import storage
+from foldray.jobs.options import PRESETS_HELP, add_model_config_argument, add_set_argument
 from foldray.jobs.ray_setup import connect_ray, worker_runtime_env
+from foldray.model.config import is_preset
 from foldray.progress import StepBar, interactive
 from foldray.training.config import DataSource, TrainConfig, load_train_config
 
@@ -37,14 +40,30 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser = parser or argparse.ArgumentParser(prog="foldray train", description=__doc__,
                                                formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="training config YAML (local path or URL)")
+    add_model_config_argument(parser, default=None, help_text=(
+        f"the model: a preset ({PRESETS_HELP}) or a YAML/JSON model config file; replaces the "
+        "config's model section (default: the config's)"))
+    add_set_argument(parser, "override a setting, e.g. --set run.max_steps=100 --set optimizer.lr=1e-3")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="dotted config overrides, e.g. run.max_steps=100 optimizer.lr=1e-3")
+                        help="deprecated spelling of --set KEY=VALUE (still accepted)")
     parser.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or local)")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for an embedded local Ray")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("--quiet", action="store_true",
                         help="no step bar on the terminal (workers still log foldray-train: lines)")
     return parser
+
+
+def model_overrides(spec: str | None) -> list[str]:
+    """`--model-config` as training overrides: a preset sets model.preset; a file's settings
+    become model.overrides on its `preset` (default full, so a whole saved config is exact)."""
+    if spec is None:
+        return []
+    if is_preset(spec):
+        return [f"model.preset={spec}"]
+    data = read_mapping(spec, kind="model config")
+    preset = str(data.pop("preset", "full"))
+    return [f"model.preset={preset}", f"model.overrides={json.dumps(data)}"]
 
 
 def storage_target(storage_path: str) -> tuple[str, Any]:
@@ -87,8 +106,7 @@ def absolute_local_paths(config: TrainConfig) -> TrainConfig:
         data=dataclasses.replace(config.data, train=sources(config.data.train),
                                  validation=sources(config.data.validation)),
         finetune=dataclasses.replace(config.finetune, init_checkpoint=fix(config.finetune.init_checkpoint)),
-        run=dataclasses.replace(config.run, storage_path=fix(config.run.storage_path),
-                                fail_marker=fix(config.run.fail_marker)))
+        run=dataclasses.replace(config.run, storage_path=fix(config.run.storage_path)))
 
 
 def make_trainer(config: TrainConfig) -> Any:
@@ -185,7 +203,11 @@ def run(args: argparse.Namespace) -> int:
     from foldray.errors import InputError
 
     try:
-        config = absolute_local_paths(load_train_config(args.config, args.overrides))
+        overrides = [*model_overrides(args.model_config), *args.set, *args.overrides]
+        config = absolute_local_paths(load_train_config(args.config, overrides))
+    except ConfigError as err:   # located: file and dotted key
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except (ValueError, InputError, FileNotFoundError) as err:   # the user's config, not a bug
         print(f"error: {args.config}: {err}", file=sys.stderr)
         return 2

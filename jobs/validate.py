@@ -2,10 +2,13 @@
 
 Every job is parsed, tokenized and featurized (CCD codes, SMILES, MSAs, bonds, token
 budget), so "valid" means "will featurize". Problems print one line each on stderr,
-`error: <file>: <job name>: <field path>: <message>`; valid jobs are still reported, and
+`error: <file>: <job name>: <field path>: <message>`, every problem of a job (each entity
+and bond checked on its own, up to 20 per job); valid jobs are still reported, and
 an unexpected failure of one job (a bug) is reported on its line the same way, named by
-its exception class, without ending the run. Exit 0 when everything is valid, 2 when
-anything is not.
+its exception class, without ending the run. A job read from mmCIF/PDB gets a `note:` line
+(stdout; with --json, the record's "dropped" list) naming what clean-up dropped (waters,
+crystallization aids, hydrogens, alternate locations, extra models). Exit 0 when everything
+is valid, 2 when anything is not.
 """
 
 from __future__ import annotations
@@ -14,10 +17,12 @@ import argparse
 import json
 import sys
 
+from foldray.chem.ccd import parse_user_ccd
 from foldray.chem.deadline import featurization_deadline
-from foldray.errors import InputError, error_line, short_message
+from foldray.errors import MAX_ERRORS_PER_JOB, InputError, InputErrors, all_errors, error_line, short_message
 from foldray.features.pipeline import featurize_job
-from foldray.features.tokenize import DEFAULT_MAX_TOKENS, TokenizedStructure
+from foldray.features.tokenize import DEFAULT_MAX_TOKENS, TokenizedStructure, entity_components
+from foldray.inputs.af3_json import PartialJob
 from foldray.inputs.job import Job, LigandChain
 from foldray.inputs.load import iter_jobs
 from foldray.progress import JobsBar, interactive
@@ -33,12 +38,73 @@ def job_summary(job: Job, tokens: TokenizedStructure) -> dict:
         else:
             n_residues = len(entity.sequence)
         chains.append({"id": chain.chain_id, "type": chain.mol_type, "n_residues": n_residues})
-    return {"name": job.name, "n_tokens": tokens.n_tokens, "n_atoms": tokens.n_atoms,
-            "chains": chains}
+    record = {"name": job.name, "n_tokens": tokens.n_tokens, "n_atoms": tokens.n_atoms,
+              "chains": chains}
+    if job.ground_truth is not None:      # a structure file: what its clean-up dropped
+        record["dropped"] = list(job.ground_truth.dropped)
+    return record
 
 
 def format_error(err: InputError) -> str:
     return "error: " + error_line(err)
+
+
+def entity_errors(job: Job, positions: tuple[int, ...] | None = None) -> list[InputError]:
+    """Each entity's chemistry (CCD codes, SMILES, modifications) checked on its own, so one
+    bad entity does not hide the next. `positions[k]`: where `job.entities[k]` sat in the
+    input's `sequences` (a PartialJob lacks its bad entities)."""
+    try:
+        user_ccd = parse_user_ccd(job.user_ccd, source=job.source) if job.user_ccd else None
+    except InputError as err:
+        return [err.located(source=job.source, job=job.name)]
+    errors = []
+    for k in range(len(job.entities)):
+        where = positions[k] if positions is not None else k
+        try:
+            entity_components(job, k, user_ccd)
+        except InputError as err:
+            if where != k and err.field.startswith(f"sequences[{k}]"):
+                err = InputError(err.message, source=err.source, job=err.job,
+                                 field=f"sequences[{where}]" + err.field[len(f"sequences[{k}]"):])
+            errors.append(err)
+        except Exception as err:   # a bug, not bad input: reported on this entity's line
+            errors.append(InputError(short_message(err), source=job.source, job=job.name,
+                                     field=f"sequences[{where}]"))
+    return errors
+
+
+def job_errors(first: InputError, job: Job | None, time_limit: float | None) -> list[InputError]:
+    """Every problem of a job up to MAX_ERRORS_PER_JOB: `first` (a parse or featurization
+    failure, possibly several), then what each entity's own check finds."""
+    errors = all_errors(first)
+    more = first.more if isinstance(first, InputErrors) else 0
+    partial = first.partial
+    positions = None
+    if isinstance(partial, PartialJob):
+        job, positions = partial.job, partial.positions
+    if job is not None and job.entities:
+        try:
+            with featurization_deadline(time_limit):
+                extra = entity_errors(job, positions)
+        except InputError as err:    # the time limit
+            extra = [err.located(source=job.source, job=job.name)]
+        seen = {error_line(err) for err in errors}
+        errors += [err for err in extra if error_line(err) not in seen]
+    more += max(0, len(errors) - MAX_ERRORS_PER_JOB)
+    errors = errors[:MAX_ERRORS_PER_JOB]
+    if more:
+        last = errors[-1]
+        errors.append(InputError(f"... and {more} more problem{'s' if more > 1 else ''} (not listed)",
+                                 source=last.source, job=last.job))
+    return errors
+
+
+def cleanup_note(job: Job) -> str | None:
+    """`note: ...` naming what mmCIF/PDB clean-up dropped from a structure-file input."""
+    dropped = job.ground_truth.dropped if job.ground_truth is not None else ()
+    if not dropped:
+        return None
+    return f"note: {job.source or '-'}: {job.name}: structure clean-up dropped {', '.join(dropped)}"
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -61,15 +127,20 @@ def run(args: argparse.Namespace) -> int:
     for item in items:
         if isinstance(item, InputError):
             n_errors += 1
-            bar.write(format_error(item), file=sys.stderr)
+            for err in job_errors(item, None, args.time_limit):
+                bar.write(format_error(err), file=sys.stderr)
             bar.update(status=f"{n_errors} invalid")
             continue
+        note = cleanup_note(item)
+        if note and not args.json:     # --json: the record's "dropped" list says it
+            bar.write(note)
         try:
             with featurization_deadline(args.time_limit):
                 featurized = featurize_job(item, max_tokens=args.max_tokens, with_targets=False)
         except InputError as err:
             n_errors += 1
-            bar.write(format_error(err.located(source=item.source, job=item.name)), file=sys.stderr)
+            for each in job_errors(err.located(source=item.source, job=item.name), item, args.time_limit):
+                bar.write(format_error(each), file=sys.stderr)
             bar.update(status=f"{n_errors} invalid")
             continue
         except Exception as err:   # a bug, not bad input: this job's line, not the run's end

@@ -16,7 +16,7 @@ Processes are attributed through an environment marker (`FOLDRAY_TEST_SESSION`, 
 session) that every child inherits: Ray's raylet and workers, `ray start` nodes, `weed`,
 job drivers, even when they were re-parented to init. Processes of other sessions on the
 same machine carry another marker and are never touched. Temp dirs are attributed by the
-pytest PID in their names (`/tmp/fr-<kind>-<pid>-...`, see conftest._short_tmpdir and
+pytest PID in their names (`/tmp/fr-<kind>-<pid>-...`, see plugins/ray_s3._short_tmpdir and
 tests/local_cluster.py).
 
 Ray is inspected through the GCS (`ray._private.state`): the session Ray runs without the

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import child_env
+from tests.plugins.ray_s3 import child_env
 
 # Worker nodes' worker-port ranges: one block per cluster, a slice of it per node. Every other
 # port of the cluster is drawn outside the block, so Ray never refuses a node because one of

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 import pytest
 import ray
 
-if TYPE_CHECKING:  # conftest is not an importable module under every pytest invocation
-    from conftest import RaySession, S3Server
+if TYPE_CHECKING:
+    from tests.plugins.ray_s3 import RaySession, S3Server
 
 
 @ray.remote

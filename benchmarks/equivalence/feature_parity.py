@@ -1,13 +1,16 @@
 """Feature parity: a reference's own inference featurizer vs foldray's, on the same AF3 JSON inputs.
 
 For each input, runs reference_features_<reference>.py inside the reference's virtual environment
-(openfold3 0.5.0: /tmp/ref-of3 by default; see run_equivalence.py for how such a venv is made),
-featurizes the same job with foldray, normalises both (foldray.features.parity) and compares
-name by name. Writes benchmarks/results/feature_parity-<reference>.json; with --fixtures, saves
-the reference's normalised features (MSA rows capped at --fixture-msa-rows) for the CI test
-tests/lib/features/test_feature_parity.py.
+(openfold3 0.5.0: /tmp/ref-of3, protenix 2.0.0: /tmp/ref-ptx by default; see run_equivalence.py
+for how such a venv is made; Protenix's CCD files are built offline by protenix_ccd.py),
+featurizes the same job with foldray under that reference's featurization switches
+(FeaturizationConfig.<reference>(), what an imported checkpoint carries), normalises both
+(foldray.features.parity) and compares name by name. Writes
+benchmarks/results/feature_parity-<reference>.json; with --fixtures, saves the reference's
+normalised features (MSA rows capped at --fixture-msa-rows) for the CI tests
+tests/lib/features/test_feature_parity.py and test_feature_parity_protenix.py.
 
-    python benchmarks/equivalence/feature_parity.py [--reference openfold3] [--venv /tmp/ref-of3]
+    python benchmarks/equivalence/feature_parity.py [--reference openfold3|protenix] [--venv DIR]
         [--inputs 102m 2q2k 4zey] [--fixtures tests/fixtures/feature_parity]
 """
 
@@ -27,15 +30,18 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data"
 INPUTS = DATA / "inputs"
-DEFAULT_VENV = {"openfold3": Path("/tmp/ref-of3")}
+DEFAULT_VENV = {"openfold3": Path("/tmp/ref-of3"), "protenix": Path("/tmp/ref-ptx")}
 FIXTURE_MSA_ROWS = 64
 SEED = 1
 
 
-def foldray_features(path: Path, max_msa_rows: int | None = None) -> dict[str, np.ndarray]:
-    """foldray's normalised features of the one job in `path` (inference: no targets, no crop)."""
+def foldray_features(path: Path, max_msa_rows: int | None = None,
+                     reference: str | None = None) -> dict[str, np.ndarray]:
+    """foldray's normalised features of the one job in `path` (inference: no targets, no crop),
+    under `reference`'s featurization switches (AlphaFold 3's when None)."""
     os.environ.setdefault("FOLDRAY_INPUT_PATH_ROOTS", str(DATA))
     from foldray.errors import InputError
+    from foldray.features.config import FeaturizationConfig
     from foldray.features.parity import normalise_foldray
     from foldray.features.pipeline import featurize_job
     from foldray.inputs.load import read_jobs
@@ -43,7 +49,8 @@ def foldray_features(path: Path, max_msa_rows: int | None = None) -> dict[str, n
     (job,) = read_jobs(str(path))
     if isinstance(job, InputError):
         raise job
-    featurized = featurize_job(job, seed=SEED, with_targets=False)
+    featurization = getattr(FeaturizationConfig, reference)() if reference else FeaturizationConfig()
+    featurized = featurize_job(job, seed=SEED, with_targets=False, featurization=featurization)
     return normalise_foldray(featurized.features, featurized.tokens.is_standard, max_msa_rows)
 
 
@@ -79,7 +86,7 @@ def main() -> None:
             start = time.perf_counter()
             try:
                 ref = reference_features(args.reference, venv, path, Path(tmp) / f"{name}.npz")
-                ours = foldray_features(path)
+                ours = foldray_features(path, reference=args.reference)
             except subprocess.CalledProcessError as err:
                 tail = (err.stderr or "").strip().splitlines()[-1:] or ["?"]
                 results[name] = {"error": f"reference failed: {tail[0][:300]}"}

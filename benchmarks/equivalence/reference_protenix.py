@@ -124,8 +124,11 @@ def to_protenix_features(f: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     Bridged here: Protenix's ref_element column is Z - 1 (foldray's is Z, 0 = unknown, which
     Protenix keeps in its last column: a cyclic shift); msa stays class indices; Protenix also
     reads atom_to_token_idx, atom_to_tokatom_idx (atom position in its token), the
-    representative-atom mask, and precomputed relp / d_lm / v_lm. No template features: its
-    template embedder then adds nothing, as foldray's does for zero templates.
+    representative-atom mask, and precomputed relp / d_lm / v_lm. Templates: the 4 empty
+    slots its inference pipeline makes for a job without templates
+    (InferenceTemplateFeaturizer: slot 0 all gap, slots 1-3 restype 0, every other template
+    feature zero); its template embedder runs its stack on each of them (foldray:
+    TemplateConfig.padded_slots / empty_slot_restype_*).
     """
     from protenix.model.modules.embedders import RelativePositionEncoding
     from protenix.model.protenix import update_input_feature_dict
@@ -159,6 +162,14 @@ def to_protenix_features(f: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     }
     if f["template_restype"].shape[0]:
         raise NotImplementedError("template features: only template-free inputs are adapted")
+    n_token = feats["restype"].shape[0]
+    aatype = torch.zeros(4, n_token, dtype=torch.long)
+    aatype[0] = 31                                                   # gap
+    feats.update({"template_aatype": aatype,
+                  "template_distogram": torch.zeros(4, n_token, n_token, 39),
+                  "template_pseudo_beta_mask": torch.zeros(4, n_token, n_token),
+                  "template_unit_vector": torch.zeros(4, n_token, n_token, 3),
+                  "template_backbone_frame_mask": torch.zeros(4, n_token, n_token)})
     feats = RelativePositionEncoding().generate_relp(feats)
     return update_input_feature_dict(feats)
 

@@ -9,7 +9,7 @@ benchmarks/results/equivalence-protenix.json, fixtures protenix_*).
    PyPI, and run reference_openfold3.py in it: OpenFold3 in the tiny config, random weights
    for every parameter, outputs of each module on foldray's features (adapted to its batch);
 3. import those weights with foldray.io.import_weights (`tiny-openfold3`), run foldray's
-   modules on the reference's inputs (modules.py) and write max abs / relative errors per
+   modules on the reference's inputs (foldray.model.parity) and write max abs / relative errors per
    module to JSON (goal < 1e-4 relative, fp32);
 4. with --fixtures DIR, save the reference weights, features, inputs and outputs there for
    the CI test (tests/lib/io/test_import_weights.py), which needs no reference package.
@@ -32,7 +32,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))                      # `benchmarks.equivalence.modules`
 DATA = ROOT.parent / "shared" / "data"
 REFERENCE_PACKAGE = "openfold3==0.5.0"
 # Protenix pins torch 2.7 / CUDA-only packages (deepspeed, cuequivariance): install it without
@@ -75,10 +74,10 @@ def ensure_protenix_venv(venv: Path) -> Path:
 def compare_protenix(features: dict, ref_dir: Path) -> tuple[dict, dict]:
     import torch
 
-    from benchmarks.equivalence.modules import errors, run_foldray
     from foldray.io.import_weights import convert, read_reference_checkpoint
     from foldray.model.alphafold3 import AlphaFold3
     from foldray.model.config import ModelConfig
+    from foldray.model.parity import errors, run_foldray
 
     config = ModelConfig.tiny_protenix()
     state = convert("protenix", read_reference_checkpoint(
@@ -174,10 +173,10 @@ def featurize(input_name: str, out: Path) -> dict[str, np.ndarray]:
 def compare(features: dict, ref_dir: Path, full: bool = False) -> tuple[dict, dict]:
     import torch
 
-    from benchmarks.equivalence.modules import errors, run_foldray
     from foldray.io.import_weights import convert, read_reference_checkpoint
     from foldray.model.alphafold3 import AlphaFold3
     from foldray.model.config import ModelConfig
+    from foldray.model.parity import errors, run_foldray
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     config = ModelConfig.full_openfold3() if full else ModelConfig.tiny_openfold3()

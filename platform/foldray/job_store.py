@@ -148,10 +148,19 @@ class JobStore:
         self._shrink()
         return record
 
+    def start(self, record: JobRecord) -> None:
+        """queued -> running (the job's work began); any other state is a bug of the caller."""
+        if record.status != "queued":
+            raise ValueError(f"job {record.id} is {record.status}, not queued: it cannot start")
+        record.status = "running"
+
     def finish(self, record: JobRecord, status: str, *, error: str | None = None,
                result: bytes | None = None, output: str | None = None) -> None:
-        """Record the outcome; a result bigger than the whole budget is not kept (the job
+        """Record the outcome (`status` one of FINISHED: done, error = the job's input,
+        failed = the server); a result bigger than the whole budget is not kept (the job
         fails with a message saying to write outputs to storage instead)."""
+        if status not in FINISHED:
+            raise ValueError(f"{status!r} is not a finished status ({', '.join(FINISHED)})")
         if result is not None and len(result) + RECORD_OVERHEAD > self.max_bytes:
             self.counters["too_large"] += 1
             error = (f"ResultTooLarge: the result is {len(result)} bytes, above the server's "

@@ -4,12 +4,21 @@ Used by `foldray predict`, the Ray Data prediction stage and Serve, so every ent
 predicts and writes the same way. Per seed, a job is featurized with that seed (reference
 conformer rotations), the trunk runs once and the diffusion module draws all samples in
 one batch; every sample is scored by the confidence head and ranked as AlphaFold 3 does.
+
+`predict_batch` runs several featurized jobs in one forward pass (Serve's `@serve.batch`,
+screens). Jobs are grouped by size (`group_by_size`) so padding stays small: a group is
+padded to its own largest job, not to the global buckets, because on a 35-token screen
+job the 128-token bucket multiplies pair work ~13x. Real tokens come first in every
+padded job, so each job's outputs are sliced exactly as for a job alone.
+SI deviation: one random generator (seeded by the group's first seed) drives the whole
+group's diffusion noise, so a job's sample depends on its batch-mates; a group of one
+reproduces `predict_featurized` exactly.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,16 +29,19 @@ from foldray.features.pipeline import FeaturizedJob, featurize_seeds
 from foldray.features.tokenize import DEFAULT_MAX_TOKENS, TokenizedStructure
 from foldray.inputs.job import Job
 from foldray.io.confidences import SamplePrediction, write_prediction
+from foldray.io.outputs import OutputOptions
 from foldray.io.weights import load_weights
 from foldray.model.alphafold3 import AlphaFold3, Prediction, TrunkOutput
 from foldray.model.confidence import distogram_breaks, token_frames
-from foldray.model.config import NAMED_CONFIGS, ModelConfig, RuntimeConfig
+from foldray.model.config import ModelConfig, RuntimeConfig
 from foldray.model.diffusion import Progress
-from foldray.model.ranking import summary_confidences
+from foldray.model.ranking import expected_error, summary_confidences
 
 log = logging.getLogger(__name__)
 
 CONTACT_THRESHOLD = 8.0   # Å, AF3's contact_probs
+TOKEN_STEP = 16   # jobs whose token counts round up to the same multiple share a forward pass
+ATOM_STEP = 64
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,13 +56,14 @@ class PredictSettings:
     # Seeds after the first reuse its features and trunk; only their diffusion noise differs.
     # Saves (seeds - 1) trunk runs at the cost of less diversity between seeds.
     share_trunk: bool = False
+    # extra outputs (PDB, SDF, PDE, embeddings, distogram): what the writer writes and
+    # which extra arrays the model's outputs are kept for
+    outputs: OutputOptions = OutputOptions()
 
 
 def named_config(name: str) -> ModelConfig:
-    presets = NAMED_CONFIGS    # full, tiny, full-openfold3, tiny-openfold3 (model/config.py)
-    if name not in presets:
-        raise ValueError(f"unknown model config {name!r} (choose from {', '.join(presets)})")
-    return presets[name]()
+    """A model preset by name (the one registry: ModelConfig.preset, model/config.py)."""
+    return ModelConfig.preset(name)
 
 
 def contact_probabilities(distogram_logits: torch.Tensor, config: ModelConfig,
@@ -61,6 +74,38 @@ def contact_probabilities(distogram_logits: torch.Tensor, config: ModelConfig,
     inside = torch.cat([breaks <= threshold, breaks.new_zeros(1, dtype=torch.bool)])
     probs = torch.softmax(distogram_logits.float(), -1)
     return (probs * inside).sum(-1)
+
+
+def size_group(featurized: FeaturizedJob) -> tuple[int, int, int]:
+    """Key of jobs that batch well: token and atom counts rounded up, MSA rows exactly."""
+    n_msa = int(featurized.features["msa"].shape[0])
+    return (-(-featurized.tokens.n_tokens // TOKEN_STEP), -(-featurized.tokens.n_atoms // ATOM_STEP),
+            n_msa)
+
+
+def group_by_size(items: Sequence[FeaturizedJob], max_group: int) -> list[list[int]]:
+    """Indices of `items` split into same-size groups of at most `max_group`, in order:
+    each group is one forward pass of `Predictor.predict_batch`."""
+    groups: dict[tuple[int, int, int], list[list[int]]] = {}
+    for i, item in enumerate(items):
+        chunks = groups.setdefault(size_group(item), [[]])
+        if len(chunks[-1]) >= max_group:
+            chunks.append([])
+        chunks[-1].append(i)
+    return [chunk for chunks in groups.values() for chunk in chunks]
+
+
+def extra_seed_arrays(prediction: Prediction, index: int, n_tok: int,
+                      outputs: OutputOptions) -> dict[str, np.ndarray]:
+    """Batch element `index`'s trunk embeddings and distogram probabilities, as asked."""
+    arrays: dict[str, np.ndarray] = {}
+    if outputs.save_embeddings:
+        arrays["single_embeddings"] = prediction.trunk.s[index, :n_tok].detach().float().cpu().numpy()
+        arrays["pair_embeddings"] = prediction.trunk.z[index, :n_tok, :n_tok].detach().float().cpu().numpy()
+    if outputs.save_distogram:
+        probs = torch.softmax(prediction.distogram_logits[index, :n_tok, :n_tok].float(), -1)
+        arrays["distogram"] = probs.cpu().numpy().astype(np.float16)
+    return arrays
 
 
 class Predictor:
@@ -98,9 +143,11 @@ class Predictor:
     def config(self) -> ModelConfig:
         return self.model.config
 
-    def _run(self, featurized: FeaturizedJob, seed: int, settings: PredictSettings,
-             trunk: TrunkOutput | None = None) -> tuple[Prediction, dict[str, torch.Tensor]]:
-        batch = collate([featurized.features], token_buckets=None, atom_buckets=None)
+    def _forward(self, features: Sequence[dict[str, np.ndarray]], seed: int,
+                 settings: PredictSettings, trunk: TrunkOutput | None = None,
+                 ) -> tuple[Prediction, dict[str, torch.Tensor]]:
+        """One forward pass over jobs padded to the largest of them; the batch it ran on."""
+        batch = collate(list(features), token_buckets=None, atom_buckets=None)
         batch = {k: v.to(self.device) for k, v in batch.items()}
         generator = torch.Generator(device=self.device).manual_seed(seed)
         autocast = self.runtime.precision == "bf16" and self.device.type == "cuda"
@@ -118,10 +165,12 @@ class Predictor:
         tokens = None
         seeds = settings.seeds or job.seeds
         if settings.share_trunk:
-            featurized = featurize_seeds(job, seeds, max_tokens=settings.max_tokens, share_trunk=True)
+            featurized = featurize_seeds(job, seeds, max_tokens=settings.max_tokens, share_trunk=True,
+                                         featurization=self.config.featurization)
             return self.predict_featurized(featurized, settings)
         for seed in seeds:                         # one seed's features in memory at a time
-            featurized = featurize_seeds(job, (seed,), max_tokens=settings.max_tokens)
+            featurized = featurize_seeds(job, (seed,), max_tokens=settings.max_tokens,
+                                         featurization=self.config.featurization)
             tokens, seed_samples = self.predict_featurized(featurized, settings)
             samples.extend(seed_samples)
         assert tokens is not None
@@ -141,30 +190,51 @@ class Predictor:
             if settings.share_trunk:
                 featurized = first        # the trunk ran on these features
             tokens = featurized.tokens
-            prediction, batch = self._run(featurized, seed, settings, trunk=trunk)
+            prediction, batch = self._forward([featurized.features], seed, settings, trunk=trunk)
             if settings.share_trunk:
                 trunk = prediction.trunk
-            samples.extend(self._samples(prediction, batch, seed, tokens))
+            samples.extend(self._samples(prediction, batch, 0, seed, tokens, settings.outputs))
         assert tokens is not None
         return tokens, samples
 
-    def _samples(self, prediction: Prediction, batch: dict[str, torch.Tensor], seed: int,
-                 tokens: TokenizedStructure) -> list[SamplePrediction]:
-        single = {k: v[0] for k, v in batch.items()}
+    def predict_batch(self, items: Sequence[tuple[FeaturizedJob, int]],
+                      settings: PredictSettings = PredictSettings(), max_group: int = 8,
+                      ) -> list[list[SamplePrediction]]:
+        """The samples of each (features, seed) pair, in order, from one forward pass per
+        same-size group of at most `max_group` jobs (`group_by_size`; module docstring)."""
+        results: list[list[SamplePrediction]] = [[] for _ in items]
+        for group in group_by_size([featurized for featurized, _ in items], max_group):
+            members = [items[i] for i in group]
+            prediction, batch = self._forward([f.features for f, _ in members], members[0][1], settings)
+            for position, (index, (featurized, seed)) in enumerate(zip(group, members, strict=True)):
+                results[index] = self._samples(prediction, batch, position, seed, featurized.tokens,
+                                               settings.outputs)
+        return results
+
+    def _samples(self, prediction: Prediction, batch: dict[str, torch.Tensor], index: int, seed: int,
+                 tokens: TokenizedStructure, outputs: OutputOptions | None = None,
+                 ) -> list[SamplePrediction]:
+        """Batch element `index`'s samples cut to its own size, with AF3's metrics: the one
+        place per-sample confidences are computed."""
+        single = {k: v[index] for k, v in batch.items()}
         _, frame_mask = token_frames(single)
-        metrics = summary_confidences(prediction.confidence.plddt_logits[0],
-                                      prediction.confidence.pae_logits[0], prediction.x[0],
+        metrics = summary_confidences(prediction.confidence.plddt_logits[index],
+                                      prediction.confidence.pae_logits[index], prediction.x[index],
                                       single, frame_mask, self.config.confidence)
-        contacts = contact_probabilities(prediction.distogram_logits[0], self.config)
+        contacts = contact_probabilities(prediction.distogram_logits[index], self.config)
         n_tok, n_atom = tokens.n_tokens, tokens.n_atoms
 
         def as_np(x: torch.Tensor) -> np.ndarray:
             return x.detach().float().cpu().numpy()
 
+        outputs = outputs or OutputOptions()
+        pde = expected_error(prediction.confidence.pde_logits[index, :, :n_tok, :n_tok],
+                             self.config.confidence.max_error_bin) if outputs.save_pde else None
+        seed_arrays = extra_seed_arrays(prediction, index, n_tok, outputs) or None
         out = []
         for i in range(prediction.x.shape[1]):
             out.append(SamplePrediction(
-                seed=seed, sample_index=i, coords=as_np(prediction.x[0, i, :n_atom]),
+                seed=seed, sample_index=i, coords=as_np(prediction.x[index, i, :n_atom]),
                 atom_plddt=as_np(metrics["atom_plddts"][i, :n_atom]),
                 pae=as_np(metrics["pae"][i, :n_tok, :n_tok]),
                 contact_probs=as_np(contacts[:n_tok, :n_tok]),
@@ -174,11 +244,12 @@ class Predictor:
                 fraction_disordered=float(metrics["fraction_disordered"][i]),
                 has_clash=bool(metrics["has_clash"][i]),
                 ranking_score=float(metrics["ranking_score"][i]),
-                token_frame_mask=as_np(frame_mask[:n_tok]).astype(bool)))
+                token_frame_mask=as_np(frame_mask[:n_tok]).astype(bool),
+                pde=None if pde is None else as_np(pde[i]), seed_arrays=seed_arrays))
         return out
 
     def predict_to(self, out_url: str, job: Job,
                    settings: PredictSettings = PredictSettings()) -> str:
         """Predict and write the AF3 output folder; returns its URL."""
         tokens, samples = self.predict_job(job, settings)
-        return write_prediction(out_url, job, tokens, samples)
+        return write_prediction(out_url, job, tokens, samples, outputs=settings.outputs)

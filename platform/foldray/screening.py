@@ -22,6 +22,7 @@ import numpy as np
 from foldray.chem.ccd import is_known_ccd
 from foldray.chem.smiles import parse_smiles
 from foldray.errors import InputError
+from foldray.features.config import FeaturizationConfig
 from foldray.features.featurize import featurize
 from foldray.features.msa import build_msa
 from foldray.features.pipeline import (
@@ -122,20 +123,23 @@ class TargetCache:
 
 def featurize_screen_job(job: Job, target: PreparedTarget, *, seed: int = 0,
                          max_tokens: int | None = DEFAULT_MAX_TOKENS,
-                         max_msa_rows: int = MAX_MSA_ROWS) -> FeaturizedJob:
-    """`featurize_job(job, seed=seed)` for inference, with the target's MSAs already parsed.
+                         max_msa_rows: int = MAX_MSA_ROWS,
+                         featurization: FeaturizationConfig | None = None) -> FeaturizedJob:
+    """`featurize_job(job, seed=seed, featurization=...)` for inference, with the target's MSAs
+    already parsed.
 
     `job` must be `ligand_job(target_job, ...)`: its first entities are the target's.
     """
+    featurization = featurization or FeaturizationConfig()
     if len(job.entities) < target.n_entities:
         raise ValueError(f"job {job.name!r} has fewer entities than its prepared target")
     rng = np.random.default_rng(seed)
-    tokens = tokenize(job, max_tokens=max_tokens)
+    tokens = tokenize(job, max_tokens=max_tokens, featurization=featurization)
     extra = [(None, None)] * (len(job.entities) - target.n_entities)   # ligands: no MSA
     chain_msas, column = msa_inputs(job, tokens, max_msa_rows,
                                     entity_msas=list(target.entity_msas) + extra)
     msa = build_msa(chain_msas, max_rows=max_msa_rows,
-                    max_paired_rows=min(MAX_PAIRED_ROWS, max_msa_rows // 2))
+                    max_paired_rows=min(MAX_PAIRED_ROWS, max_msa_rows // 2), featurization=featurization)
     templates = template_features(job, tokens, rng=None)
     features = featurize(tokens, msa, column, rng=rng, templates=templates)
     return FeaturizedJob(job=job, tokens=tokens, features=features)

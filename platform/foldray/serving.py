@@ -1,6 +1,6 @@
 """The request side of the Serve app, without Ray or HTTP: parse, limit, render.
 
-`foldray.actors.serve` wires these into deployments; keeping them here lets them be
+`foldray.actors.serve_routes` and `serve_deployments` wire these in; keeping them here lets them be
 tested without a server and keeps the actors thin (STYLE.md, Ray layering). Untrusted
 requests never read files: `...Path` fields are refused (`allow_paths=False`). Whatever
 goes wrong with one request or job becomes a located line (`InputError`) or
@@ -38,16 +38,16 @@ TOKEN_ENV = "FOLDRAY_SERVE_TOKEN"
 TOKEN_FILE_ENV = "FOLDRAY_SERVE_TOKEN_FILE"
 
 
-def resolve_token(config: dict[str, Any]) -> str | None:
+def resolve_token(token_file: str | None = None, *, insecure_no_auth: bool = False) -> str | None:
     """The bearer token (env var, else token file); None only with insecure_no_auth."""
     token = os.environ.get(TOKEN_ENV, "").strip()
-    path = config.get("token_file") or os.environ.get(TOKEN_FILE_ENV)
+    path = token_file or os.environ.get(TOKEN_FILE_ENV)
     if not token and path:
         with open(path, encoding="utf-8") as f:
             token = f.read().strip()
     if token:
         return token
-    if config.get("insecure_no_auth"):
+    if insecure_no_auth:
         log.warning("foldray serve: authentication is OFF (--insecure-no-auth); local use only")
         return None
     raise ValueError(f"no serve token: set {TOKEN_ENV}, or {TOKEN_FILE_ENV} / token_file to a "

@@ -15,7 +15,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"
-NOT_GUIDES = {"OPERATIONS.md"}                     # the operator's manual: cluster-only commands
+NOT_GUIDES = {"OPERATIONS.md",     # the operator's manual: cluster-only commands
+              "parity.md",        # reference tables (evidence per switch), nothing to run
+              "ARCHITECTURE.md"}  # the code's map, nothing to run
 RUN_LANGS = ("bash", "python")
 
 _MARKED = re.compile(

@@ -21,9 +21,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import child_env
 from tests.data_paths import INPUTS, MSAS, SHARED_DATA, STRUCTURES
 from tests.docs.guide_blocks import blocks, guides, runnable, script, unmarked
+from tests.plugins.ray_s3 import child_env
 
 SEQDB = SHARED_DATA / "seqdb"
 RAN: set[tuple[str, str]] = set()                 # (guide, block) executed in this session

@@ -19,8 +19,8 @@ from foldray.inputs.af3_json import parse_af3_json
 from foldray.jobs.cli import main
 from foldray.msa.config import DatabaseConfig, MsaConfig
 from foldray.msa.search import LocalShards, iterative_search
-from tests.conftest import child_env
 from tests.data_paths import INPUTS, SHARED_DATA
+from tests.plugins.ray_s3 import child_env
 
 PROTEIN_DB = SHARED_DATA / "seqdb" / "protein_db.fasta"
 NO_HIT_SEQUENCE = "MFPCDVENWCTHCDQQDIDVQCWEIWCWWPCICVFLQFVEWLVGEWWHNEVDWCYHSVQM"

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import gemmi
 import pyarrow as pa
@@ -30,6 +31,7 @@ FAST = ["--samples", "1", "--steps", "2", "--recycles", "1", "--num-cpus-per-act
         "--num-cpus-per-worker", "0.5", "--cpu-workers", "1-1",
         "--quiet"]
 BASES = ("1l2y", "1bna", "tiny_protein_dna", "tiny_protein_ligand_smiles")
+VARIANTS = Path(__file__).resolve().parents[1] / "fixtures" / "batch_jobs" / "variants.jsonl"
 BAD_FILES = sorted(p.name for p in BAD_INPUTS.iterdir() if p.suffix in (".json", ".cif"))
 
 
@@ -39,22 +41,13 @@ def base_job(name: str) -> dict:
 
 def variants(count: int, tag: str) -> list[dict]:
     """Renamed / reseeded / trimmed copies of the small shared inputs, plus CCD-ligand and
-    RNA jobs, so token counts differ from job to job."""
-    jobs = []
-    for i in range(count):
-        job = base_job(BASES[i % len(BASES)])
-        job["name"] = f"{tag}_{i:02d}_{job['name']}"
-        job["modelSeeds"] = [i + 1]
-        first = job["sequences"][0]
-        if "protein" in first and i % 3 == 1:
-            first["protein"]["sequence"] = first["protein"]["sequence"][: 10 + i % 10]
-        if i % 5 == 4:   # a CCD ligand with the Trp-cage
-            job["sequences"] = [{"protein": {"id": "A", "sequence": "NLYIQWLKDGGPSSGRPPPS"}},
-                                {"ligand": {"id": "B", "ccdCodes": ["ATP"]}}]
-        if i % 7 == 6:   # RNA with a Mg ion
-            job["sequences"] = [{"rna": {"id": "A", "sequence": "GGCUAGCUAGCC"}},
-                                {"ligand": {"id": "B", "ccdCodes": ["MG"]}}]
-        jobs.append(job)
+    RNA jobs, so token counts differ from job to job: the first `count` jobs of the fixture
+    (written by benchmarks/batch_jobs.py, whose mix benchmarks/batch_overhead.py runs)."""
+    lines = VARIANTS.read_text().splitlines()
+    assert count <= len(lines), f"{VARIANTS} has {len(lines)} jobs; regenerate it with more"
+    jobs = [json.loads(line) for line in lines[:count]]
+    for job in jobs:
+        job["name"] = f"{tag}_{job['name']}"
     return jobs
 
 
@@ -144,7 +137,7 @@ def test_kill_driver_then_resume(ray_session, s3_server, s3_bucket, s3_env, tmp_
     args = ["--inputs", f"s3://{s3_bucket}/in", "--out", out, "--actors", "1-1",
             "--samples", "1", "--steps", "4", "--recycles", "1", "--num-cpus-per-actor", "0.5",
             "--num-cpus-per-worker", "0.5", "--cpu-workers", "1-1", "--quiet"]
-    # The session Ray binds loopback only (conftest); Ray's single-machine mode keeps the
+    # The session Ray binds loopback only (tests/plugins/ray_s3.py); Ray's single-machine mode keeps the
     # second driver from rewriting 127.0.0.1 to the machine's LAN address.
     env = {**ray_session.env, **s3_env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     gcs = "127.0.0.1:" + ray_session.address.rsplit(":", 1)[1]

@@ -9,6 +9,7 @@ import io
 import json
 import re
 import shutil
+import subprocess
 
 import numpy as np
 import pyarrow as pa
@@ -125,32 +126,56 @@ def test_html_given_as_a_bare_file_name_lands_in_the_working_directory(predictio
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium); .ci/run installs "
+    "it where it can")
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium); "
-                    ".ci/run installs it where it can")
+def browser(page, tmp_path, *extra: str, width: int = 1200) -> subprocess.CompletedProcess:
+    """Headless Chromium on a local page, offline (no host resolves), software WebGL."""
+    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--use-angle=swiftshader",
+             "--enable-unsafe-swiftshader", "--host-resolver-rules=MAP * ~NOTFOUND",
+             f"--window-size={width},1600", "--force-device-scale-factor=1",
+             "--virtual-time-budget=8000", f"--user-data-dir={tmp_path / 'profile'}"]
+    return subprocess.run([*flags, *extra, page.as_uri()], capture_output=True, text=True,
+                          timeout=120, check=True)
+
+
+def drawn_model(page, tmp_path) -> tuple[int, float, np.ndarray]:
+    """(atoms loaded, fraction of the viewer canvas's pixels not background, screenshot)."""
+    dom = browser(page, tmp_path, "--dump-dom").stdout
+    atoms = int(re.search(r'data-atoms="(\d+)"', dom)[1])
+    x, y, w, h = map(int, re.search(r'data-rect="([\d,]+)"', dom)[1].split(","))
+    shot = tmp_path / "shot.png"
+    browser(page, tmp_path, f"--screenshot={shot}")
+    image = imread(shot)[..., :3]
+    viewer = image[y + 2:y + h - 2, x + 2:x + w - 2]
+    return atoms, float((np.abs(viewer - 1.0).sum(-1) > 0.15).mean()), image[y + h + 40:]
+
+
+@needs_chromium
 def test_the_page_renders_offline_in_headless_chromium(predictions, tmp_path):
-    import subprocess
-
     folder = _job_folder(predictions, "dna")
     page = tmp_path / "report.html"
     assert main(["report", str(folder), "--html", str(page)]) == 0
-    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--use-angle=swiftshader",
-             "--enable-unsafe-swiftshader", "--host-resolver-rules=MAP * ~NOTFOUND",
-             "--window-size=1200,1600", "--force-device-scale-factor=1",
-             "--virtual-time-budget=8000", f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True,
-                         timeout=120).stdout
-    atoms = int(re.search(r'data-atoms="(\d+)"', dom)[1])
+    atoms, drawn, below = drawn_model(page, tmp_path)
     st = load_prediction(str(folder)).structure
     assert atoms == st[0].count_atom_sites()                 # the whole model is in the viewer
-    x, y, w, h = map(int, re.search(r'data-rect="([\d,]+)"', dom)[1].split(","))
-    shot = tmp_path / "shot.png"
-    subprocess.run([*flags, f"--screenshot={shot}", page.as_uri()], capture_output=True,
-                   timeout=120, check=True)
-    image = imread(shot)[..., :3]
-    viewer = image[y + 2:y + h - 2, x + 2:x + w - 2]
-    drawn = (np.abs(viewer - 1.0).sum(-1) > 0.15).mean()      # non-white pixels in the canvas
-    assert 0.002 < drawn < 0.9
-    below = image[y + h + 40:]                                # the plots follow the viewer
-    assert (np.abs(below - 1.0).sum(-1) > 0.15).mean() > 0.01
+    assert 0.01 < drawn < 0.9                                 # and drawn (4 steps: atoms scattered)
+    assert (np.abs(below - 1.0).sum(-1) > 0.15).mean() > 0.01   # the plots follow the viewer
+
+
+@needs_chromium
+def test_the_quick_starts_report_draws_its_model(tmp_path, capsys):
+    """The README's quick start exactly (random weights: no continuous backbone, so every atom
+    is drawn as a ball; cartoon and stick styles alone drew an empty white box)."""
+    assert main(["example"]) == 0
+    (tmp_path / "job.json").write_text(capsys.readouterr().out)
+    out = tmp_path / "predictions"
+    assert main(["predict", str(tmp_path / "job.json"), "--out", str(out), "--samples", "2",
+                 "--quiet"]) == 0
+    (folder,) = [p for p in out.iterdir() if p.is_dir()]
+    assert main(["report", str(folder)]) == 0
+    atoms, drawn, _ = drawn_model(folder / "report" / "report.html", tmp_path)
+    assert atoms == load_prediction(str(folder)).structure[0].count_atom_sites() == 169
+    assert drawn > 0.01

@@ -96,6 +96,45 @@ def served(ray_session, s3_server, tmp_path_factory) -> Iterator[Served]:
         serve.shutdown()
 
 
+def test_importing_the_app_needs_no_token_and_serve_run_builds_it_from_its_arguments():
+    """`serve run foldray.actors.serve:app key=value`: the module imports without a token (and
+    without Ray running); Serve's own builder call turns the command line's strings into the
+    app, dotted runtime keys included; without a token building refuses."""
+    import subprocess
+    import sys
+
+    code = """
+from ray._common.utils import import_attr
+from ray.serve import Application
+from ray.serve._private.api import call_user_app_builder_with_args_if_necessary as build
+
+import foldray.actors.serve
+builder = import_attr("foldray.actors.serve:app")      # what `serve run` does, in this order
+app = build(builder, {"insecure_no_auth": "true", "n_sample": "2", "runtime.precision": "bf16"})
+assert isinstance(app, Application)
+try:
+    build(builder, {})
+except ValueError as err:
+    print("refused:", err)
+"""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("FOLDRAY_SERVE_TOKEN", "FOLDRAY_SERVE_TOKEN_FILE")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.startswith("refused: no serve token"), out.stdout
+
+
+def test_model_deployment_loads_the_predictor_with_the_apps_runtime_settings():
+    from foldray.actors.serve_deployments import Model
+    from foldray.serve_config import load_serve_config
+
+    config = load_serve_config({"runtime.chunk_size": 8, "runtime.diffusion_chunk": 2, "max_batch_size": 3})
+    model = Model.func_or_class(None, config.model_config, "cpu", config.max_batch_size,
+                                config.batch_wait_timeout_s, config.runtime)
+    assert model.predictor.runtime == config.runtime
+    assert model.stats()["runtime"]["chunk_size"] == 8 and model.max_batch_size == 3
+
+
 def test_health_needs_no_token_and_everything_else_does(served):
     assert _http("GET", served.url + "/healthz") == (200, {"status": "ok"})
     before = served.client.stats()
@@ -293,7 +332,7 @@ def test_ray_task_errors_are_reported_as_their_cause_without_traceback():
 def test_featurizer_stops_a_job_past_its_time_limit_and_reports_it():
     """`featurize_time_limit_s`: a ligand whose conformer search outlives the limit is that
     job's error (the embedding child is killed), not a replica stuck for minutes."""
-    from foldray.actors.serve import Featurizer, FeaturizeRequest
+    from foldray.actors.serve_deployments import Featurizer, FeaturizeRequest
 
     featurizer = Featurizer.func_or_class(target_cache_size=1, time_limit_s=3.0)
     job = parse_af3_json(json.dumps({
@@ -508,24 +547,29 @@ def test_cli_refuses_without_token_then_serves_insecure_and_config_is_valid(serv
     assert main(["serve", "--port", str(_free_port()), "--detach"]) == 2
     assert "no serve token" in capsys.readouterr().err
     with pytest.raises(ValueError, match="no serve token"):
-        serve_app.app  # noqa: B018  (the attribute `serve run` reads builds the app)
+        serve_app.app({})           # what `serve run foldray.actors.serve:app` calls
     config = yaml.safe_load((REPO / "configs" / "serve.yaml").read_text())
     ServeDeploySchema.model_validate(config) if hasattr(ServeDeploySchema, "model_validate") \
         else ServeDeploySchema.parse_obj(config)
     monkeypatch.setenv("FOLDRAY_SERVE_TOKEN", TOKEN)
     app = serve_app.build_app(config["applications"][0]["args"])    # every arg is known
     assert app is not None
-    with pytest.raises(ValueError, match="unknown foldray serve settings"):
+    with pytest.raises(ValueError, match=r"unknown.*num_gpu"):      # named, before anything starts
         serve_app.build_app({"num_gpu": 1})
     # --insecure-no-auth: the CLI deploys into the running Serve, requests need no token
     monkeypatch.delenv("FOLDRAY_SERVE_TOKEN")
+    # runtime settings (dotted keys) reach the served model's Predictor
     assert main(["serve", "--insecure-no-auth", "--port", str(served.port), "--detach",
                  "--model-config", "tiny", "--set", "n_sample=1", "--set", "n_step=2",
-                 "--set", "featurizer_num_cpus=0.25", "--set", "model_num_cpus=0.5"]) == 0
+                 "--set", "featurizer_num_cpus=0.25", "--set", "model_num_cpus=0.5",
+                 "--set", "debug_endpoints=true", "--set", "runtime.chunk_size=16",
+                 "--set", "runtime.diffusion_chunk=1"]) == 0
     assert f"ready at http://127.0.0.1:{served.port}/" in capsys.readouterr().out
-    prediction = FoldrayClient(served.url).predict(json.loads((INPUTS / "1l2y.json").read_text()),
-                                                   timeout=120)
+    client = FoldrayClient(served.url)
+    prediction = client.predict(json.loads((INPUTS / "1l2y.json").read_text()), timeout=120)
     assert prediction.summary_confidences["chain_ids"] == ["A"]
+    runtime = client.stats()["model"]["runtime"]
+    assert (runtime["chunk_size"], runtime["diffusion_chunk"], runtime["precision"]) == (16, 1, "fp32")
 
 
 def test_screen_target_without_msa_is_searched_once_through_the_msa_cache(served, tmp_path):
@@ -566,3 +610,47 @@ def test_screen_target_without_msa_is_searched_once_through_the_msa_cache(served
         assert client.stats()["featurizer"]["msa_searched"] == 1
     finally:
         serve.delete("msa")
+
+
+def test_fresh_cli_start_warns_of_random_weights_and_sigterm_stops_it_in_one_line(tmp_path):
+    """`foldray serve` on its own fresh Ray (no token, no checkpoint): a random-weights
+    warning on the console and in the Model replica's log, no "Connecting to existing Serve
+    app ... will not be applied" line, and SIGTERM stops it with one line, no stack dump."""
+    import subprocess
+    import sys
+
+    from tests.plugins.ray_s3 import child_env
+
+    env = child_env()
+    env.pop("RAY_ADDRESS", None)
+    port = _free_port()
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as handle:      # a file, not a pipe: a full pipe would stall the server
+        proc = subprocess.Popen([sys.executable, "-m", "foldray.jobs.cli", "serve", "--insecure-no-auth",
+                                 "--port", str(port), "--set", "featurizer_num_cpus=0.25",
+                                 "--set", "model_num_cpus=0.5"], env=env, stdout=handle,
+                                stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 400    # a whole Ray start on 2 shared cores
+        while "foldray serve: ready at" not in log.read_text():
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(1)
+        while not any("WARNING" in line and "RANDOM weights" in line    # the replica's line
+                      for line in log.read_text().splitlines()):
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    text = log.read_text()
+    lines = text.splitlines()
+    assert any(line.startswith("warning: foldray serve: no checkpoint") for line in lines)
+    assert any("WARNING" in line and "RANDOM weights" in line and "Model" in line for line in lines)
+    assert "Connecting to existing Serve app" not in text and "will not be applied" not in text
+    assert [line for line in lines if line.startswith("foldray serve: stop")] == ["foldray serve: stopped"]
+    for marker in ("SIGTERM received", "PC: @", "Traceback", "frames"):
+        assert marker not in text, text[-3000:]

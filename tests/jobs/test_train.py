@@ -24,6 +24,7 @@ from foldray.training.checkpoint import param_checksum
 from foldray.training.config import OptimizerConfig
 from foldray.training.optim import lr_at
 from tests.data_paths import MSAS, REPO, STRUCTURES
+from tests.jobs.train_faults import FAIL_ONCE
 from tests.local_cluster import LocalCluster
 
 CONFIG = str(REPO / "configs" / "tiny_cpu.yaml")
@@ -52,7 +53,8 @@ def _adam_steps(optimizer_pt: bytes) -> set[float]:
 @pytest.fixture(scope="module")
 def s3_run(ray_session, s3_server, tmp_path_factory):
     """Two workers (gloo), checkpoints in a fresh S3 bucket. Fit 1: 4 steps, checkpoint every
-    2, rank 0 raises once at step 3 -> FailureConfig restarts the workers from checkpoint 2.
+    2, rank 0 raises once at step 3 (a test callback, tests/jobs/train_faults.py) ->
+    FailureConfig restarts the workers from checkpoint 2.
     Fit 2: the same name, 5 steps -> resumes from checkpoint 4. Yields what the tests read."""
     bucket = s3_server.create_bucket()
     fs = s3_server.filesystem()
@@ -64,7 +66,7 @@ def s3_run(ray_session, s3_server, tmp_path_factory):
         for key, value in s3_server.env().items():
             env.setenv(key, value)
         assert main(["--config", CONFIG, *common, "run.max_steps=4", "run.validate_every=4",
-                     "run.fail_once_at_step=3", f"run.fail_marker={marker}",
+                     f"run.callbacks=[{{path: '{FAIL_ONCE}', options: {{step: 3, marker: '{marker}'}}}}]",
                      "run.max_failures=1"]) == 0
         first = {"start": json.loads(fs.cat(f"{run}/foldray/start.json")),
                  "rows": _rows(fs.cat(f"{run}/foldray/metrics.jsonl").decode()),

@@ -95,3 +95,71 @@ def test_time_limit_stops_a_slow_ligand_with_a_located_line(tmp_path, capsys):
     assert line.startswith(f"error: {path}: slow: sequences[1].ligand.smiles: featurization "
                            "exceeded 1 s"), line
     assert "ok: " in captured.out and "1l2y" in captured.out
+
+
+MULTI_PROBLEM_JOB = {
+    "dialect": "alphafold3", "version": 2, "name": "multi", "modelSeeds": [1],
+    "sequences": [
+        {"protein": {"id": "A", "sequence": "MKTAYJ"}},          # bad letter (parse)
+        {"ligand": {"id": "B", "smiles": "C1CC(X"}},             # bad SMILES (featurize)
+        {"ligand": {"id": "C", "ccdCodes": ["ZZZQ"]}},           # unknown CCD code (featurize)
+        {"protein": {"id": "D", "sequence": "GGG"}},
+    ],
+    # to the bad chain A (still range-checked on D), then to a chain that does not exist
+    "bondedAtomPairs": [[["A", 1, "CA"], ["D", 9, "CA"]], [["D", 1, "CA"], ["Q", 1, "CA"]]],
+}
+
+
+def test_every_problem_of_a_job_is_listed(tmp_path, capsys):
+    path = tmp_path / "multi.json"
+    path.write_text(json.dumps(MULTI_PROBLEM_JOB))
+    code = main(["validate", "--quiet", str(path)])
+    captured = capsys.readouterr()
+    assert code == 2 and "Traceback" not in captured.err
+    lines = captured.err.strip().splitlines()
+    fields = sorted(line.split(": ")[3] for line in lines)
+    assert fields == ["bondedAtomPairs[0][1][1]", "bondedAtomPairs[1][1]", "sequences[0].protein.sequence",
+                      "sequences[1].ligand.smiles", "sequences[2].ligand.ccdCodes[0]"], captured.err
+    assert all(line.startswith(f"error: {path}: multi: ") for line in lines)
+
+
+def test_predict_still_reports_one_line_for_a_job_with_several_problems(tmp_path):
+    import pickle
+
+    from foldray.errors import InputError, InputErrors
+    from foldray.inputs.af3_json import parse_af3_json
+
+    with pytest.raises(InputError) as info:
+        parse_af3_json(json.dumps(MULTI_PROBLEM_JOB), source="multi.json")
+    err = info.value
+    assert isinstance(err, InputErrors) and len(err.errors) == 3
+    assert err.field == "sequences[0].protein.sequence" and "\n" not in str(err)
+    assert err.message.endswith("(and 2 more problems: `foldray validate` lists them)")
+    again = pickle.loads(pickle.dumps(err))      # Ray ships errors between processes
+    assert isinstance(again, InputErrors) and str(again) == str(err)
+
+
+def test_many_problems_are_cut_at_the_limit(tmp_path, capsys):
+    from foldray.errors import MAX_ERRORS_PER_JOB
+
+    job = {"dialect": "alphafold3", "version": 2, "name": "many", "modelSeeds": [1],
+           "sequences": [{"protein": {"id": f"A{i}", "sequence": "MKJ"}} for i in range(30)]}
+    path = tmp_path / "many.json"
+    path.write_text(json.dumps(job))
+    assert main(["validate", "--quiet", str(path)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == MAX_ERRORS_PER_JOB + 1
+    assert lines[-1].endswith("... and 10 more problems (not listed)")
+
+
+def test_structure_clean_up_is_noted_not_an_error(capsys):
+    code = main(["validate", "--quiet", str(STRUCTURES / "102m.cif")])
+    captured = capsys.readouterr()
+    assert code == 0 and captured.err == ""
+    note, ok = captured.out.strip().splitlines()
+    assert note == (f"note: {STRUCTURES / '102m.cif'}: 102M: structure clean-up dropped 155 waters, "
+                    "1 crystallization aid (SO4)")
+    assert ok.startswith("ok: ")
+    main(["validate", "--json", str(STRUCTURES / "102m.cif")])
+    record, = json.loads(capsys.readouterr().out)
+    assert record["dropped"] == ["155 waters", "1 crystallization aid (SO4)"]

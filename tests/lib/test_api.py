@@ -39,3 +39,25 @@ def test_predict_a_file_path_and_a_bad_job_raises_a_located_error(tmp_path):
     bad["sequences"][0]["protein"]["sequence"] = "MKX1"
     with pytest.raises(foldray.InputError, match=r"sequences\[0\]"):
         foldray.predict(bad)
+
+
+def test_printing_results_gives_a_summary_and_data_json_records_every_seed(tmp_path):
+    from foldray.predictor import Predictor, PredictSettings
+
+    job = json.loads((INPUTS / "1l2y.json").read_text())
+    assert job["modelSeeds"] == [1]
+    pred = foldray.predict(job, seeds=(7, 8), samples=1, steps=2, recycles=1, out=tmp_path / "out")
+    text = repr(pred)
+    n_token = len(pred.confidences["token_chain_ids"])
+    assert text.startswith(f"Prediction(name={pred.name!r}, tokens={n_token}, samples=2, ranking_score=")
+    assert "plddt_mean=" in text and repr(pred.folder) in text
+    assert len(text) < 400 and "ATOM" not in text and "[[" not in text
+    data = json.loads(next((tmp_path / "out").glob("*/*_data.json")).read_text())
+    assert data["modelSeeds"] == [7, 8]       # the seeds predicted, as AF3 records them
+    # the Predictor-level results print short too
+    tokens, samples = Predictor.load(config="tiny").predict_job(
+        foldray.api._as_jobs(job)[0], PredictSettings(n_sample=1, n_step=2, n_cycle=1))
+    assert repr(tokens) == (f"TokenizedStructure(chains=[A:protein], tokens={n_token}, "
+                            f"atoms={tokens.n_atoms}, bonds={len(tokens.bonds)})")
+    sample_text = repr(samples[0])
+    assert sample_text.startswith("SamplePrediction(seed=1, sample=0, atoms=") and len(sample_text) < 300

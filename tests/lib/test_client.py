@@ -46,8 +46,8 @@ def test_client_and_serving_library_do_not_import_ray():
     import subprocess
     import sys
 
-    code = ("import sys, foldray.client, foldray.serving, foldray.screening, foldray.batched_predict, "
-            "foldray.job_store, foldray.out_allowlist; "
+    code = ("import sys, foldray.client, foldray.serving, foldray.screening, foldray.predictor, "
+            "foldray.job_store, foldray.out_allowlist, foldray.serve_config; "
             "print('ray' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -125,3 +125,19 @@ def test_record_json_splices_result_and_keeps_nan():
     assert math.isnan(view["metrics"]["iptm"]) and view["status"] == "done"
     store.finish(record, "done", result=b"{}")
     assert json.loads(record.to_json())["status"] == "done"
+
+
+def test_states_move_queued_running_finished_only():
+    store, _ = _store()
+    record = store.add(JobRecord(id="s", name="s", kind="predict"))
+    assert record.status == "queued" and store.statuses() == {"queued": 1}
+    store.start(record)
+    assert store.statuses() == {"running": 1}
+    with pytest.raises(ValueError, match="is running, not queued"):
+        store.start(record)
+    with pytest.raises(ValueError, match="'running' is not a finished status"):
+        store.finish(record, "running")
+    store.finish(record, "error", error="request: s: sequences: bad")
+    assert store.statuses() == {"error": 1} and record.completions == 1
+    with pytest.raises(ValueError, match="is error, not queued"):
+        store.start(record)

@@ -1,15 +1,14 @@
-"""Screen jobs, the target cache and batched prediction (foldray.screening, batched_predict)."""
+"""Screen jobs, the target cache and batched prediction (foldray.screening, Predictor.predict_batch)."""
 
 import json
 
 import numpy as np
 import pytest
 
-from foldray.batched_predict import group_by_size, predict_group, predict_many
 from foldray.errors import InputError
 from foldray.features.pipeline import featurize_job
 from foldray.inputs.af3_json import parse_af3_json
-from foldray.predictor import Predictor, PredictSettings
+from foldray.predictor import Predictor, PredictSettings, group_by_size
 from foldray.screening import (
     LigandSpec,
     TargetCache,
@@ -66,15 +65,20 @@ def test_batched_prediction_matches_single_and_pads_mixed_sizes():
     large = featurize_job(ligand_job(target, LigandSpec(id="b", smiles="c1ccccc1CCCCCCCCCCCCCC")),
                           seed=1, with_targets=False)
     # one job alone: exactly Predictor's own result
-    (alone,) = predict_group(predictor, [(small, 1)], SETTINGS)
+    (alone,) = predictor.predict_batch([(small, 1)], SETTINGS)
     _, reference = predictor.predict_job(small.job, PredictSettings(seeds=(1,), n_sample=2, n_step=3,
                                                                     n_cycle=1))
     for got, want in zip(alone, reference, strict=True):
         np.testing.assert_allclose(got.coords, want.coords, atol=1e-5)
         assert got.ranking_score == pytest.approx(want.ranking_score, abs=1e-6)
-    # two sizes in one forward: each job's outputs cut to its own size, finite
-    both = predict_group(predictor, [(small, 1), (large, 1)], SETTINGS)
-    for featurized, samples in zip((small, large), both, strict=True):
+    # two sizes in one forward (their sizes round to the same group): each job's outputs cut
+    # to its own size, finite
+    near = featurize_job(ligand_job(target, LigandSpec(id="c", smiles="CCCCO")), seed=1,
+                         with_targets=False)
+    assert near.tokens.n_tokens != small.tokens.n_tokens
+    assert group_by_size([small, near], max_group=8) == [[0, 1]]
+    both = predictor.predict_batch([(small, 1), (near, 1)], SETTINGS)
+    for featurized, samples in zip((small, near), both, strict=True):
         assert len(samples) == 2
         assert samples[0].coords.shape == (featurized.tokens.n_atoms, 3)
         assert samples[0].pae.shape == (featurized.tokens.n_tokens,) * 2
@@ -83,4 +87,4 @@ def test_batched_prediction_matches_single_and_pads_mixed_sizes():
         assert all(np.isfinite(v) for v in metrics.values())
     # grouping: different sizes are separate groups, order is kept
     assert group_by_size([small, large, small], max_group=8) == [[0, 2], [1]]
-    assert len(predict_many(predictor, [(small, 1), (large, 1), (small, 1)], SETTINGS)) == 3
+    assert len(predictor.predict_batch([(small, 1), (large, 1), (small, 1)], SETTINGS)) == 3

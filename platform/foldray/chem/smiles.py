@@ -97,6 +97,13 @@ def atom_names(mol: Chem.Mol) -> list[str]:
     return names
 
 
+def smiles_component_name(chain_id: str) -> str:
+    """The residue name of a SMILES ligand in chain `chain_id`: `LIG_<chain>`, as AlphaFold 3
+    names them. CCD codes are 1-5 letters and digits, so the underscore keeps it from ever
+    naming a real component (plain `LIG` is one) when the structure is read back."""
+    return f"LIG_{chain_id}"
+
+
 @functools.lru_cache(maxsize=1024)
 def component_from_smiles(smiles: str, *, name: str = "LIG",
                           seed: int = CONFORMER_SEED) -> Component:

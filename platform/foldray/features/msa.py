@@ -28,8 +28,11 @@ chains' columns in the given order, the way AlphaFold 3 does it (`model/features
 * Rows are capped at ``max_rows`` (SI: 16,384) by cutting the unpaired block.
 
 Chains that get no MSA, as in AF3: ligands, DNA, polymers of <= 4 residues, and chains whose
-``unpaired`` is None. Their main MSA is the query row alone. (AF3 writes ligand columns as gap
-in every row; here ligand columns of row 0 hold the caller's ``query``, UNK per Table 5.)
+``unpaired`` is None. Their main MSA is the query row alone (the caller's ``query``: gap for
+ligand columns, as AF3 writes them). OpenFold3 (``FeaturizationConfig.msa_without_alignment``
+"gap") instead gives them no main rows: gap in every row, row 0 included, and a zero profile.
+With ``paired_msa`` "precomputed" (OpenFold3) the paired rows are each chain's ``paired`` MSA
+as given, row-aligned across chains, for any number of chains (see foldray.features.config).
 
 ``profile`` and ``deletion_mean`` come from each chain's deduplicated main MSA before pairing
 and cropping (Table 5), or from the query row alone for chains without one. Copies of an entity
@@ -45,6 +48,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from foldray.errors import InputError
+from foldray.features.config import DEFAULT_FEATURIZATION, FeaturizationConfig
 from foldray.inputs.a3m import A3m, check_query
 from foldray.residues import GAP, NUM_RESTYPES, UNKNOWN_RESTYPE, MolType
 
@@ -98,7 +102,8 @@ class _MainMsa:
 
 
 def build_msa(chains: Sequence[ChainMsaInput], *, max_rows: int = 16384, max_paired_rows: int = 8191,
-              max_rows_per_species: int = MAX_ROWS_PER_SPECIES) -> MsaFeatures:
+              max_rows_per_species: int = MAX_ROWS_PER_SPECIES,
+              featurization: FeaturizationConfig = DEFAULT_FEATURIZATION) -> MsaFeatures:
     """Stack the chains' MSAs into the complex MSA of SI 2.3 (see the module docstring).
 
     Raises `InputError` when an a3m's first row is not the chain's query.
@@ -114,21 +119,38 @@ def build_msa(chains: Sequence[ChainMsaInput], *, max_rows: int = 16384, max_pai
             raise ValueError(f"chain {chain.chain_id}: query must be [L] restype classes in "
                              f"[0, {NUM_RESTYPES}), got shape {query.shape}")
     queries = [np.asarray(chain.query).astype(np.uint8) for chain in chains]  # [L_c] each
+    fill = featurization.fill_non_protein_msa_rows
+    if fill:   # Protenix: a ligand's query (and so its profile) is UNK, not gap
+        queries = [np.full_like(q, UNKNOWN_RESTYPE["ligand"]) if c.mol_type == "ligand" else q
+                   for c, q in zip(chains, queries, strict=True)]
     widths = [len(q) for q in queries]
     offsets = np.concatenate([[0], np.cumsum(widths)]).astype(int)  # [N_chain + 1]
 
     mains: list[_MainMsa] = []
     cache: dict[tuple, _MainMsa] = {}
+    gap_without_alignment = featurization.msa_without_alignment == "gap"
     for chain, query in zip(chains, queries, strict=True):
         a3m = chain.unpaired if _uses_main_msa(chain, query) else None
-        key = (id(a3m), chain.mol_type, query.tobytes())
+        extra = chain.paired if featurization.paired_msa_as_unpaired and a3m is not None \
+            and _uses_paired_msa(chain, query) else None
+        key = (id(a3m), id(extra), chain.mol_type, query.tobytes())
         if key not in cache:
-            cache[key] = _main_msa(chain, query, a3m)
+            cache[key] = _empty_main(len(query)) if a3m is None and gap_without_alignment \
+                else _main_msa(chain, query, a3m, extra)
         mains.append(cache[key])
+    first_row = queries
+    if gap_without_alignment:   # OpenFold3: no query row either where there is no alignment
+        first_row = [q if _uses_main_msa(c, q) else np.full_like(q, GAP)
+                     for c, q in zip(chains, queries, strict=True)]
 
     protein_sequences = {q.tobytes() for c, q in zip(chains, queries, strict=True) if c.mol_type == "protein"}
-    pairing = len(protein_sequences) > 1
-    if pairing:
+    precomputed = featurization.paired_msa == "precomputed"
+    if precomputed:
+        paired_rows, paired_dels = _precomputed_pairs(chains, queries, offsets, max_paired_rows)
+        pairing = len(paired_rows) > 0
+    else:
+        pairing = len(protein_sequences) > 1
+    if pairing and not precomputed:
         paired_a3ms = [chain.paired if _uses_paired_msa(chain, query) else None
                        for chain, query in zip(chains, queries, strict=True)]
         for chain, query, a3m in zip(chains, queries, paired_a3ms, strict=True):
@@ -145,7 +167,7 @@ def build_msa(chains: Sequence[ChainMsaInput], *, max_rows: int = 16384, max_pai
                 paired_dels[take, offsets[c]:offsets[c + 1]] = a3m.deletions[index[take, c]]
         keep = (paired_rows != GAP).any(axis=1)  # AF3 drops rows that are gap in every chain
         paired_rows, paired_dels = paired_rows[keep], paired_dels[keep]
-    else:
+    elif not precomputed:
         paired_rows = np.zeros((0, offsets[-1]), dtype=np.uint8)
         paired_dels = np.zeros((0, offsets[-1]), dtype=np.int32)
     n_paired = len(paired_rows)
@@ -156,26 +178,33 @@ def build_msa(chains: Sequence[ChainMsaInput], *, max_rows: int = 16384, max_pai
     for c, main in enumerate(mains):
         rows, dels = main.rows, main.deletions
         if pairing:  # drop rows this chain already shows in the query or paired rows
-            seen = set(_row_keys(np.concatenate([queries[c][None],
-                                                 paired_rows[:, offsets[c]:offsets[c + 1]]])))
+            shown = paired_rows[:, offsets[c]:offsets[c + 1]]
+            # OpenFold3 compares with the paired block only (its first row is the query)
+            seen = set(_row_keys(shown if precomputed else np.concatenate([queries[c][None], shown])))
             if id(main) not in main_keys:
                 main_keys[id(main)] = _row_keys(rows)
             keys = main_keys[id(main)]
             keep = np.array([key not in seen for key in keys], dtype=bool)
             rows, dels = rows[keep], dels[keep]
         unpaired.append((rows[:budget], dels[:budget]))
-    n_unpaired = max(len(rows) for rows, _ in unpaired)
+    n_unpaired = max((len(rows) for rows, _ in unpaired), default=0)
 
     n_msa = 1 + n_paired + n_unpaired
     msa = np.full((n_msa, offsets[-1]), GAP, dtype=np.uint8)  # [N_msa, L_total]
     deletion = np.zeros((n_msa, offsets[-1]), dtype=np.float32)  # [N_msa, L_total]
-    msa[0] = np.concatenate(queries)
+    msa[0] = np.concatenate(first_row)
     msa[1:1 + n_paired] = paired_rows
     deletion[1:1 + n_paired] = paired_dels
     for c, (rows, dels) in enumerate(unpaired):
         cols = slice(offsets[c], offsets[c + 1])
         msa[1 + n_paired:1 + n_paired + len(rows), cols] = rows
         deletion[1 + n_paired:1 + n_paired + len(rows), cols] = dels
+    if fill:   # Protenix: all-gap rows of a non-protein chain's columns repeat its row 0
+        for c, chain in enumerate(chains):
+            cols = slice(offsets[c], offsets[c + 1])
+            if chain.mol_type != "protein" and offsets[c + 1] > offsets[c]:
+                empty = (msa[:, cols] == GAP).all(axis=1)
+                msa[empty, cols] = msa[0, cols]
     return MsaFeatures(
         msa=msa, deletion_count=deletion,
         profile=np.concatenate([m.profile for m in mains]),  # [L_total, 32]
@@ -212,20 +241,53 @@ def _check_rows(a3m: A3m, query: np.ndarray, chain: ChainMsaInput, kind: str) ->
                          f"position {pos}", source=a3m.source, field=f"line {a3m.query_line}")
 
 
-def _main_msa(chain: ChainMsaInput, query: np.ndarray, a3m: A3m | None) -> _MainMsa:
-    """Deduplicated main MSA (query row first) and its profile / deletion_mean (Table 5)."""
+def _main_msa(chain: ChainMsaInput, query: np.ndarray, a3m: A3m | None,
+              paired: A3m | None = None) -> _MainMsa:
+    """Deduplicated main MSA (query row first) and its profile / deletion_mean (Table 5).
+    `paired` (Protenix's paired_msa_as_unpaired): its rows come first, then `a3m`'s."""
     if a3m is None:
         rows, dels = query[None], np.zeros((1, len(query)), dtype=np.int32)
     else:
         _check_rows(a3m, query, chain, "unpaired")
-        first = _first_occurrences(a3m.rows)
-        rows, dels = a3m.rows[first], a3m.deletions[first]
+        all_rows, all_dels = a3m.rows, a3m.deletions
+        if paired is not None:
+            _check_rows(paired, query, chain, "paired")
+            all_rows = np.concatenate([paired.rows, a3m.rows])
+            all_dels = np.concatenate([paired.deletions, a3m.deletions])
+        first = _first_occurrences(all_rows)
+        rows, dels = all_rows[first], all_dels[first]
     n, width = rows.shape
     flat = (rows.astype(np.int64) + NUM_RESTYPES * np.arange(width)).ravel()
     counts = np.bincount(flat, minlength=NUM_RESTYPES * width).reshape(width, NUM_RESTYPES)
     return _MainMsa(rows=rows, deletions=dels,
                     profile=(counts / n).astype(np.float32),  # [L, 32]
                     deletion_mean=dels.mean(axis=0, dtype=np.float64).astype(np.float32))  # [L]
+
+
+def _empty_main(width: int) -> _MainMsa:
+    """No main rows, zero profile (OpenFold3's chain without an alignment)."""
+    return _MainMsa(rows=np.zeros((0, width), np.uint8), deletions=np.zeros((0, width), np.int32),
+                    profile=np.zeros((width, NUM_RESTYPES), np.float32),
+                    deletion_mean=np.zeros(width, np.float32))
+
+
+def _precomputed_pairs(chains: Sequence[ChainMsaInput], queries: list[np.ndarray], offsets: np.ndarray,
+                       max_paired_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Paired rows taken as given (OpenFold3): row k of every chain's paired MSA forms paired
+    row k, its query row included; chains without one, and rows past a shorter MSA, are gap."""
+    a3ms = [chain.paired if _uses_paired_msa(chain, query) else None
+            for chain, query in zip(chains, queries, strict=True)]
+    depth = min(max((len(a.rows) for a in a3ms if a is not None), default=0), max_paired_rows)
+    rows = np.full((depth, offsets[-1]), GAP, dtype=np.uint8)   # [n_pair, L_total]
+    dels = np.zeros((depth, offsets[-1]), dtype=np.int32)
+    for c, (chain, query, a3m) in enumerate(zip(chains, queries, a3ms, strict=True)):
+        if a3m is None:
+            continue
+        _check_rows(a3m, query, chain, "paired")
+        n = min(depth, len(a3m.rows))
+        rows[:n, offsets[c]:offsets[c + 1]] = a3m.rows[:n]
+        dels[:n, offsets[c]:offsets[c + 1]] = a3m.deletions[:n]
+    return rows, dels
 
 
 def _first_occurrences(rows: np.ndarray) -> np.ndarray:

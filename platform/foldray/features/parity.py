@@ -92,6 +92,8 @@ def _value(x: Any) -> Any:
 def _first_difference(ref: np.ndarray, ours: np.ndarray, tolerance: float | None) -> dict:
     if ref.shape != ours.shape:
         n = min(len(ref), len(ours)) if ref.ndim and ours.ndim else 0
+        if ref.shape[1:] != ours.shape[1:]:   # trailing dims differ: no common prefix to compare
+            n = 0
         prefix = _first_difference(ref[:n], ours[:n], tolerance) if n else {"equal": True}
         result = {"equal": False, "shape_ref": list(ref.shape), "shape_ours": list(ours.shape)}
         if not prefix["equal"]:

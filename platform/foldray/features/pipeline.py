@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from foldray.errors import InputError
+from foldray.features.config import DEFAULT_FEATURIZATION, FeaturizationConfig
 from foldray.features.crop import CROP_WEIGHTS, crop_tokens, sample_crop_strategy
 from foldray.features.featurize import featurize
 from foldray.features.ground_truth import AtomTargets, align_ground_truth, drop_long_bonds
@@ -19,7 +20,7 @@ from foldray.features.templates import template_features
 from foldray.features.tokenize import DEFAULT_MAX_TOKENS, TokenizedStructure, select_tokens, tokenize
 from foldray.inputs.a3m import A3m, check_query, parse_a3m
 from foldray.inputs.job import Job, PolymerChain
-from foldray.residues import UNKNOWN_RESTYPE
+from foldray.residues import GAP, UNKNOWN_RESTYPE
 
 MAX_MSA_ROWS = 16384
 MAX_PAIRED_ROWS = 8191   # SI 2.3: up to 8,191 paired rows after the query
@@ -91,8 +92,8 @@ def msa_inputs(job: Job, tokens: TokenizedStructure, max_rows: int = MAX_MSA_ROW
     offset = 0
     for chain in tokens.chains:
         start, end = chain.token_start, chain.token_end
-        if chain.mol_type == "ligand":
-            query = np.full(end - start, UNKNOWN_RESTYPE["ligand"], np.int64)
+        if chain.mol_type == "ligand":   # gap in every MSA row, as AF3 writes ligand columns
+            query = np.full(end - start, GAP, np.int64)   # (af3 model/features.py:519-528)
             column[start:end] = offset + np.arange(end - start)
         else:
             residue = tokens.residue_index[start:end] - 1       # 0-based residue per token
@@ -129,17 +130,21 @@ def _crop(tokens: TokenizedStructure, targets: AtomTargets, settings: CropSettin
 
 def featurize_job(job: Job, *, seed: int = 0, max_tokens: int | None = DEFAULT_MAX_TOKENS,
                   max_msa_rows: int = MAX_MSA_ROWS, crop: CropSettings | None = None,
-                  with_targets: bool | None = None) -> FeaturizedJob:
+                  with_targets: bool | None = None,
+                  featurization: FeaturizationConfig | None = None) -> FeaturizedJob:
     """Featurize one job. Cropping needs ground truth (a job read from mmCIF).
 
     `seed` drives every random choice (reference rotations, crops), so a featurization
-    is reproducible.
+    is reproducible. `featurization` is the model's (`ModelConfig.featurization`: imported
+    weights expect their reference's); None is AlphaFold 3's.
     """
+    featurization = featurization or DEFAULT_FEATURIZATION
     rng = np.random.default_rng(seed)
-    tokens = tokenize(job, max_tokens=max_tokens if crop is None else None)
+    tokens = tokenize(job, max_tokens=max_tokens if crop is None else None, featurization=featurization)
     chain_msas, column = msa_inputs(job, tokens, max_msa_rows)
     msa: MsaFeatures = build_msa(chain_msas, max_rows=max_msa_rows,
-                                 max_paired_rows=min(MAX_PAIRED_ROWS, max_msa_rows // 2))
+                                 max_paired_rows=min(MAX_PAIRED_ROWS, max_msa_rows // 2),
+                                 featurization=featurization)
 
     targets = None
     if with_targets is None:
@@ -167,14 +172,18 @@ def featurize_job(job: Job, *, seed: int = 0, max_tokens: int | None = DEFAULT_M
 
 def featurize_seeds(job: Job, seeds: tuple[int, ...] | None = None, *,
                     max_tokens: int | None = DEFAULT_MAX_TOKENS,
-                    share_trunk: bool = False) -> dict[int, FeaturizedJob]:
+                    share_trunk: bool = False,
+                    featurization: FeaturizationConfig | None = None) -> dict[int, FeaturizedJob]:
     """Inference features of a job once per seed (None: its modelSeeds); the seed only
     changes reference-conformer rotations. The CPU half of prediction, run apart from the
     model in batch pipelines. With `share_trunk` every seed maps to the first seed's
-    features (one object: it pickles once), as the model then runs one trunk for all."""
+    features (one object: it pickles once), as the model then runs one trunk for all.
+    `featurization`: the model's, as in `featurize_job`."""
     seeds = seeds or job.seeds
     if share_trunk:
-        first = featurize_job(job, seed=seeds[0], max_tokens=max_tokens, with_targets=False)
+        first = featurize_job(job, seed=seeds[0], max_tokens=max_tokens, with_targets=False,
+                              featurization=featurization)
         return dict.fromkeys(seeds, first)
-    return {seed: featurize_job(job, seed=seed, max_tokens=max_tokens, with_targets=False)
+    return {seed: featurize_job(job, seed=seed, max_tokens=max_tokens, with_targets=False,
+                                featurization=featurization)
             for seed in seeds}

@@ -3,8 +3,9 @@
 One token per standard amino acid / nucleotide residue (Table 13); one token per heavy atom
 for ligands, ions and modified residues. Atoms come from each residue's chemical component
 (hydrogens dropped). Polymer residues lose their leaving atoms (they leave when the
-backbone bond forms), except the C-terminal OXT of a protein chain, which exists in
-reality and in experimental structures.
+backbone bond forms), except at the chain ends, as AlphaFold 3 does: the C-terminal OXT of a
+protein chain and the 5' OP3 of a nucleic-acid chain stay (`FeaturizationConfig`
+keep_terminal_leaving_atoms; OpenFold3 drops them).
 
 Shapes: atoms [N_atom], tokens [N_token]. Ids: asym_id and entity_id start at 1 (0 is left
 for padding), sym_id starts at 0 within each entity, token_index at 0, residue_index is the
@@ -20,8 +21,9 @@ import numpy as np
 
 from foldray.chem.ccd import get_component, parse_user_ccd
 from foldray.chem.component import Component
-from foldray.chem.smiles import component_from_smiles
+from foldray.chem.smiles import component_from_smiles, smiles_component_name
 from foldray.errors import InputError
+from foldray.features.config import DEFAULT_FEATURIZATION, FeaturizationConfig
 from foldray.inputs.job import Entity, Job, LigandChain, PolymerChain
 from foldray.inputs.size import check_token_budget
 from foldray.residues import (
@@ -67,7 +69,7 @@ class TokenizedStructure:
     atom_to_token: np.ndarray    # int32
     atom_chain: np.ndarray       # int32 index into `chains`
     atom_residue: np.ndarray     # int32 1-based residue number
-    atom_res_name: np.ndarray    # <U5 CCD code of the atom's residue
+    atom_res_name: np.ndarray    # str: CCD code of the atom's residue (SMILES: LIG_<chain>)
     # tokens [N_token]
     residue_index: np.ndarray    # int32
     asym_id: np.ndarray          # int32
@@ -78,8 +80,16 @@ class TokenizedStructure:
     is_standard: np.ndarray      # bool, one token for the whole residue
     centre_atom: np.ndarray      # int32 atom index (SI 2.6 token centre)
     rep_atom: np.ndarray         # int32 atom index (SI 4.4 distogram atom)
-    # bonds that enter token_bonds: polymer-ligand and ligand-ligand, [N_bond, 2] atom indices
+    # bonds that enter token_bonds, [N_bond, 2] atom indices: polymer-ligand and ligand-ligand
+    # (Table 5), where atomized modified residues count as ligands (AF3 features.py:1723-1752)
     bonds: np.ndarray
+
+    def __repr__(self) -> str:
+        """A short summary, not the per-atom arrays (printed in notebooks)."""
+        chains = ", ".join(f"{c.chain_id}:{c.mol_type}" for c in self.chains[:8])
+        more = f", +{len(self.chains) - 8}" if len(self.chains) > 8 else ""
+        return (f"TokenizedStructure(chains=[{chains}{more}], tokens={self.n_tokens}, "
+                f"atoms={self.n_atoms}, bonds={len(self.bonds)})")
 
     @property
     def n_tokens(self) -> int:
@@ -100,12 +110,26 @@ class TokenizedStructure:
                 enumerate(zip(self.atom_chain, self.atom_residue, self.atom_name, strict=True))}
 
 
-def _polymer_atoms_kept(component: Component, keep_oxt: bool) -> np.ndarray:
-    """Indices of a polymer residue's atoms: leaving atoms go, except a C-terminal OXT."""
+def _polymer_atoms_kept(component: Component, keep_leaving: frozenset[str]) -> np.ndarray:
+    """Indices of a polymer residue's atoms: leaving atoms go, except those in `keep_leaving`
+    (a chain end's OXT / OP3)."""
     leaving = component.leaving.copy()
-    if keep_oxt:
-        leaving &= np.array([name != "OXT" for name in component.atom_names])
+    if keep_leaving:
+        leaving &= np.array([name not in keep_leaving for name in component.atom_names])
     return np.flatnonzero(~leaving)
+
+
+def terminal_leaving_atoms(mol_type: MolType, residue_number: int, n_residues: int,
+                           featurization: FeaturizationConfig) -> frozenset[str]:
+    """Leaving atoms a residue keeps because it ends its chain: OXT of a protein's last
+    residue, OP3 of a nucleic acid's first (AF3 atom_layout.get_link_drop_atoms)."""
+    if not featurization.keep_terminal_leaving_atoms:
+        return frozenset()
+    if mol_type == "protein" and residue_number == n_residues:
+        return frozenset({"OXT"})
+    if mol_type in ("rna", "dna") and residue_number == 1:
+        return frozenset({"OP3"})
+    return frozenset()
 
 
 def entity_components(job: Job, entity_index: int, user_ccd: Mapping | None) -> list[Component]:
@@ -116,7 +140,8 @@ def entity_components(job: Job, entity_index: int, user_ccd: Mapping | None) -> 
     try:
         if isinstance(entity, LigandChain) and entity.smiles is not None:
             try:
-                return [component_from_smiles(entity.smiles, name="LIG")]
+                return [component_from_smiles(entity.smiles,
+                                              name=smiles_component_name(entity.ids[0]))]
             except InputError as err:
                 raise err.located(field_prefix="smiles") from None
         if isinstance(entity, LigandChain):
@@ -146,11 +171,15 @@ def _is_per_atom(mol_type: MolType, code: str) -> bool:
     return mol_type == "ligand" or code not in STANDARD_RESIDUES[mol_type]
 
 
-def _restype_of(mol_type: MolType, component: Component) -> int:
-    """Class of a token: the residue itself, else its standard parent, else unknown."""
+def _restype_of(mol_type: MolType, component: Component,
+                featurization: FeaturizationConfig = DEFAULT_FEATURIZATION) -> int:
+    """Class of a token: the residue itself, else its standard parent, else unknown
+    (AF3; OpenFold3 `protein_unknown`: the residue itself, else the protein UNK)."""
     if mol_type == "ligand":
         return UNKNOWN_RESTYPE["ligand"]
     standard = STANDARD_RESIDUES[mol_type]
+    if featurization.modified_residue_restype == "protein_unknown":
+        return RESTYPE_INDEX[component.name] if component.name in standard else UNKNOWN_RESTYPE["protein"]
     for candidate in (component.name, component.parent):
         if candidate in standard:
             return RESTYPE_INDEX[candidate]
@@ -172,13 +201,14 @@ def entity_keys(entities: tuple[Entity, ...]) -> list[int]:
     return ids
 
 
-def tokenize(job: Job, *, max_tokens: int | None = DEFAULT_MAX_TOKENS) -> TokenizedStructure:
+def tokenize(job: Job, *, max_tokens: int | None = DEFAULT_MAX_TOKENS,
+             featurization: FeaturizationConfig = DEFAULT_FEATURIZATION) -> TokenizedStructure:
     """Build atoms and tokens of every chain copy, in the order the job lists them."""
     user_ccd = parse_user_ccd(job.user_ccd, source=job.source) if job.user_ccd else None
     check_token_budget(job, max_tokens, user_ccd)   # before any conformer is embedded
     components = [entity_components(job, i, user_ccd) for i in range(len(job.entities))]
     entity_ids = entity_keys(job.entities)
-    builder = _Builder()
+    builder = _Builder(featurization)
     sym_counter: dict[int, int] = {}
     for entity_index, (entity, comps) in enumerate(zip(job.entities, components, strict=True)):
         entity_id = entity_ids[entity_index]
@@ -198,7 +228,8 @@ def tokenize(job: Job, *, max_tokens: int | None = DEFAULT_MAX_TOKENS) -> Tokeni
 class _Builder:
     """Accumulates per-residue arrays; concatenated once at the end."""
 
-    def __init__(self) -> None:
+    def __init__(self, featurization: FeaturizationConfig = DEFAULT_FEATURIZATION) -> None:
+        self.featurization = featurization
         self.chains: list[ChainInfo] = []
         self.atom_parts: dict[str, list[np.ndarray]] = {k: [] for k in (
             "name", "element", "charge", "ref_pos", "ref_mask", "space_uid", "token", "chain",
@@ -212,7 +243,7 @@ class _Builder:
         self.n_spaces = 0
         self.residue_atoms: dict[tuple[int, int], tuple[int, dict[str, int]]] = {}
         self.chain_index: dict[str, int] = {}
-        self._kept: dict[tuple[int, bool], np.ndarray] = {}  # per (id(component), C-terminal)
+        self._kept: dict[tuple[int, frozenset[str]], np.ndarray] = {}  # per (id(component), kept)
 
     def add_chain(self, chain_id: str, entity_index: int, entity_id: int, sym_id: int,
                   mol_type: MolType, comps: list[Component]) -> None:
@@ -224,10 +255,10 @@ class _Builder:
             if mol_type == "ligand":
                 keep = np.arange(len(component.atom_names))
             else:
-                last_protein = mol_type == "protein" and residue_number == len(comps)
-                key = (id(component), last_protein)
+                terminal = terminal_leaving_atoms(mol_type, residue_number, len(comps), self.featurization)
+                key = (id(component), terminal)
                 if key not in self._kept:
-                    self._kept[key] = _polymer_atoms_kept(component, last_protein)
+                    self._kept[key] = _polymer_atoms_kept(component, terminal)
                 keep = self._kept[key]
             self._add_residue(chain_idx, chain_id, residue_number, mol_type, mol_index,
                               entity_id, sym_id, component, keep)
@@ -253,12 +284,12 @@ class _Builder:
         a["space_uid"].append(np.full(n, self.n_spaces, np.int32))
         a["chain"].append(np.full(n, chain_idx, np.int32))
         a["residue"].append(np.full(n, residue_number, np.int32))
-        a["res_name"].append(np.full(n, component.name, dtype="<U5"))
+        a["res_name"].append(np.full(n, component.name))   # CCD code or LIG_<chain>
         self.n_spaces += 1
         name_to_atom = {str(name): first_atom + i for i, name in enumerate(names)}
         self.residue_atoms[(chain_idx, residue_number)] = (first_atom, name_to_atom)
 
-        restype = _restype_of(mol_type, component)
+        restype = _restype_of(mol_type, component, self.featurization)
         per_atom = _is_per_atom(mol_type, component.name)
         if per_atom:
             tokens = np.arange(self.n_tokens, self.n_tokens + n, dtype=np.int32)
@@ -281,8 +312,10 @@ class _Builder:
         t["is_standard"].append(np.full(count, not per_atom))
         t["centre_atom"].append(centre)
         t["rep_atom"].append(rep)
-        if mol_type == "ligand" and len(component.bonds):
-            # intra-ligand bonds (ligand-ligand), remapped to the kept atoms
+        if per_atom and len(component.bonds):
+            # intra-residue bonds of a ligand or an atomized modified residue (ligand-ligand
+            # in AF3: features.py:1723-1752 adds every non-standard residue's CCD bond graph),
+            # remapped to the kept atoms
             remap = np.full(len(component.atom_names), -1, np.int64)
             remap[keep] = np.arange(first_atom, first_atom + n)
             pairs = remap[component.bonds]

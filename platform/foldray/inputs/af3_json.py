@@ -20,9 +20,9 @@ import posixpath
 import re
 import reprlib
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
-from foldray.errors import InputError
+from foldray.errors import InputError, combine_errors
 from foldray.inputs.job import (
     AtomRef,
     Entity,
@@ -292,25 +292,69 @@ def _parse_job(data: dict, base: _Ctx) -> Job:
         raise base.error("version", f"unsupported version {show(version)} "
                                     f"(supported: {', '.join(map(str, SUPPORTED_VERSIONS))})")
     ctx = _Ctx(base.source, base.job, version, base.allow_paths, base.read_text, base.any_path)
-    ctx.check_keys(data, _JOB_KEYS, "")
-    name = _parse_name(ctx, data.get("name"), "name" in data)
-    seeds = _parse_seeds(ctx, data.get("modelSeeds"), "modelSeeds" in data)
+    # Past dialect/version, problems are collected (one per top-level field, entity and bond)
+    # so validate can list them all; the job raises them together (InputErrors).
+    errors: list[InputError] = []
 
-    sequences = ctx.required(data, "sequences", "sequences")
-    if not isinstance(sequences, list) or not sequences:
-        raise ctx.error("sequences", f"expected a non-empty list of chains, {got(sequences)}")
-    entities = tuple(_parse_entity(ctx, item, f"sequences[{i}]") for i, item in enumerate(sequences))
-    _check_unique_ids(ctx, entities)
+    def attempt(check: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return check(*args)
+        except InputError as err:
+            errors.append(err)
+            return None
 
-    bonds = _parse_bonds(ctx, data.get("bondedAtomPairs"), entities)
+    attempt(ctx.check_keys, data, _JOB_KEYS, "")
+    name = attempt(_parse_name, ctx, data.get("name"), "name" in data)
+    seeds = attempt(_parse_seeds, ctx, data.get("modelSeeds"), "modelSeeds" in data)
+
+    sequences = attempt(ctx.required, data, "sequences", "sequences")
+    if sequences is not None and (not isinstance(sequences, list) or not sequences):
+        errors.append(ctx.error("sequences", f"expected a non-empty list of chains, {got(sequences)}"))
+        sequences = None
+    parsed: list[tuple[int, Entity]] = []      # (position in sequences, entity) of the good ones
+    unknown_chains: set[str] = set()           # chain ids of bad entities: bonds to them not checked
+    for i, item in enumerate(sequences or ()):
+        entity = attempt(_parse_entity, ctx, item, f"sequences[{i}]")
+        if entity is not None:
+            parsed.append((i, entity))
+        else:
+            unknown_chains.update(_raw_ids(item))
+    entities = tuple(entity for _, entity in parsed)
+    attempt(_check_unique_ids, ctx, entities, [i for i, _ in parsed])
+
+    bonds: tuple[tuple[AtomRef, AtomRef], ...] = ()
+    if sequences is not None:
+        bonds = attempt(_parse_bonds, ctx, data.get("bondedAtomPairs"), entities, unknown_chains) or ()
+    user_ccd = None
     if data.get("userCCD") is not None and "userCCDPath" in data:
-        raise ctx.error("userCCDPath", "give either userCCD or userCCDPath, not both")
-    if "userCCDPath" in data:
-        user_ccd = ctx.load_path(data["userCCDPath"], "userCCDPath")
+        errors.append(ctx.error("userCCDPath", "give either userCCD or userCCDPath, not both"))
+    elif "userCCDPath" in data:
+        user_ccd = attempt(ctx.load_path, data["userCCDPath"], "userCCDPath")
     else:
-        user_ccd = ctx.optional_string(data, "userCCD", "userCCD", "CCD mmCIF text")
+        user_ccd = attempt(ctx.optional_string, data, "userCCD", "userCCD", "CCD mmCIF text")
+    if errors:
+        partial = PartialJob(Job(name=name or ctx.job or "", seeds=seeds or (1,), entities=entities,
+                                 user_ccd=user_ccd or None, source=ctx.source),
+                             tuple(i for i, _ in parsed))
+        raise combine_errors(errors, partial=partial)
     return Job(name=name, seeds=seeds, entities=entities, bonded_atom_pairs=bonds,
                user_ccd=user_ccd or None, source=ctx.source)
+
+
+class PartialJob(NamedTuple):
+    """What parsed of a job with problems: its good entities, and where each sat in
+    `sequences` (`positions[k]` for `job.entities[k]`), so they can still be checked."""
+
+    job: Job
+    positions: tuple[int, ...]
+
+
+def _raw_ids(item: Any) -> list[str]:
+    """The chain ids a (possibly bad) entity object names, for skipping checks that need it."""
+    body = next(iter(item.values()), None) if isinstance(item, dict) and len(item) == 1 else None
+    ids = body.get("id") if isinstance(body, dict) else None
+    values = [ids] if isinstance(ids, str) else ids if isinstance(ids, list) else []
+    return [v for v in values if isinstance(v, str)]
 
 
 def _parse_name(ctx: _Ctx, name: Any, present: bool = True) -> str:
@@ -355,9 +399,11 @@ def _parse_ids(ctx: _Ctx, ids: Any, field: str) -> tuple[str, ...]:
     return tuple(values)
 
 
-def _check_unique_ids(ctx: _Ctx, entities: tuple[Entity, ...]) -> None:
+def _check_unique_ids(ctx: _Ctx, entities: tuple[Entity, ...],
+                      positions: list[int] | None = None) -> None:
     seen: dict[str, int] = {}
-    for i, entity in enumerate(entities):
+    for k, entity in enumerate(entities):
+        i = positions[k] if positions is not None else k
         for chain_id in entity.ids:
             if chain_id in seen:
                 kind = entity.mol_type
@@ -510,7 +556,9 @@ def _parse_ligand(ctx: _Ctx, body: dict, field: str) -> LigandChain:
 
 
 def _parse_bonds(ctx: _Ctx, bonds: Any, entities: tuple[Entity, ...],
-                 ) -> tuple[tuple[AtomRef, AtomRef], ...]:
+                 unknown_chains: set[str] | None = None) -> tuple[tuple[AtomRef, AtomRef], ...]:
+    """Every bond is checked; all bad ones raise together. Bonds to `unknown_chains`
+    (chains of entities that failed to parse) are not checked and not kept."""
     if bonds is None:
         return ()
     if not isinstance(bonds, list):
@@ -520,27 +568,42 @@ def _parse_bonds(ctx: _Ctx, bonds: Any, entities: tuple[Entity, ...],
         n = len(entity.sequence) if isinstance(entity, PolymerChain) else \
             len(entity.ccd_codes) if entity.ccd_codes else 1
         lengths.update({chain_id: n for chain_id in entity.ids})
-    parsed = []
+    parsed, errors = [], []
     for i, pair in enumerate(bonds):
-        where = f"bondedAtomPairs[{i}]"
-        if not isinstance(pair, list) or len(pair) != 2:
-            raise ctx.error(where, f"expected [[chain, residue, atom], [chain, residue, atom]], "
-                                   f"{got(pair)}")
-        atoms = []
-        for j, atom in enumerate(pair):
-            at = f"{where}[{j}]"
-            if not isinstance(atom, list) or len(atom) != 3:
-                raise ctx.error(at, f"expected [chain id, residue number, atom name], {got(atom)}")
-            chain_id, residue, atom_name = atom
-            if not isinstance(chain_id, str):
-                raise ctx.error(f"{at}[0]", f"expected a chain id string, {got(chain_id)}")
-            if chain_id not in lengths:
-                raise ctx.error(at, f"chain {show(chain_id)} is not in sequences")
-            ctx.integer(residue, f"{at}[1]", 1, lengths[chain_id],
-                        f"a residue number in chain {chain_id!r}")
-            atom_name = ctx.string(atom_name, f"{at}[2]", "an atom name")
-            atoms.append(AtomRef(chain_id=chain_id, residue=residue, atom_name=atom_name))
-        if atoms[0] == atoms[1]:
-            raise ctx.error(where, "an atom cannot be bonded to itself")
-        parsed.append((atoms[0], atoms[1]))
+        try:
+            bond = _parse_bond(ctx, pair, f"bondedAtomPairs[{i}]", lengths, unknown_chains or set())
+        except InputError as err:
+            errors.append(err)
+            continue
+        if bond is not None:
+            parsed.append(bond)
+    if errors:
+        raise combine_errors(errors)
     return tuple(parsed)
+
+
+def _parse_bond(ctx: _Ctx, pair: Any, where: str, lengths: dict[str, int],
+                unknown_chains: set[str]) -> tuple[AtomRef, AtomRef] | None:
+    if not isinstance(pair, list) or len(pair) != 2:
+        raise ctx.error(where, f"expected [[chain, residue, atom], [chain, residue, atom]], "
+                               f"{got(pair)}")
+    atoms = []
+    for j, atom in enumerate(pair):
+        at = f"{where}[{j}]"
+        if not isinstance(atom, list) or len(atom) != 3:
+            raise ctx.error(at, f"expected [chain id, residue number, atom name], {got(atom)}")
+        chain_id, residue, atom_name = atom
+        if not isinstance(chain_id, str):
+            raise ctx.error(f"{at}[0]", f"expected a chain id string, {got(chain_id)}")
+        known = chain_id in lengths
+        if not known and chain_id not in unknown_chains:
+            raise ctx.error(at, f"chain {show(chain_id)} is not in sequences")
+        ctx.integer(residue, f"{at}[1]", 1, lengths[chain_id] if known else None,
+                    f"a residue number in chain {chain_id!r}")
+        atom_name = ctx.string(atom_name, f"{at}[2]", "an atom name")
+        atoms.append(AtomRef(chain_id=chain_id, residue=residue, atom_name=atom_name))
+    if atoms[0] == atoms[1]:
+        raise ctx.error(where, "an atom cannot be bonded to itself")
+    if not all(atom.chain_id in lengths for atom in atoms):
+        return None     # to a chain that failed to parse: checked as far as possible, not kept
+    return atoms[0], atoms[1]

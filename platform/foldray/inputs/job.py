@@ -94,6 +94,8 @@ class GroundTruth:
     resolution: float | None = None
     release_date: str | None = None
     method: str | None = None
+    # what file clean-up removed, e.g. "138 waters" (`foldray validate` prints it as a note)
+    dropped: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

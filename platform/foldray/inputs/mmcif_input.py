@@ -21,7 +21,7 @@ from collections import defaultdict
 import gemmi
 import numpy as np
 
-from foldray.chem.ccd import get_component
+from foldray.chem.ccd import get_component, is_known_ccd
 from foldray.errors import InputError
 from foldray.inputs.job import AtomRef, GroundTruth, Job, LigandChain, Modification, PolymerChain
 from foldray.residues import CRYSTALLIZATION_AIDS, ONE_TO_CCD
@@ -100,24 +100,87 @@ def job_from_structure_file(data: str | bytes, *, source: str, name: str | None 
     st = read_structure_file(data, source=source)
     if assembly is not None:
         st = _expand_assembly(st, assembly, source)
-    st.remove_hydrogens()
-    st.remove_waters()
-    for index in range(len(st) - 1, 0, -1):
-        del st[index]
     info = dict(st.info)
     method = info.get("_exptl.method", "")
     is_crystal = "X-RAY" in method.upper() or "CRYSTAL" in method.upper() or \
         "DIFFRACTION" in method.upper()
+    dropped = _dropped_by_cleanup(st, is_crystal)
+    st.remove_hydrogens()
+    st.remove_waters()
+    for index in range(len(st) - 1, 0, -1):
+        del st[index]
     name = name or info.get("_entry.id", "") or os.path.splitext(os.path.basename(source))[0]
     entities, truth = _chains(st, is_crystal)
     if not entities:
         raise InputError("no polymer or ligand chains left after removing waters and "
                          "crystallization aids", source=source)
     bonds = _covalent_ligand_bonds(st, truth.numbers, entities)
+    if truth.altloc_atoms:
+        dropped.append(_count(truth.altloc_atoms, "alternate-location atom"))
     ground_truth = GroundTruth(coords=truth.coords, resolution=st.resolution or None,
-                               release_date=_release_date(info), method=method or None)
+                               release_date=_release_date(info), method=method or None,
+                               dropped=tuple(dropped))
     return Job(name=name, seeds=seeds, entities=tuple(entities), bonded_atom_pairs=bonds,
-               source=source, ground_truth=ground_truth)
+               source=source, ground_truth=ground_truth,
+               user_ccd=file_components(data, used={c for e in entities if isinstance(e, LigandChain)
+                                                    for c in e.ccd_codes or ()}))
+
+
+def file_components(data: str | bytes, used: set[str]) -> str | None:
+    """The components a file defines itself (`_chem_comp_atom` rows, e.g. the SMILES ligands
+    foldray and AlphaFold 3 write as `LIG_<chain>`) that the CCD does not know, as user-CCD
+    text (one block per component), so they read back as the molecule that was written."""
+    text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
+    if "_chem_comp_atom." not in text or not text.lstrip().startswith("data_"):
+        return None
+    block = gemmi.cif.read_string(text).sole_block()
+    atoms = block.get_mmcif_category("_chem_comp_atom.")
+    bonds = block.get_mmcif_category("_chem_comp_bond.")
+    codes = [c for c in dict.fromkeys(atoms.get("comp_id", []))
+             if c in used and not is_known_ccd(c)]
+    if not codes:
+        return None
+    doc = gemmi.cif.Document()
+    for code in codes:
+        out = doc.add_new_block(code)
+        out.set_mmcif_category("_chem_comp", {"id": [code], "type": ["non-polymer"]})
+        for prefix, table in (("_chem_comp_atom", atoms), ("_chem_comp_bond", bonds)):
+            rows = [k for k, c in enumerate(table.get("comp_id", [])) if c == code]
+            if rows:
+                out.set_mmcif_category(prefix, {key: [values[k] for k in rows]
+                                                for key, values in table.items()})
+    return doc.as_string()
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
+
+
+def _dropped_by_cleanup(st: gemmi.Structure, is_crystal: bool) -> list[str]:
+    """What the clean-up below removes from the file (for a note, not an error): extra
+    models, waters, crystallization aids (by name) and hydrogens of the first model."""
+    model = st[0]
+    waters = sum(1 for chain in model for residue in chain if residue.is_water())
+    hydrogens = sum(1 for chain in model for residue in chain for atom in residue if atom.is_hydrogen())
+    polymer = {sub for ent in st.entities if ent.entity_type == gemmi.EntityType.Polymer
+               for sub in ent.subchains}
+    aids: dict[str, int] = defaultdict(int)
+    if is_crystal:
+        for chain in model:
+            for residue in chain:
+                if residue.name in CRYSTALLIZATION_AIDS and residue.subchain not in polymer:
+                    aids[residue.name] += 1
+    dropped = []
+    if len(st) > 1:
+        dropped.append(f"{_count(len(st) - 1, 'model')} after the first")
+    if waters:
+        dropped.append(_count(waters, "water"))
+    if aids:
+        names = ", ".join(f"{n} {name}" if n > 1 else name for name, n in sorted(aids.items()))
+        dropped.append(f"{_count(sum(aids.values()), 'crystallization aid')} ({names})")
+    if hydrogens:
+        dropped.append(_count(hydrogens, "hydrogen"))
+    return dropped
 
 
 def _expand_assembly(st: gemmi.Structure, assembly: str, source: str) -> gemmi.Structure:
@@ -201,10 +264,12 @@ class _Truth:
     def __init__(self) -> None:
         self.coords: dict[tuple[str, int, str], np.ndarray] = {}
         self.numbers: dict[tuple[str, str, str], tuple[str, int]] = {}
+        self.altloc_atoms = 0    # atoms of the other alternative locations, dropped
 
     def record(self, chain_id: str, number: int, residue: gemmi.Residue) -> str:
         """Store a residue's cleaned atoms; returns its (possibly standardized) CCD code."""
         code, atoms = _standardize(residue.name, _best_conformer(residue))
+        self.altloc_atoms += len(residue) - len(atoms)
         for atom_name, xyz in atoms.items():
             self.coords[(chain_id, number, atom_name)] = xyz
         self.numbers[(residue.subchain, str(residue.seqid), residue.name)] = (chain_id, number)

@@ -33,9 +33,8 @@ import hashlib
 import io
 import json
 import math
-import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -45,11 +44,8 @@ from foldray.inputs.af3_json_writer import job_to_af3_json_text
 from foldray.inputs.job import Job
 from foldray.io import storage
 from foldray.io.mmcif import DEFAULT_MODEL_VERSION, structure_to_mmcif
-
-# SI 5.9 ranking / AF3 confidences.get_ranking_score
-IPTM_WEIGHT = 0.8
-FRACTION_DISORDERED_WEIGHT = 0.5
-CLASH_PENALTY = 100.0
+from foldray.io.outputs import OutputOptions, ligand_sdf, mmcif_to_pdb, seed_files
+from foldray.io.stored_scores import stored_scores
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -57,7 +53,7 @@ class SamplePrediction:
     """One diffusion sample of one seed, with its confidences (numpy, possibly padded).
 
     `iptm` is NaN for a single-chain structure (AF3). `ranking_score` None means "use
-    AF3's formula" (`compute_ranking_score`); `token_frame_mask` marks tokens with a valid frame
+    AF3's formula" (foldray.model.ranking); `token_frame_mask` marks tokens with a valid frame
     (None = all), used to compute `chain_pair_pae_min` (AF3's `pae_single_mask`) when the
     model did not give it. The metrics are those `foldray.model.ranking.summary_confidences`
     returns, for one sample, as numpy.
@@ -77,25 +73,30 @@ class SamplePrediction:
     ranking_score: float | None = None
     token_frame_mask: np.ndarray | None = None   # [N_token] bool
     chain_pair_pae_min: np.ndarray | None = None  # [N_chain, N_chain]; None: from pae
+    pde: np.ndarray | None = None                 # [N_token, N_token] Å, when asked (outputs.py)
+    # per-seed arrays (foldray.io.outputs.SEED_ARRAYS), one dict shared by the seed's samples
+    seed_arrays: dict[str, np.ndarray] | None = None
+
+    def __repr__(self) -> str:
+        """A short summary, not the arrays (these objects are printed in notebooks)."""
+        plddt = float(np.mean(self.atom_plddt)) if self.atom_plddt.size else float("nan")
+        return (f"SamplePrediction(seed={self.seed}, sample={self.sample_index}, "
+                f"atoms={self.coords.shape[0]}, tokens={self.pae.shape[0]}, "
+                f"ranking_score={self.score():.3g}, ptm={self.ptm:.3g}, iptm={self.iptm:.3g}, "
+                f"plddt_mean={plddt:.3g})")
 
     def score(self) -> float:
         """The ranking score used to pick the top sample (NaN ranks last)."""
         if self.ranking_score is not None:
             return float(self.ranking_score)
-        return compute_ranking_score(ptm=self.ptm, iptm=self.iptm,
-                                     fraction_disordered=self.fraction_disordered,
-                                     has_clash=self.has_clash)
+        from foldray.model.ranking import ranking_score_np  # lazy: CPU writers need no torch import
+
+        return ranking_score_np(ptm=self.ptm, iptm=self.iptm,
+                                fraction_disordered=self.fraction_disordered,
+                                has_clash=self.has_clash)
 
 
-# --------------------------------------------------------------------------- metrics
-
-
-def compute_ranking_score(*, ptm: float, iptm: float, fraction_disordered: float,
-                          has_clash: bool) -> float:
-    """0.8 ipTM + 0.2 pTM + 0.5 disorder - 100 clash; pTM alone when ipTM is NaN (1 chain)."""
-    base = ptm if math.isnan(iptm) else IPTM_WEIGHT * iptm + (1.0 - IPTM_WEIGHT) * ptm
-    return float(base + FRACTION_DISORDERED_WEIGHT * fraction_disordered
-                 - CLASH_PENALTY * float(has_clash))
+# --------------------------------------------------------------------------- tokens
 
 
 def token_chain_index(tokens: TokenizedStructure) -> np.ndarray:
@@ -104,45 +105,6 @@ def token_chain_index(tokens: TokenizedStructure) -> np.ndarray:
     for i, chain in enumerate(tokens.chains):
         index[chain.token_start:chain.token_end] = i
     return index
-
-
-def chain_pair_pae_min(pae: np.ndarray, token_chain: np.ndarray, n_chain: int,
-                       token_frame_mask: np.ndarray | None = None) -> np.ndarray:
-    """[N_chain, N_chain] lowest PAE over rows (frames) of chain i and columns of chain j.
-
-    NaN where chain i has no valid frame (e.g. a single ion), as in AF3.
-    """
-    n = len(token_chain)
-    pae = np.asarray(pae, np.float64)[:n, :n]
-    valid = np.ones(n, bool) if token_frame_mask is None else \
-        np.asarray(token_frame_mask, bool)[:n]
-    out = np.full((n_chain, n_chain), np.nan)
-    for i in range(n_chain):
-        rows = (token_chain == i) & valid
-        if not rows.any():
-            continue
-        row_min = pae[rows].min(axis=0)                                       # [N_token]
-        for j in range(n_chain):
-            cols = token_chain == j
-            if cols.any():
-                out[i, j] = row_min[cols].min()
-    return out
-
-
-def chain_iptm(chain_pair_iptm: np.ndarray) -> np.ndarray:
-    """[N_chain] mean ipTM of each chain with all others (AF3 get_iptm_xchain).
-
-    The mean over the chain's row and its column (off-diagonal, NaNs skipped); NaN for a
-    single chain.
-    """
-    pair = np.asarray(chain_pair_iptm, np.float64)
-    off = ~np.eye(pair.shape[0], dtype=bool)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)   # empty slices give NaN, as in AF3
-        masked = np.where(off, pair, np.nan)
-        by_col = np.nanmean(masked, axis=0)
-        by_row = np.nanmean(masked, axis=1)
-        return np.nanmean(np.stack([by_col, by_row]), axis=0)
 
 
 # --------------------------------------------------------------------------- JSON builders
@@ -163,7 +125,8 @@ def summary_confidences(*, ptm: float, iptm: float, chain_pair_iptm: np.ndarray,
     """AF3's `<name>_summary_confidences.json` content (keys sorted, JSON-ready).
 
     chain_ptm is the diagonal of chain_pair_iptm and chain_iptm its cross-chain mean,
-    as AF3 derives them. `ranking_score` None: AF3's formula.
+    as AF3 derives them (foldray.model.ranking computes both; here they are only
+    rounded). `ranking_score` None: AF3's formula.
     """
     pair_iptm = np.asarray(chain_pair_iptm, np.float64)
     n_chain = len(chain_ids)
@@ -171,11 +134,13 @@ def summary_confidences(*, ptm: float, iptm: float, chain_pair_iptm: np.ndarray,
         raise ValueError(f"chain-pair arrays must be [{n_chain}, {n_chain}], got "
                          f"{pair_iptm.shape} and {np.shape(chain_pair_pae_min)}")
     if ranking_score is None:
-        ranking_score = compute_ranking_score(
+        from foldray.model.ranking import ranking_score_np
+
+        ranking_score = ranking_score_np(
             ptm=ptm, iptm=iptm, fraction_disordered=fraction_disordered, has_clash=has_clash)
     summary = {
         "chain_ids": [str(c) for c in chain_ids],
-        "chain_iptm": _round2(chain_iptm(pair_iptm)),
+        "chain_iptm": _round2(_model_ranking().chain_iptm_np(pair_iptm)),
         "chain_pair_iptm": _round2(pair_iptm),
         "chain_pair_pae_min": _round2(np.asarray(chain_pair_pae_min, np.float64)),
         "chain_ptm": _round2(pair_iptm.diagonal()),
@@ -266,8 +231,10 @@ def full_confidences(*, pae: np.ndarray, contact_probs: np.ndarray, atom_plddts:
 
 def full_confidences_json(*, pae: np.ndarray, contact_probs: np.ndarray,
                           atom_plddts: np.ndarray, token_chain_ids: Sequence[str],
-                          token_res_ids: Sequence[int], atom_chain_ids: Sequence[str]) -> str:
-    """`full_confidences` as JSON text, formatted like AF3's C++ serializer (fast path)."""
+                          token_res_ids: Sequence[int], atom_chain_ids: Sequence[str],
+                          pde: np.ndarray | None = None) -> str:
+    """`full_confidences` as JSON text, formatted like AF3's C++ serializer (fast path);
+    `pde` (when given) is written like `pae`."""
     pae, contact_probs, atom_plddts = _check_full(pae, contact_probs, atom_plddts,
                                                   token_chain_ids, token_res_ids, atom_chain_ids)
 
@@ -284,6 +251,8 @@ def full_confidences_json(*, pae: np.ndarray, contact_probs: np.ndarray,
         ("atom_plddts", text(atom_plddts, _PLDDT_FORMAT)),
         ("contact_probs", text(contact_probs, _PROB_FORMAT)),
         ("pae", text(pae, _PAE_FORMAT)),
+        *([("pde", text(np.asarray(pde)[:len(token_chain_ids), :len(token_chain_ids)],
+                        _PAE_FORMAT))] if pde is not None else []),
         ("token_chain_ids", json.dumps([str(c) for c in token_chain_ids], separators=(",", ":"))),
         ("token_res_ids", json.dumps([int(r) for r in token_res_ids], separators=(",", ":"))),
     ]
@@ -302,8 +271,8 @@ def sample_summary(tokens: TokenizedStructure, sample: SamplePrediction) -> dict
                          f"got {pair_iptm.shape}")
     pae_min = sample.chain_pair_pae_min
     if pae_min is None:
-        pae_min = chain_pair_pae_min(sample.pae, token_chain_index(tokens), n_chain,
-                                     sample.token_frame_mask)
+        pae_min = _model_ranking().chain_pair_pae_min_np(sample.pae, token_chain_index(tokens), n_chain,
+                                        sample.token_frame_mask)
     return summary_confidences(
         ptm=sample.ptm, iptm=sample.iptm, chain_pair_iptm=pair_iptm, chain_pair_pae_min=pae_min,
         chain_ids=[c.chain_id for c in tokens.chains],
@@ -396,8 +365,8 @@ def completion(out_url: str, job: Job, digest: str, **storage_options: Any) -> C
         return Completion("conflict", {}, str(marker["input_sha256"]))
     if not is_complete(out_url, job, **storage_options):
         return Completion("missing", {})
-    values = marker or _read_json(summary_url(out_url, job), storage_options) or {}
-    return Completion("complete", {key: _score(values.get(key)) for key in SCORE_KEYS})
+    return Completion("complete", stored_scores(job_dir(out_url, job), job.safe_name, marker,
+                                                **storage_options))
 
 
 def conflict_message(out_url: str, job: Job, other_sha256: str) -> str:
@@ -415,36 +384,43 @@ def _marker(job: Job, tokens: TokenizedStructure, best: SamplePrediction,
 
 
 def _sample_files(tokens: TokenizedStructure, job: Job, sample: SamplePrediction,
-                  model_version: str) -> tuple[str, str, str]:
-    """(model.cif, confidences.json, summary_confidences.json) texts of one sample."""
+                  model_version: str, outputs: OutputOptions) -> dict[str, str]:
+    """File suffix -> text of one sample: model (.cif and/or .pdb), confidences, ligand SDF,
+    and `summary_confidences.json` last (written last: the job's completion marker)."""
     cif = structure_to_mmcif(tokens, job, sample.coords, sample.atom_plddt, name=job.safe_name,
                              model_version=model_version)
-    full = full_confidences_json(**_full_arrays(tokens, sample))
-    summary = summary_confidences_json(sample_summary(tokens, sample))
-    return cif, full, summary
+    files = {"_model.cif": cif} if outputs.writes_mmcif else {}
+    if outputs.writes_pdb:
+        files["_model.pdb"] = mmcif_to_pdb(cif)
+    files["_confidences.json"] = full_confidences_json(
+        **_full_arrays(tokens, sample), pde=sample.pde if outputs.save_pde else None)
+    if outputs.ligand_sdf and any(c.mol_type == "ligand" for c in tokens.chains):
+        files["_ligands.sdf"] = ligand_sdf(tokens, job, sample.coords, sample.atom_plddt)
+    files["_summary_confidences.json"] = summary_confidences_json(sample_summary(tokens, sample))
+    return files
 
 
-def _write_triplet(folder: str, prefix: str, texts: tuple[str, str, str],
+def _write_triplet(folder: str, prefix: str, texts: dict[str, str],
                    storage_options: dict[str, Any]) -> None:
-    cif, full, summary = texts
-    storage.write_text_atomic(storage.join(folder, f"{prefix}_model.cif"), cif, **storage_options)
-    storage.write_text_atomic(storage.join(folder, f"{prefix}_confidences.json"), full,
-                              **storage_options)
-    storage.write_text_atomic(storage.join(folder, f"{prefix}_summary_confidences.json"),
-                              summary, **storage_options)
+    for suffix, text in texts.items():     # summary last
+        storage.write_text_atomic(storage.join(folder, f"{prefix}{suffix}"), text,
+                                  **storage_options)
 
 
 def write_prediction(out_url: str, job: Job, tokens: TokenizedStructure,
                      samples: Sequence[SamplePrediction], *,
                      model_version: str = DEFAULT_MODEL_VERSION,
-                     input_digest: str | None = None, **storage_options: Any) -> str:
+                     input_digest: str | None = None, outputs: OutputOptions | None = None,
+                     **storage_options: Any) -> str:
     """Write every sample and the top-ranked one in AF3's layout; returns the job folder.
 
     Every file is written atomically; the top-level summary goes last, so `is_complete`
     is True only for a job whose outputs are all there. Rewriting a job replaces its files.
     Just before the summary, `foldray_job.json` records the input's identity
-    (`input_digest`, default `input_sha256(job)`) and the top sample's scores.
+    (`input_digest`, default `input_sha256(job)`) and the top sample's scores. `outputs`
+    adds PDB / SDF / PDE / embeddings / distogram files (foldray.io.outputs).
     """
+    outputs = outputs or OutputOptions()
     if not samples:
         raise ValueError(f"job {job.name!r}: no samples to write")
     keys = [(s.seed, s.sample_index) for s in samples]
@@ -456,10 +432,15 @@ def write_prediction(out_url: str, job: Job, tokens: TokenizedStructure,
     if storage.exists(done, **storage_options):   # a rerun: not complete until rewritten
         fs, path = storage.filesystem(done, **storage_options)
         fs.rm(path)
-    best: tuple[float, tuple[str, str, str], SamplePrediction] | None = None
+    best: tuple[float, dict[str, str], SamplePrediction] | None = None
     rows = []
+    seeds_written: set[int] = set()
     for sample in samples:
-        texts = _sample_files(tokens, job, sample, model_version)
+        if sample.seed_arrays and sample.seed not in seeds_written:
+            seeds_written.add(sample.seed)
+            for path, data in seed_files(name, sample.seed, sample.seed_arrays, outputs):
+                storage.write_bytes_atomic(storage.join(folder, path), data, **storage_options)
+        texts = _sample_files(tokens, job, sample, model_version, outputs)
         sub = sample_dir_name(sample.seed, sample.sample_index)
         _write_triplet(storage.join(folder, sub), f"{name}_{sub}", texts, storage_options)
         score = sample.score()
@@ -468,8 +449,10 @@ def write_prediction(out_url: str, job: Job, tokens: TokenizedStructure,
         if best is None or rank > best[0]:     # ties: the first sample, as AF3
             best = (rank, texts, sample)
     assert best is not None
+    # the seeds actually predicted (a `--seeds` override included), as AF3 records its modelSeeds
+    predicted = replace(job, seeds=tuple(dict.fromkeys(s.seed for s in samples)))
     storage.write_text_atomic(storage.join(folder, f"{name}_data.json"),
-                              job_to_af3_json_text(job), **storage_options)
+                              job_to_af3_json_text(predicted), **storage_options)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["seed", "sample", "ranking_score"])
@@ -480,3 +463,12 @@ def write_prediction(out_url: str, job: Job, tokens: TokenizedStructure,
                               _marker(job, tokens, best[2], input_digest), **storage_options)
     _write_triplet(folder, name, best[1], storage_options)   # summary last: job complete
     return folder
+
+
+def _model_ranking():
+    """foldray.model.ranking, imported on first use: it imports torch, which the CPU stages
+    that only read, featurize and write (and import this module) should not pay for at
+    start-up. The metrics stay computed in one place, the model's."""
+    from foldray.model import ranking
+
+    return ranking

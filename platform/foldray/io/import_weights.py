@@ -15,6 +15,7 @@ benchmarks/equivalence proves the pair numerically.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from collections.abc import Callable, Mapping
@@ -23,12 +24,17 @@ import torch
 from safetensors.torch import load as load_safetensors
 from torch import Tensor
 
+from foldray.features.config import FeaturizationConfig
 from foldray.io import storage
 from foldray.io.infer_config import FAMILY_CONFIGS, describe, infer_config, refuse_unsupported
 from foldray.io.weights import WeightsError, save_weights
 from foldray.model.config import NAMED_CONFIGS, ModelConfig
 
 SOURCES = ("openfold3", "protenix")
+# The featurization each family's weights were trained on (foldray.features.config,
+# docs/parity.md): written into every imported checkpoint, whatever config was chosen.
+FAMILY_FEATURIZATION: dict[str, Callable[[], FeaturizationConfig]] = {
+    "openfold3": FeaturizationConfig.openfold3, "protenix": FeaturizationConfig.protenix}
 ZIP_MAGIC = b"PK\x03\x04"      # torch.save's (default since 1.6) zip container
 # Wrappers training frameworks put around a model's state dict, most specific first.
 WRAPPER_KEYS = ("ema", "params", "state_dict", "model", "module")
@@ -444,10 +450,12 @@ def import_checkpoint(source: str, src_url: str, dst_url: str,
         raise WeightsError(f"unknown model config {config!r} (choose from {', '.join(NAMED_CONFIGS)})")
     ref = read_reference_checkpoint(src_url)
     model_config, how = resolve_config(source, config, ref)
+    model_config = dataclasses.replace(model_config, featurization=FAMILY_FEATURIZATION[source]())
     state = convert(source, ref, model_config)
     del ref
     save_weights(dst_url, state, model_config,
                  extra_metadata={"foldray_imported_from": json.dumps(
                      {"source": source, "url": src_url, "config": how})})
-    return {"source": source, "config": how, "sizes": describe(model_config), "tensors": len(state),
+    return {"source": source, "config": how, "sizes": describe(model_config),
+            "featurization": model_config.featurization.to_dict(), "tensors": len(state),
             "parameters": int(sum(v.numel() for v in state.values())), "out": dst_url}

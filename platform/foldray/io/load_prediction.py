@@ -39,11 +39,20 @@ class LoadedPrediction:
 
     name: str
     folder: str
-    summary: dict[str, Any]
-    confidences: dict[str, Any]
-    model_cif: str
-    samples: list[RankedSample] = field(default_factory=list)
+    summary: dict[str, Any] = field(repr=False)
+    confidences: dict[str, Any] = field(repr=False)
+    model_cif: str = field(repr=False)
+    samples: list[RankedSample] = field(default_factory=list, repr=False)
     storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __repr__(self) -> str:
+        """A short summary: printing a prediction in a notebook must not dump matrices or mmCIF."""
+        score = self.summary.get("ranking_score")
+        plddt = self.confidences.get("atom_plddts")
+        n_tokens = len(self.confidences.get("token_chain_ids", ()))
+        return (f"{type(self).__name__}(name={self.name!r}, tokens={n_tokens}, "
+                f"samples={len(self.samples)}, ranking_score={_fmt(score)}, "
+                f"plddt_mean={_fmt(float(np.mean(plddt)) if plddt else None)}, folder={self.folder!r})")
 
     @cached_property
     def structure(self) -> gemmi.Structure:
@@ -95,6 +104,10 @@ class LoadedPrediction:
         raise KeyError(f"{self.folder}: no sample seed={seed} sample={sample}")
 
 
+def _fmt(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, (int, float)) else repr(value)
+
+
 def _read_json(url: str, options: dict[str, Any]) -> dict[str, Any]:
     return json.loads(storage.read_text(url, **options))
 
@@ -105,8 +118,17 @@ def _load_files(name: str, folder: str, prefix: str, samples: list[RankedSample]
         name=name, folder=folder,
         summary=_read_json(prefix + SUMMARY_SUFFIX, options),
         confidences=_read_json(prefix + "_confidences.json", options),
-        model_cif=storage.read_text(prefix + "_model.cif", **options),
-        samples=samples, storage_options=options)
+        model_cif=_model_cif(prefix, options), samples=samples, storage_options=options)
+
+
+def _model_cif(prefix: str, options: dict[str, Any]) -> str:
+    """The model as mmCIF text: `_model.cif`, else (`--output-format pdb`) `_model.pdb`."""
+    cif = prefix + "_model.cif"
+    if storage.exists(cif, **options) or not storage.exists(prefix + "_model.pdb", **options):
+        return storage.read_text(cif, **options)
+    st = gemmi.read_pdb_string(storage.read_text(prefix + "_model.pdb", **options))
+    st.setup_entities()
+    return st.make_mmcif_document().as_string()
 
 
 def _ranking(folder: str, name: str, options: dict[str, Any]) -> list[RankedSample]:

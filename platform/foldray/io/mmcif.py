@@ -11,7 +11,10 @@ their full polymer sequence (_entity_poly_seq) and polymer type; atom names are 
 the input (CCD, or generated from the SMILES); B-factor = pLDDT, occupancy 1. Bonds the
 user declared (bondedAtomPairs) become covalent `_struct_conn` rows. Metadata: `_entry`,
 `_software`, and the ModelCIF pLDDT declaration (`_ma_qa_metric` with its global and
-per-residue values).
+per-residue values). SMILES ligands are residues `LIG_<chain>` (AF3's names; never a CCD
+code) whose chemistry is written as CCD-style `_chem_comp_atom` / `_chem_comp_bond` rows
+(plus the SMILES in `_pdbx_chem_comp_descriptor`), so reading the file back
+(`foldray.inputs.mmcif_input`) rebuilds the same molecule.
 SI deviation: none in content; AF3's licence and citation blocks are AlphaFold-specific and
 left out.
 """
@@ -22,8 +25,10 @@ import gemmi
 import numpy as np
 
 import foldray
+from foldray.chem.component import CCD_BOND_ORDERS, Component
+from foldray.chem.smiles import component_from_smiles, smiles_component_name
 from foldray.features.tokenize import ChainInfo, TokenizedStructure
-from foldray.inputs.job import Job
+from foldray.inputs.job import Job, LigandChain
 from foldray.residues import STANDARD_RESIDUES
 
 DEFAULT_MODEL_VERSION = f"foldray {foldray.__version__}"
@@ -31,6 +36,7 @@ DEFAULT_MODEL_VERSION = f"foldray {foldray.__version__}"
 _POLYMER_TYPE = {"protein": gemmi.PolymerType.PeptideL, "rna": gemmi.PolymerType.Rna,
                  "dna": gemmi.PolymerType.Dna}
 # _chem_comp.type per chain type (PDB vocabulary); gemmi writes '.' without a dictionary.
+_BOND_ORDER_NAMES = {code: name for name, code in CCD_BOND_ORDERS.items()}
 _CHEM_COMP_TYPE = {"protein": "L-peptide linking", "rna": "RNA linking", "dna": "DNA linking",
                    "ligand": "non-polymer"}
 
@@ -52,6 +58,7 @@ def structure_to_mmcif(tokens: TokenizedStructure, job: Job, coords: np.ndarray,
     doc = st.make_mmcif_document(groups)
     block = doc.sole_block()
     _add_chem_comp_types(block, tokens)
+    _add_smiles_chemistry(block, tokens, job)
     _add_metadata(block, tokens, b_factors, model_version)
     return doc.as_string()
 
@@ -175,6 +182,63 @@ def _add_chem_comp_types(block: gemmi.cif.Block, tokens: TokenizedStructure) -> 
             types.setdefault(code, _CHEM_COMP_TYPE[chain.mol_type])
     codes = sorted(types)
     block.set_mmcif_category("_chem_comp", {"id": codes, "type": [types[c] for c in codes]})
+
+
+def smiles_components(tokens: TokenizedStructure, job: Job) -> list[tuple[Component, str]]:
+    """(component, SMILES) of every SMILES ligand present in `tokens`, in entity order."""
+    present = set(np.unique(tokens.atom_res_name).tolist()) if tokens.n_atoms else set()
+    found = []
+    for entity in job.entities:
+        if isinstance(entity, LigandChain) and entity.smiles is not None:
+            name = smiles_component_name(entity.ids[0])
+            if name in present:
+                found.append((component_from_smiles(entity.smiles, name=name), entity.smiles))
+    return found
+
+
+def _add_smiles_chemistry(block: gemmi.cif.Block, tokens: TokenizedStructure, job: Job) -> None:
+    """`_chem_comp_atom` / `_chem_comp_bond` (CCD layout) of the SMILES ligands, so a reader
+    rebuilds the same molecule (elements, charges, bond orders, reference conformer) from the
+    file alone, and `_pdbx_chem_comp_descriptor` keeps the SMILES itself."""
+    components = smiles_components(tokens, job)
+    if not components:
+        return
+    atoms: dict[str, list] = {key: [] for key in (
+        "comp_id", "atom_id", "type_symbol", "charge", "pdbx_leaving_atom_flag",
+        "pdbx_model_Cartn_x_ideal", "pdbx_model_Cartn_y_ideal", "pdbx_model_Cartn_z_ideal",
+        "pdbx_ordinal")}
+    bonds: dict[str, list] = {key: [] for key in (
+        "comp_id", "atom_id_1", "atom_id_2", "value_order", "pdbx_ordinal")}
+    descriptors: dict[str, list] = {key: [] for key in (
+        "comp_id", "type", "program", "program_version", "descriptor")}
+    for component, smiles in components:
+        for k, atom_name in enumerate(component.atom_names):
+            xyz = component.ref_pos[k] if component.ref_mask[k] else (None, None, None)
+            atoms["comp_id"].append(component.name)
+            atoms["atom_id"].append(atom_name)
+            atoms["type_symbol"].append(gemmi.Element(int(component.elements[k])).name.upper())
+            atoms["charge"].append(str(int(round(float(component.charges[k])))))
+            atoms["pdbx_leaving_atom_flag"].append("N")
+            for axis, value in zip("xyz", xyz, strict=True):
+                atoms[f"pdbx_model_Cartn_{axis}_ideal"].append(
+                    None if value is None else f"{float(value):.3f}")
+            atoms["pdbx_ordinal"].append(str(k + 1))
+        for k, ((i, j), order) in enumerate(zip(component.bonds.tolist(),
+                                                component.bond_orders.tolist(), strict=True)):
+            bonds["comp_id"].append(component.name)
+            bonds["atom_id_1"].append(component.atom_names[i])
+            bonds["atom_id_2"].append(component.atom_names[j])
+            bonds["value_order"].append(_BOND_ORDER_NAMES.get(int(order), "SING"))
+            bonds["pdbx_ordinal"].append(str(k + 1))
+        descriptors["comp_id"].append(component.name)
+        descriptors["type"].append("SMILES")
+        descriptors["program"].append("foldray")
+        descriptors["program_version"].append(foldray.__version__)
+        descriptors["descriptor"].append(smiles)
+    block.set_mmcif_category("_chem_comp_atom", atoms)
+    if bonds["comp_id"]:
+        block.set_mmcif_category("_chem_comp_bond", bonds)
+    block.set_mmcif_category("_pdbx_chem_comp_descriptor", descriptors)
 
 
 def _add_metadata(block: gemmi.cif.Block, tokens: TokenizedStructure, b_factors: np.ndarray,

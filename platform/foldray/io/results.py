@@ -41,10 +41,34 @@ RESULTS_SCHEMA = pa.schema([
 ])
 RESULT_COLUMNS = tuple(RESULTS_SCHEMA.names)
 
+# `foldray screen`: one row per ligand, its columns first, then the engine's columns.
+# ligand_plddt: mean pLDDT of the ligand's atoms; min_target_ligand_pae: smallest PAE
+# between a target and a ligand token (Å); seconds: featurize + model + write; stage:
+# 1 (the funnel's cheap first stage) or 2 (full settings; a screen without a funnel).
+_SCREEN_FIELDS = [("ligand_id", pa.string()), ("smiles", pa.string()), ("status", pa.string()),
+                  ("error", pa.string()), ("ranking_score", pa.float64()),
+                  ("iptm", pa.float64()), ("ptm", pa.float64()), ("ligand_plddt", pa.float64()),
+                  ("min_target_ligand_pae", pa.float64()), ("seconds", pa.float64()),
+                  ("output", pa.string()), ("stage", pa.int64())]
+SCREEN_SCHEMA = pa.schema(_SCREEN_FIELDS + [f for f in RESULTS_SCHEMA
+                                            if f.name not in {n for n, _ in _SCREEN_FIELDS}])
+SCREEN_COLUMNS = tuple(n for n, _ in _SCREEN_FIELDS if n not in RESULT_COLUMNS)
 
-def _table(rows: Iterable[dict[str, Any]]) -> pa.Table:
-    return pa.Table.from_pylist([{k: row.get(k) for k in RESULT_COLUMNS} for row in rows],
-                                schema=RESULTS_SCHEMA)
+
+COUNT_COLUMNS = ("n_tokens", "n_atoms")   # -1 in engine rows (Arrow-friendly) = not known
+
+
+def table_row(row: dict[str, Any], schema: pa.Schema = RESULTS_SCHEMA) -> dict[str, Any]:
+    """A row as the table stores it: every column, unknown counts (-1) as null."""
+    out = {k: row.get(k) for k in schema.names}
+    for key in COUNT_COLUMNS:
+        if out[key] is not None and out[key] < 0:
+            out[key] = None
+    return out
+
+
+def _table(rows: Iterable[dict[str, Any]], schema: pa.Schema = RESULTS_SCHEMA) -> pa.Table:
+    return pa.Table.from_pylist([table_row(row, schema) for row in rows], schema=schema)
 
 
 def _parquet_bytes(table: pa.Table) -> bytes:
@@ -53,10 +77,11 @@ def _parquet_bytes(table: pa.Table) -> bytes:
     return buffer.getvalue()
 
 
-def write_results_table(out_url: str, rows: list[dict[str, Any]]) -> str:
-    """Write `<out>/results.parquet` (RESULTS_SCHEMA); returns its URL."""
+def write_results_table(out_url: str, rows: list[dict[str, Any]],
+                        schema: pa.Schema = RESULTS_SCHEMA) -> str:
+    """Write `<out>/results.parquet` (RESULTS_SCHEMA, or SCREEN_SCHEMA); returns its URL."""
     url = storage.join(out_url, RESULTS_FILE)
-    data = _parquet_bytes(_table(rows))
+    data = _parquet_bytes(_table(rows, schema))
     storage.retry_io(lambda: storage.write_bytes_atomic(url, data))
     return url
 
@@ -68,8 +93,9 @@ def parts_url(out_url: str) -> str:
 class ResultParts:
     """The rows of one run as they finish: `<out>/.results/part-<run>-<n>.parquet`."""
 
-    def __init__(self, out_url: str) -> None:
+    def __init__(self, out_url: str, schema: pa.Schema = RESULTS_SCHEMA) -> None:
         self.out_url, self.run_id, self.count = out_url, uuid.uuid4().hex[:12], 0
+        self.schema = schema
 
     def write(self, rows: list[dict[str, Any]]) -> None:
         """Best effort: a part that cannot be written is logged, never fails the run (the
@@ -79,7 +105,7 @@ class ResultParts:
         url = storage.join(parts_url(self.out_url), f"part-{self.run_id}-{self.count:05d}.parquet")
         self.count += 1
         try:
-            data = _parquet_bytes(_table(rows))
+            data = _parquet_bytes(_table(rows, self.schema))
             storage.retry_io(lambda: storage.write_bytes_atomic(url, data))
         except Exception as err:
             logger.warning("could not write %s: %s: %s", url, type(err).__name__, err)
@@ -96,6 +122,15 @@ def read_parts(out_url: str) -> list[dict[str, Any]]:
         with contextlib.suppress(Exception):   # a part being written by a dead driver
             rows.extend(pq.read_table(io.BytesIO(storage.read_bytes(url))).to_pylist())
     return rows
+
+
+def read_results(out_url: str) -> list[dict[str, Any]]:
+    """Rows of `<out>/results.parquet` ([] when there is none or it cannot be read)."""
+    try:
+        return pq.read_table(io.BytesIO(storage.read_bytes(storage.join(out_url, RESULTS_FILE)))
+                             ).to_pylist()
+    except Exception:
+        return []
 
 
 def clear_parts(out_url: str) -> None:

@@ -14,7 +14,13 @@ import torch
 from torch import Tensor, nn
 
 from foldray import kernels
-from foldray.model.confidence import ConfidenceHead, ConfidenceOutput, DistogramHead
+from foldray.model.confidence import (
+    ConfidenceHead,
+    ConfidenceOutput,
+    DistogramHead,
+    atom_name_is,
+    atoms_per_token,
+)
 from foldray.model.config import ModelConfig, RuntimeConfig
 from foldray.model.diffusion import DiffusionModule, Progress, sample_diffusion
 from foldray.model.embedders import InputFeatureEmbedder, RelativePositionEncoding
@@ -43,6 +49,17 @@ class Prediction:
     confidence: ConfidenceOutput   # logits per sample
     distogram_logits: Tensor       # [B, N_token, N_token, n_bins]
     trunk: TrunkOutput
+
+
+def nucleotide_tokens(features: Features) -> Tensor:
+    """[B, N_token] bool: standard (multi-atom) DNA/RNA tokens that lost their leaving OP3
+    (every nucleotide but a chain's 5' one): ConfidenceConfig.nucleotide_slot_shift."""
+    nucleic = features["is_dna"].bool() | features["is_rna"].bool()
+    n_token = features["token_mask"].shape[-1]
+    atom_mask, atom_to_token = features["atom_mask"].bool(), features["atom_to_token"].long()
+    op3 = atom_name_is(features["ref_atom_name_chars"], "OP3") & atom_mask
+    has_op3 = torch.zeros_like(nucleic).scatter_reduce(-1, atom_to_token, op3, reduce="amax")
+    return nucleic & ~has_op3 & (atoms_per_token(atom_to_token, atom_mask, n_token) > 1)
 
 
 class AlphaFold3(nn.Module):
@@ -142,7 +159,7 @@ class AlphaFold3(nn.Module):
             atom_mask=features["atom_mask"],
             chunk_size=self.chunk_size(runtime, features["token_mask"].shape[-1],
                                        n_batch=x.shape[:-3].numel() * n_scored, z_device=x.device),
-            sample_chunk=sample_chunk)
+            sample_chunk=sample_chunk, token_nucleotide=nucleotide_tokens(features))
 
     def compile_blocks(self, **options: Any) -> int:
         """torch.compile each repeated block in place (RuntimeConfig.compile); returns how many.

@@ -246,9 +246,12 @@ class ConfidenceHead(nn.Module):
                 atom_to_token: Tensor, token_rep_atom: Tensor, token_mask: Tensor,
                 atom_mask: Tensor, chunk_size: int | None = None,
                 sample_chunk: int | None = None,
-                checkpoint_activations: bool = False) -> ConfidenceOutput:
+                checkpoint_activations: bool = False,
+                token_nucleotide: Tensor | None = None) -> ConfidenceOutput:
         """x_pred [*, N_sample, N_atom, 3]. `sample_chunk` scores that many samples at a time
         (None = all at once); results are identical, only peak memory changes.
+        `token_nucleotide` [*, N_token] bool marks standard (multi-atom) DNA/RNA tokens, whose
+        per-atom slots ConfidenceConfig.nucleotide_slot_shift moves (Protenix).
         SI 4.3.5: no gradient reaches the trunk or the predicted structure."""
         s_inputs, s, z, x_pred = s_inputs.detach(), s.detach(), z.detach(), x_pred.detach()
         if self.norm_s_trunk is not None:
@@ -257,8 +260,11 @@ class ConfidenceHead(nn.Module):
         z = z + self.s_i(s_inputs)[..., :, None, :] + self.s_j(s_inputs)[..., None, :, :]  # line 1
         n_sample = x_pred.shape[-3]
         step = n_sample if sample_chunk is None else sample_chunk
+        shift = None
+        if self.config.nucleotide_slot_shift and token_nucleotide is not None:
+            shift = token_nucleotide.long() * self.config.nucleotide_slot_shift   # [*, N_token]
         parts = [self._score(s, z, x_pred[..., i:i + step, :, :], atom_to_token, token_rep_atom,
-                             token_mask, atom_mask, chunk_size, checkpoint_activations)
+                             token_mask, atom_mask, chunk_size, checkpoint_activations, shift)
                  for i in range(0, n_sample, step)]
         plddt, pae, pde, resolved = zip(*parts, strict=True)
         return ConfidenceOutput(plddt_logits=torch.cat(plddt, -3), pae_logits=torch.cat(pae, -4),
@@ -266,7 +272,8 @@ class ConfidenceHead(nn.Module):
 
     def _score(self, s: Tensor, z: Tensor, x_pred: Tensor, atom_to_token: Tensor,
                token_rep_atom: Tensor, token_mask: Tensor, atom_mask: Tensor,
-               chunk_size: int | None, checkpoint: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+               chunk_size: int | None, checkpoint: bool,
+               shift: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         n_token = token_mask.shape[-1]
         x_rep = batched_gather(x_pred.float(), token_rep_atom[..., None, :])  # [*, S, N_token, 3]
         d = torch.cdist(x_rep, x_rep, compute_mode=EXACT)                    # line 2
@@ -288,16 +295,21 @@ class ConfidenceHead(nn.Module):
         else:
             pde = self.pde(self.pde_norm(z))
             pde = pde + pde.transpose(-2, -3)                                # line 6
-        plddt = self._per_atom(self.plddt_norm(s), self.plddt_weight, atom_to_token, atom_mask)
-        resolved = self._per_atom(self.resolved_norm(s), self.resolved_weight, atom_to_token, atom_mask)
+        plddt = self._per_atom(self.plddt_norm(s), self.plddt_weight, atom_to_token, atom_mask, shift)
+        resolved = self._per_atom(self.resolved_norm(s), self.resolved_weight, atom_to_token, atom_mask,
+                                  shift)
         return plddt, pae, pde, resolved
 
-    def _per_atom(self, s: Tensor, weight: Tensor, atom_to_token: Tensor, atom_mask: Tensor) -> Tensor:
+    def _per_atom(self, s: Tensor, weight: Tensor, atom_to_token: Tensor, atom_mask: Tensor,
+                  shift: Tensor | None = None) -> Tensor:
         """Lines 7-8: LinearNoBias_{token_atom_idx(l)}(s_{tok(l)}) -> [*, S, N_atom, bins]."""
         n_slot, _, n_bin = weight.shape
         n_token = s.shape[-2]
         logits = torch.einsum("...nc,kcb->...nkb", s, weight)                # [*, S, N_token, slot, bins]
-        slot = atom_index_in_token(atom_to_token.long(), atom_mask, n_token).clamp(max=n_slot - 1)
+        slot = atom_index_in_token(atom_to_token.long(), atom_mask, n_token)
+        if shift is not None:
+            slot = slot + batched_gather(shift[..., None], atom_to_token.long(), 1)[..., 0]
+        slot = slot.clamp(max=n_slot - 1)
         flat = atom_to_token.long() * n_slot + slot                          # [*, N_atom]
         return batched_gather(logits.flatten(-3, -2), flat[..., None, :])
 

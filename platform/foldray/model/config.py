@@ -10,9 +10,12 @@ keeps every code path at CPU size.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from foldray.config_loader import ConfigError, apply_overrides, load_dataclass, merge, read_mapping, to_plain
+from foldray.features.config import FeaturizationConfig
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,8 +66,8 @@ class PairformerConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class MsaConfig:
-    """Algorithms 8-10."""
+class MsaModuleConfig:
+    """Algorithms 8-10 (the MSA module; genetic-search settings are foldray.msa.config)."""
 
     n_block: int = 4
     c_m: int = 64
@@ -90,6 +93,11 @@ class TemplateConfig:
     # whose pipeline pads to N template slots and averages over all of them, so absent
     # templates are empty slots that still run the stack on z (a nonzero update).
     padded_slots: int = 0
+    # Template restypes of the padded empty slots (None: the slot has no restype, OpenFold3).
+    # Protenix's pipeline gives a job without templates one all-gap template (31) and pads the
+    # rest of its 4 slots with restype 0; the template stack runs on each of them.
+    empty_slot_restype_first: int | None = None
+    empty_slot_restype_pad: int | None = None
     # Template stack triangle widths; None derives them from c_t (AF3). Protenix keeps the
     # Pairformer's 128 / 32 per head for its 64-wide template stack.
     c_hidden_mul: int | None = None
@@ -152,6 +160,10 @@ class ConfidenceConfig:
     raw_distance: bool = False
     pde_symmetric_input: bool = False
     distogram_bias: bool = False
+    # Protenix: per-atom pLDDT / resolved weights are indexed by the atom's place in its CCD
+    # component (atom_to_tokatom_idx), which counts a standard nucleotide's leaving OP3: every
+    # atom of a DNA/RNA token sits this many slots after its position in the token
+    nucleotide_slot_shift: int = 0
     distogram_min: float = 2.0
     distogram_max: float = 22.0
 
@@ -189,11 +201,14 @@ class ModelConfig:
     z_init_from_s_init: bool = False
     atom: AtomAttentionConfig = field(default_factory=AtomAttentionConfig)
     pairformer: PairformerConfig = field(default_factory=PairformerConfig)
-    msa: MsaConfig = field(default_factory=MsaConfig)
+    msa: MsaModuleConfig = field(default_factory=MsaModuleConfig)
     template: TemplateConfig = field(default_factory=TemplateConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     confidence: ConfidenceConfig = field(default_factory=ConfidenceConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    # How jobs are featurized for this model (AF3 by default; imported weights carry their
+    # reference's featurization: foldray.features.config, docs/parity.md)
+    featurization: FeaturizationConfig = field(default_factory=FeaturizationConfig)
 
     @classmethod
     def full(cls) -> ModelConfig:
@@ -210,7 +225,7 @@ class ModelConfig:
             atom=AtomAttentionConfig(c_atom=32, c_atompair=8, n_block=1, n_head=2),
             pairformer=PairformerConfig(n_block=2, n_head=4, c_hidden_mul=16,
                                         c_hidden_tri_att=8, n_head_tri=2),
-            msa=MsaConfig(n_block=1, c_m=16, c_hidden_opm=8, n_head_pwa=2, c_hidden_pwa=4),
+            msa=MsaModuleConfig(n_block=1, c_m=16, c_hidden_opm=8, n_head_pwa=2, c_hidden_pwa=4),
             template=TemplateConfig(n_block=1, c_t=16),
             diffusion=DiffusionConfig(c_token=48, n_block=2, n_head=4, c_fourier=32, n_step=20),
             confidence=ConfidenceConfig(n_block=1),
@@ -265,17 +280,38 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        nested = {f.name: f.type for f in dataclasses.fields(cls)}
-        kwargs: dict[str, Any] = {}
-        sub_types = {"atom": AtomAttentionConfig, "pairformer": PairformerConfig,
-                     "msa": MsaConfig, "template": TemplateConfig, "diffusion": DiffusionConfig,
-                     "confidence": ConfidenceConfig, "loss": LossConfig}
-        for key, value in data.items():
-            if key not in nested:
-                raise ValueError(f"unknown model config key {key!r}")
-            kwargs[key] = _from_json(sub_types[key], value) if key in sub_types else value
-        return cls(**kwargs)
+    def from_dict(cls, data: Mapping[str, Any], *, where: str = "") -> ModelConfig:
+        """From a saved config (checkpoint JSON, YAML): typed, unknown keys are located
+        errors (foldray.config_loader). A config saved before the `featurization` section
+        existed gets the featurization its family's module switches imply."""
+        config = load_dataclass(cls, data, where=where)
+        if not any(str(key).split(".")[0] == "featurization" for key in data):
+            config = dataclasses.replace(config, featurization=featurization_of_family(config))
+        if config.diffusion.final_level_zero:       # a Protenix checkpoint imported before the
+            r = dataclasses.replace                 # empty-slot / slot-shift switches existed
+            if not _saved(data, "template", "empty_slot_restype_first"):
+                config = r(config, template=r(config.template, empty_slot_restype_first=GAP_RESTYPE,
+                                              empty_slot_restype_pad=0))
+            if not _saved(data, "confidence", "nucleotide_slot_shift"):
+                config = r(config, confidence=r(config.confidence, nucleotide_slot_shift=1))
+        return config
+
+    @classmethod
+    def preset(cls, name: str) -> ModelConfig:
+        """A named config (`preset_names()`); `_` and `-` are the same (`tiny_openfold3`)."""
+        key = name.strip().lower().replace("_", "-")
+        if key not in NAMED_CONFIGS:
+            raise ConfigError(f"unknown model preset {name!r} (choose from {', '.join(NAMED_CONFIGS)})")
+        return NAMED_CONFIGS[key]()
+
+
+GAP_RESTYPE = 31   # foldray.residues.GAP (not imported: the model config stays dependency-free)
+
+
+def _saved(data: Mapping[str, Any], section: str, key: str) -> bool:
+    """Whether a saved config mapping sets `section.key` (nested or as a dotted key)."""
+    nested = data.get(section)
+    return f"{section}.{key}" in data or (isinstance(nested, Mapping) and key in nested)
 
 
 def with_openfold3_behaviour(config: ModelConfig) -> ModelConfig:
@@ -288,7 +324,8 @@ def with_openfold3_behaviour(config: ModelConfig) -> ModelConfig:
              pairformer=r(config.pairformer, tri_att_end_bias_ik=True),
              template=r(config.template, padded_slots=4),
              diffusion=r(config.diffusion, raw_relpos=True),
-             confidence=r(config.confidence, max_atoms_per_token=23))
+             confidence=r(config.confidence, max_atoms_per_token=23),
+             featurization=FeaturizationConfig.openfold3())
 
 
 def with_protenix_behaviour(config: ModelConfig) -> ModelConfig:
@@ -297,11 +334,27 @@ def with_protenix_behaviour(config: ModelConfig) -> ModelConfig:
     r = dataclasses.replace
     return r(config, z_init_from_s_init=True,
              atom=r(config.atom, separate_key_norm=True, chained_key_norm=True),
+             template=r(config.template, padded_slots=4, empty_slot_restype_first=GAP_RESTYPE,
+                        empty_slot_restype_pad=0),
              diffusion=r(config.diffusion, final_level_zero=True),
              confidence=r(config.confidence, norm_s_trunk=True, raw_distance=True,
-                          pde_symmetric_input=True, distogram_bias=True))
+                          pde_symmetric_input=True, distogram_bias=True, nucleotide_slot_shift=1),
+             featurization=FeaturizationConfig.protenix())
 
 
+def featurization_of_family(config: ModelConfig) -> FeaturizationConfig:
+    """The featurization a config's module switches imply, for a checkpoint saved without a
+    featurization section: OpenFold3's raw relative positions or Protenix's zero final noise
+    level mark an imported checkpoint of that family; anything else is AF3's."""
+    if config.diffusion.raw_relpos:
+        return FeaturizationConfig.openfold3()
+    if config.diffusion.final_level_zero:
+        return FeaturizationConfig.protenix()
+    return FeaturizationConfig()
+
+
+# The one registry of model presets (predict, serve, train, featurize, import-weights):
+# `ModelConfig.preset(name)` also accepts `_` for `-`.
 NAMED_CONFIGS: dict[str, Callable[[], ModelConfig]] = {
     "full": ModelConfig.full, "tiny": ModelConfig.tiny,
     "full-openfold3": ModelConfig.full_openfold3, "tiny-openfold3": ModelConfig.tiny_openfold3,
@@ -309,9 +362,27 @@ NAMED_CONFIGS: dict[str, Callable[[], ModelConfig]] = {
 }
 
 
-def _from_json(kind: type, values: dict[str, Any]) -> Any:
-    """A config section from JSON: lists become the tuples the dataclass declares."""
-    return kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+def preset_names() -> tuple[str, ...]:
+    return tuple(NAMED_CONFIGS)
+
+
+def is_preset(name: str) -> bool:
+    return name.strip().lower().replace("_", "-") in NAMED_CONFIGS
+
+
+def model_config_from(spec: str | ModelConfig, overrides: Sequence[str] = ()) -> ModelConfig:
+    """`--model-config PRESET_OR_FILE`: a preset name, or a YAML/JSON file (local or URL) of a
+    whole ModelConfig or of `{preset: NAME, <dotted overrides>}`; then `key=value` overrides."""
+    if isinstance(spec, ModelConfig):
+        data = to_plain(spec)
+    elif is_preset(spec) or ("\n" not in spec and not spec.strip().endswith((".yaml", ".yml", ".json"))):
+        data = to_plain(ModelConfig.preset(spec))   # unknown names: the preset list in the error
+    else:
+        data = read_mapping(spec, kind="model config")
+        if "preset" in data:
+            data = merge(to_plain(ModelConfig.preset(str(data.pop("preset")))), data)
+    apply_overrides(data, overrides, where="model config overrides")
+    return ModelConfig.from_dict(data)
 
 
 Kernels = Literal["auto", "triton", "torch"]

@@ -75,11 +75,12 @@ class RelativePositionEncoding(nn.Module):
     def from_config(cls, config: ModelConfig) -> RelativePositionEncoding:
         return cls(config.c_z, config.r_max, config.s_max)
 
-    def encode(self, features: dict[str, Tensor]) -> Tensor:
-        """The concatenated one-hot features [*, N_token, N_token, 4 r_max + 2 s_max + 7]."""
+    def encode(self, features: dict[str, Tensor], rows: slice | None = None) -> Tensor:
+        """The concatenated one-hot features [*, N_token, N_token, 4 r_max + 2 s_max + 7];
+        `rows` keeps only those rows i, [*, R, N_token, .] (a row-sharded pair, foldray.parallel)."""
         def pairwise(name: str) -> tuple[Tensor, Tensor]:
             x = features[name].long()
-            return x[..., :, None], x[..., None, :]
+            return x[..., slice(None) if rows is None else rows, None], x[..., None, :]
 
         asym_i, asym_j = pairwise("asym_id")
         res_i, res_j = pairwise("residue_index")
@@ -101,11 +102,11 @@ class RelativePositionEncoding(nn.Module):
                           same_entity[..., None].float(),
                           one_hot(d_chain, self.chain_bins)], dim=-1)           # line 9
 
-    def forward(self, features: dict[str, Tensor]) -> Tensor:
+    def forward(self, features: dict[str, Tensor], rows: slice | None = None) -> Tensor:
         """-> p [*, N_token, N_token, c_z] (the raw features without the projection)."""
         if self.linear is None:
-            return self.encode(features)
-        return self.linear(self.encode(features).to(self.linear.weight.dtype))   # line 10
+            return self.encode(features, rows)
+        return self.linear(self.encode(features, rows).to(self.linear.weight.dtype))   # line 10
 
 
 class FourierEmbedding(nn.Module):

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from foldray.kernels import mask_to_bias
-from foldray.model.config import MsaConfig, PairformerConfig
+from foldray.model.config import MsaModuleConfig, PairformerConfig
 from foldray.model.pairformer import PairformerBlock, dropout_rowwise, pair_mask_from
 from foldray.model.primitives import LayerNorm, Linear, LinearNoBias, Transition
 from foldray.model.triangle import chunked_rows
@@ -96,7 +96,7 @@ class MsaBlock(nn.Module):
     (Protenix does the same); every parameter then receives a gradient.
     """
 
-    def __init__(self, c_z: int, config: MsaConfig, pairformer: PairformerConfig,
+    def __init__(self, c_z: int, config: MsaModuleConfig, pairformer: PairformerConfig,
                  last: bool) -> None:
         super().__init__()
         self.msa_dropout = config.msa_dropout
@@ -147,7 +147,7 @@ class MsaModule(nn.Module):
     Pairformer's triangle sizes (`pairformer`) with config.pair_dropout.
     """
 
-    def __init__(self, c_z: int, c_s_inputs: int, config: MsaConfig,
+    def __init__(self, c_z: int, c_s_inputs: int, config: MsaModuleConfig,
                  pairformer: PairformerConfig) -> None:
         super().__init__()
         self.embed_msa = LinearNoBias(NUM_RESTYPES + 2, config.c_m)        # lines 1, 3

@@ -1,7 +1,10 @@
 """Confidence metrics and sample ranking from the confidence head (SI 4.3, 5.9).
 
 Follows AlphaFold 3's released `model/confidences.py` and `confidence_head.py`, which the
-output JSONs (foldray.io.confidences) mirror. Shapes: logits carry the sample dim,
+output JSONs (foldray.io.confidences) mirror. This is the only implementation of the SI 5.9
+metrics: foldray.io only rounds and serialises them, and where it must derive a metric from
+one stored sample (numpy) it calls the `*_np` entries at the end, which run these same
+functions in float64. Shapes: logits carry the sample dim,
 pae_logits [*, N_sample, N_token, N_token, 64], plddt_logits [*, N_sample, N_atom, 50];
 token features [*, N_token] without it (they broadcast). Chain-level metrics take one
 structure (token features 1-D) and keep any sample dims of the logits; chains are ordered
@@ -13,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -314,3 +318,40 @@ def summary_confidences(plddt_logits: Tensor, pae_logits: Tensor, x: Tensor,
         "fraction_disordered": disorder, "has_clash": clash,
         "ranking_score": ranking_score(ptm, iptm, disorder, clash), "chain_asym_ids": chains,
     }
+
+
+# ---------------------------------------------------------------------------- one stored sample
+# foldray.io holds one sample's metrics as floats / numpy arrays (SamplePrediction, a summary
+# without a precomputed score). These entries run the functions above on them in float64.
+
+
+def _f64(value: float | np.ndarray) -> Tensor:
+    return torch.as_tensor(np.asarray(value, np.float64))
+
+
+def ranking_score_np(*, ptm: float, iptm: float, fraction_disordered: float, has_clash: bool) -> float:
+    """`ranking_score` of one sample from plain floats (NaN ipTM: one chain, pTM alone)."""
+    return float(ranking_score(_f64(ptm), _f64(iptm), _f64(fraction_disordered),
+                               torch.tensor(bool(has_clash))))
+
+
+def chain_iptm_np(chain_pair_iptm: np.ndarray) -> np.ndarray:
+    """`chain_iptm` of one sample's [N_chain, N_chain] matrix -> [N_chain] float64."""
+    return chain_iptm(_f64(chain_pair_iptm)).numpy()
+
+
+def chain_pair_pae_min_np(pae: np.ndarray, token_chain: np.ndarray, n_chain: int,
+                          token_frame_mask: np.ndarray | None = None) -> np.ndarray:
+    """`chain_pair_pae_min` of one sample: pae [N_token, N_token] in Å (may be padded past
+    len(token_chain)), token_chain [N_token] chain index 0..n_chain-1, frame mask None = all
+    valid -> [n_chain, n_chain] float64 (NaN rows for chains without a valid frame)."""
+    token_chain = torch.as_tensor(np.asarray(token_chain, np.int64))
+    n = len(token_chain)
+    frames = torch.ones(n, dtype=torch.bool) if token_frame_mask is None else \
+        torch.as_tensor(np.asarray(token_frame_mask, bool)[:n])
+    matrix = chain_pair_pae_min(_f64(np.asarray(pae)[:n, :n]), torch.ones(n, dtype=torch.bool),
+                                frames, token_chain).numpy()
+    out = np.full((n_chain, n_chain), np.nan)
+    present = torch.unique(token_chain).numpy()
+    out[np.ix_(present, present)] = matrix
+    return out

@@ -109,6 +109,8 @@ class TemplateEmbedder(nn.Module):
         super().__init__()
         c_t = config.c_t
         self.padded_slots = config.padded_slots
+        self.empty_restype_first = config.empty_slot_restype_first
+        self.empty_restype_pad = config.empty_slot_restype_pad
         self.norm_z = LayerNorm(c_z)                                    # line 8
         self.embed_z = LinearNoBias(c_z, c_t)
         self.embed_a = LinearNoBias(C_TEMPLATE_PAIR, c_t)
@@ -136,12 +138,12 @@ class TemplateEmbedder(nn.Module):
                 checkpoint_activations: bool = False) -> Tensor:
         """Returns the template update u [*, N_token, N_token, c_z] (to be added to z)."""
         template_mask = features["template_mask"]                          # [*, N_templ]
+        if not len(self.pairformer.blocks):   # a 0-block stack = templates off (Protenix v0.5)
+            return torch.zeros_like(z)
         if self.padded_slots > 0:
             return self._forward_padded(features, z, token_mask, chunk_size,
                                         checkpoint_activations)
         if template_mask.shape[-1] == 0 or not bool(template_mask.any()):
-            return torch.zeros_like(z)
-        if not len(self.pairformer.blocks):   # a 0-block stack = templates off (Protenix v0.5)
             return torch.zeros_like(z)
         pair_mask = same_chain_pair_mask(features["asym_id"], token_mask)
         z_t = self.embed_z(self.norm_z(z))                                 # [*, N, N, c_t]
@@ -160,9 +162,11 @@ class TemplateEmbedder(nn.Module):
 
     def _forward_padded(self, features: Mapping[str, Tensor], z: Tensor, token_mask: Tensor,
                         chunk_size: int | None, checkpoint_activations: bool) -> Tensor:
-        """TemplateConfig.padded_slots (OpenFold3): the mean runs over max(padded_slots,
-        N_templ) slots; every slot without a real template is an empty template (all
-        template features zero, so v = the projected z alone), computed once and weighted."""
+        """TemplateConfig.padded_slots (OpenFold3, Protenix): the mean runs over
+        max(padded_slots, N_templ) slots; every slot without a real template is an empty
+        template (all template features zero, so v = the projected z alone, plus with
+        Protenix's empty_slot_restype_* its restype one-hots), computed once per kind and
+        weighted by how many slots are of that kind."""
         template_mask = features["template_mask"]                          # [*, N_templ]
         pair_mask = same_chain_pair_mask(features["asym_id"], token_mask)
         n_slots = max(self.padded_slots, template_mask.shape[-1])
@@ -175,8 +179,24 @@ class TemplateEmbedder(nn.Module):
             v = z_t + self._embed_template(features, t, pair_mask, z.dtype)
             _, v = self.pairformer(None, v, token_mask, chunk_size, checkpoint_activations)
             u = u + self.norm_v(v) * real[..., None, None, None].to(v.dtype)
-        n_empty = (n_slots - template_mask.sum(dim=-1)).to(u.dtype)          # [*]
-        if bool((n_empty > 0).any()):
-            _, v = self.pairformer(None, z_t, token_mask, chunk_size, checkpoint_activations)
-            u = u + self.norm_v(v) * n_empty[..., None, None, None]
+        n_real = template_mask.sum(dim=-1)
+        n_empty = (n_slots - n_real).to(u.dtype)                             # [*]
+        if self.empty_restype_pad is None:
+            kinds = [(None, n_empty)]
+        else:          # Protenix: a job without templates: 1 gap slot, the rest restype-0 slots
+            first = (n_real == 0).to(u.dtype) if self.empty_restype_first is not None else 0 * n_empty
+            kinds = [(self.empty_restype_first, first), (self.empty_restype_pad, n_empty - first)]
+        for restype, count in kinds:
+            if not bool((count > 0).any()):
+                continue
+            v = z_t if restype is None else z_t + self._empty_restype(restype)
+            _, v = self.pairformer(None, v, token_mask, chunk_size, checkpoint_activations)
+            u = u + self.norm_v(v) * count[..., None, None, None]
         return self.out(torch.relu(u / n_slots))
+
+    def _empty_restype(self, restype: int) -> Tensor:
+        """LinearNoBias(a_tij) of an empty template whose every token has `restype`: its
+        restype one-hot columns for i and j (all other template features are zero) [c_t]."""
+        _, _, w_rj, w_ri, _, _ = self.embed_a.weight.split(
+            [width for _, width in TEMPLATE_PAIR_LAYOUT], dim=-1)
+        return w_rj[:, restype] + w_ri[:, restype]

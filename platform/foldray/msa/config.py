@@ -1,9 +1,11 @@
 """Genetic-search settings (SI 2.2, Tables 1-2) as frozen dataclasses, read from YAML.
 
-One `DatabaseConfig` per database: which tool (jackhmmer for protein, nhmmer for RNA), its
-E-value thresholds, iteration count and the per-database crop ("Max sequences"). `role`
-says where the hits go: ``unpaired`` databases are stacked in config order into the main
-MSA, the ``paired`` (UniProt) result is kept apart for cross-chain pairing (SI 2.2-2.3).
+One `DatabaseConfig` per database: which tool (jackhmmer for protein, nhmmer for RNA, or
+MMseqs2 for protein, the ColabFold route), its E-value thresholds, iteration count and the
+per-database crop ("Max sequences"). `role` says where the hits go: ``unpaired`` databases
+are stacked in config order into the main MSA, the ``paired`` (UniProt) result is kept
+apart for cross-chain pairing (SI 2.2-2.3). An optional `templates` section turns on the
+template search (SI 2.4) from each protein chain's MSA.
 """
 
 from __future__ import annotations
@@ -12,17 +14,17 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import yaml
-
-from foldray.errors import InputError
+from foldray.config_loader import ConfigError, apply_overrides, load_dataclass, read_mapping
 from foldray.io import storage
+from foldray.msa.mmseqs import MmseqsSettings
 
-Tool = Literal["jackhmmer", "nhmmer"]
+Tool = Literal["jackhmmer", "nhmmer", "mmseqs2"]
 Role = Literal["unpaired", "paired"]
-_TOOL_MOL_TYPE = {"jackhmmer": "protein", "nhmmer": "rna"}
+_TOOL_MOL_TYPE = {"jackhmmer": "protein", "nhmmer": "rna", "mmseqs2": "protein"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,6 +45,13 @@ class DatabaseConfig:
     f3_short: float | None = None  # nhmmer: --F3 for queries < 50 nt (SI: 0.02)
     z: float | None = None  # -Z; None = the whole database (sequences; Mb for nhmmer)
     identity: str | None = None  # release tag for the cache key; None = URL + size + mtime
+    # tool: mmseqs2 only (the HMMER fields above do not apply): ColabFold's settings
+    mmseqs: MmseqsSettings = dataclasses.field(default_factory=MmseqsSettings)
+
+    def __post_init__(self) -> None:
+        for key in ("name", "url"):
+            if not getattr(self, key):
+                raise ConfigError(f"'{key}' is required", key=key)
 
     @property
     def mol_type(self) -> str:
@@ -53,7 +62,56 @@ class DatabaseConfig:
         out = dataclasses.asdict(self)
         for key in ("url", "identity", "name"):
             out.pop(key)
+        if self.tool != "mmseqs2":
+            out.pop("mmseqs")          # HMMER cache keys stay what they were
+        else:
+            for key in ("threads", "binary", "split"):    # how it runs, not what it finds
+                out["mmseqs"].pop(key)
         return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class TemplateSearchConfig:
+    """SI 2.4 template search: each protein chain's MSA as a profile against PDB sequences.
+
+    `database`: a pdb_seqres-style FASTA; `mirror`: a folder/prefix of `<pdb_id>.cif[.gz]`
+    (both local or any fsspec URL). `max_template_date` (YYYY-MM-DD): only templates
+    released on or before it (per job: give templates yourself). AF3's filter values.
+    """
+
+    database: str
+    mirror: str
+    max_template_date: str | None = None
+    max_hits: int = 4
+    max_subsequence_ratio: float = 0.95
+    min_align_ratio: float = 0.1
+    min_hit_length: int = 10
+    identity: str | None = None   # release tag of database + mirror for the cache key
+
+    def __post_init__(self) -> None:
+        import datetime as dt
+
+        if self.max_template_date is not None:
+            try:
+                dt.date.fromisoformat(str(self.max_template_date))
+            except ValueError:
+                raise ConfigError(f"expected a date YYYY-MM-DD, got {self.max_template_date!r}",
+                                  key="max_template_date") from None
+        if not 1 <= self.max_hits <= 20:
+            raise ConfigError(f"must be 1..20, got {self.max_hits}", key="max_hits")
+
+    def settings(self):
+        """The library's settings object (foldray.msa.template_search)."""
+        import datetime as dt
+
+        from foldray.msa.template_search import TemplateSearchSettings
+
+        date = dt.date.fromisoformat(str(self.max_template_date)) if self.max_template_date else None
+        return TemplateSearchSettings(
+            database=os.path.expandvars(self.database), mirror=os.path.expandvars(self.mirror),
+            max_template_date=date, max_hits=self.max_hits,
+            max_subsequence_ratio=self.max_subsequence_ratio, min_align_ratio=self.min_align_ratio,
+            min_hit_length=self.min_hit_length)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,8 +119,9 @@ class MsaConfig:
     """The database set of one genetic search and where its results are cached."""
 
     databases: tuple[DatabaseConfig, ...] = ()
-    shards: int = 1  # shards per database
+    shards: int = 1  # shards per database (mmseqs2: MMseqs2's own exact --split)
     cache_url: str | None = None  # None = `<out>/msa_cache`
+    templates: TemplateSearchConfig | None = None   # None: no template search
 
     def for_mol_type(self, mol_type: str) -> tuple[DatabaseConfig, ...]:
         return tuple(db for db in self.databases if db.mol_type == mol_type)
@@ -73,57 +132,43 @@ class MsaConfig:
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def config_from_dict(data: dict[str, Any], *, source: str = "") -> MsaConfig:
-    """Validate a parsed YAML mapping; unknown keys and bad values raise `InputError`."""
-    if not isinstance(data, dict):
-        raise InputError("expected a mapping with a 'databases' list", source=source)
-    known = {f.name for f in dataclasses.fields(MsaConfig)}
-    for key in data:
-        if key not in known:
-            raise InputError(f"unknown key {key!r} (allowed: {', '.join(sorted(known))})",
-                             source=source, field=key)
-    raw_dbs = data.get("databases") or []
-    if not isinstance(raw_dbs, list) or not raw_dbs:
-        raise InputError("'databases' must be a non-empty list", source=source, field="databases")
-    db_fields = {f.name for f in dataclasses.fields(DatabaseConfig)}
-    databases = []
-    for i, raw in enumerate(raw_dbs):
-        where = f"databases[{i}]"
-        if not isinstance(raw, dict):
-            raise InputError(f"expected a mapping, got {raw!r}", source=source, field=where)
-        unknown = sorted(set(raw) - db_fields)
-        if unknown:
-            raise InputError(f"unknown key(s) {unknown} (allowed: {', '.join(sorted(db_fields))})",
-                             source=source, field=where)
-        for key in ("name", "url"):
-            if not isinstance(raw.get(key), str) or not raw[key]:
-                raise InputError(f"'{key}' is required", source=source, field=f"{where}.{key}")
-        values = dict(raw, url=os.path.expandvars(raw["url"]))
-        if values.get("tool", "jackhmmer") not in _TOOL_MOL_TYPE:
-            raise InputError(f"tool must be jackhmmer or nhmmer, got {values['tool']!r}",
-                             source=source, field=f"{where}.tool")
-        if values.get("role", "unpaired") not in ("unpaired", "paired"):
-            raise InputError(f"role must be unpaired or paired, got {values['role']!r}",
-                             source=source, field=f"{where}.role")
-        databases.append(DatabaseConfig(**values))
-    names = [db.name for db in databases]
-    if len(set(names)) != len(names):
-        raise InputError(f"database names must be unique: {names}", source=source, field="databases")
-    shards = data.get("shards", 1)
-    if not isinstance(shards, int) or shards < 1:
-        raise InputError(f"shards must be an integer >= 1, got {shards!r}", source=source, field="shards")
-    return MsaConfig(databases=tuple(databases), shards=shards, cache_url=data.get("cache_url"))
-
-
-def load_config(url: str) -> MsaConfig:
-    """Read an msa.yaml (local path or URL); ``${VAR}`` in database URLs is expanded."""
+def config_from_dict(data: Mapping[str, Any] | None, *, source: str = "") -> MsaConfig:
+    """Validate a parsed YAML mapping (the shared typed loader, foldray.config_loader):
+    unknown keys and bad values raise `ConfigError` (an `InputError`) naming the key;
+    ``${VAR}`` in database URLs is expanded."""
     try:
-        data = yaml.safe_load(storage.read_text(url))
-    except FileNotFoundError:
-        raise InputError("MSA config not found", source=url) from None
-    except yaml.YAMLError as err:
-        raise InputError(f"not valid YAML: {err}", source=url) from None
+        if not isinstance(data, Mapping):
+            raise ConfigError("expected a mapping with a 'databases' list")
+        config = load_dataclass(MsaConfig, data)
+        if not config.databases:
+            raise ConfigError("must be a non-empty list", key="databases")
+        names = [db.name for db in config.databases]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"database names must be unique: {names}", key="databases")
+        if config.shards < 1:
+            raise ConfigError(f"must be an integer >= 1, got {config.shards!r}", key="shards")
+    except ConfigError as err:
+        raise err.located(source=source) from None
+    databases = tuple(dataclasses.replace(db, url=os.path.expandvars(db.url)) for db in config.databases)
+    return dataclasses.replace(config, databases=databases)
+
+
+def load_config(url: str, overrides: Sequence[str] = ()) -> MsaConfig:
+    """Read an msa.yaml (local path or URL) with `key=value` overrides (`shards=8`)."""
+    try:
+        text = url if url.endswith((".yaml", ".yml", ".json")) else _read(url)
+        data = read_mapping(text, kind="MSA config")
+        apply_overrides(data, overrides)
+    except ConfigError as err:
+        raise err.located(source=url) from None
     return config_from_dict(data, source=url)
+
+
+def _read(url: str) -> str:
+    try:
+        return storage.read_text(url) + "\n"   # text, whatever the file is called
+    except FileNotFoundError:
+        raise ConfigError("MSA config not found", source=url) from None
 
 
 def with_overrides(config: MsaConfig, *, shards: int | None = None,
@@ -137,4 +182,5 @@ def with_overrides(config: MsaConfig, *, shards: int | None = None,
     return dataclasses.replace(config, **changes) if changes else config
 
 
-__all__ = ["DatabaseConfig", "MsaConfig", "config_from_dict", "load_config", "with_overrides"]
+__all__ = ["DatabaseConfig", "MsaConfig", "TemplateSearchConfig", "config_from_dict", "load_config",
+           "with_overrides"]

@@ -25,7 +25,24 @@ def alphabet(mol_type: str) -> easel.Alphabet:
 
 
 def check_databases(config: MsaConfig) -> None:
-    """Fail at start, naming the database, when one is missing, unreadable or not FASTA."""
+    """Fail at start, naming the database, when one is missing, unreadable or not FASTA (or
+    its tool is not installed), and when the template search's database or mirror is missing."""
+    if any(db.tool == "mmseqs2" for db in config.databases):
+        from foldray.msa.mmseqs import MmseqsMissing, require_mmseqs
+
+        for db in config.databases:
+            if db.tool == "mmseqs2":
+                try:
+                    require_mmseqs(db.mmseqs.binary)
+                except MmseqsMissing as err:
+                    raise InputError(str(err), source=db.url, field=db.name) from None
+    if config.templates is not None:
+        from foldray.msa.template_search import check_sources
+
+        try:
+            check_sources(config.templates.settings())
+        except FileNotFoundError as err:
+            raise InputError(str(err), field="templates") from None
     for db in config.databases:
         where = f"database {db.name!r} ({db.url})"
         try:

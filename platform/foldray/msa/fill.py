@@ -5,16 +5,22 @@ cache), the results are stacked in config order and deduplicated into the main M
 (``unpairedMsa``); the ``paired`` (UniProt) result becomes ``pairedMsa`` for proteins, which
 `foldray.features.msa` pairs by species at featurization (SI 2.3). A chain with no hits gets
 the query alone and a `NoHitsWarning`. Chains that already carry an MSA are left alone.
+With a `templates` section, protein chains then get templates searched with their main MSA
+(SI 2.4), cached like the MSAs; without one, templates stay empty as in AF3's data
+pipeline when no template search runs. Databases with `tool: mmseqs2` are searched with
+MMseqs2 (ColabFold's route) instead of HMMER.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from foldray.inputs.job import Job, PolymerChain
+from foldray.inputs.job import Job, PolymerChain, TemplateInput
 from foldray.msa.cache import MsaCache, cache_key
 from foldray.msa.config import DatabaseConfig, MsaConfig
 from foldray.msa.databases import database_identity
@@ -31,6 +37,7 @@ class NoHitsWarning(UserWarning):
 class ChainMsas:
     unpaired: str  # a3m, query first
     paired: str | None  # a3m of the paired database (protein), None without one
+    templates: tuple[TemplateInput, ...] | None = None   # None: no template search configured
 
 
 @dataclass
@@ -54,7 +61,10 @@ class ChainSearcher:
         if self.cache is not None and (text := self.cache.get(key)) is not None:
             self.counts.cached += 1
             return text
-        a3m = iterative_search(sequence, db, self.shards).a3m
+        if db.tool == "mmseqs2":
+            a3m = _mmseqs_a3m(sequence, db, self.config.shards)
+        else:
+            a3m = iterative_search(sequence, db, self.shards).a3m
         self.counts.searched += 1
         if self.cache is not None:
             self.cache.put(key, a3m)
@@ -69,7 +79,60 @@ class ChainSearcher:
             warnings.warn(f"{mol_type} chain {sequence[:20]}... ({len(sequence)} residues) has no "
                           f"hits in {[db.name for db in dbs]}: single-sequence MSA",
                           NoHitsWarning, stacklevel=2)
-        return ChainMsas(unpaired=main, paired=paired[0] if paired and mol_type == "protein" else None)
+        templates = self.templates(sequence, main) if mol_type == "protein" else None
+        return ChainMsas(unpaired=main, paired=paired[0] if paired and mol_type == "protein" else None,
+                         templates=templates)
+
+    def templates(self, sequence: str, msa: str) -> tuple[TemplateInput, ...] | None:
+        """SI 2.4 templates of one protein chain (None without a `templates` section)."""
+        config = self.config.templates
+        if config is None:
+            return None
+        from foldray.msa.template_search import search_templates
+
+        settings = config.settings()
+        key = "templates-" + hashlib.sha256(json.dumps(
+            [sequence, dataclasses.asdict(config), msa], sort_keys=True, default=str).encode()).hexdigest()
+        if self.cache is not None and (text := self.cache.get(key)) is not None:
+            return tuple(TemplateInput(mmcif=t["mmcif"], query_indices=tuple(t["query"]),
+                                       template_indices=tuple(t["template"])) for t in json.loads(text))
+        found = search_templates(sequence, msa, settings)
+        if self.cache is not None:
+            self.cache.put(key, json.dumps([{"mmcif": t.mmcif, "query": list(t.query_indices),
+                                             "template": list(t.template_indices)} for t in found]))
+        return found
+
+
+def _mmseqs_a3m(sequence: str, db: DatabaseConfig, shards: int) -> str:
+    """One MMseqs2 search of `db` (a local copy of a remote database is made once per process);
+    `shards` becomes MMseqs2's own target split, which keeps results exact."""
+    from foldray.msa.mmseqs import search_shard
+
+    settings = dataclasses.replace(db.mmseqs, split=shards if shards > 1 else db.mmseqs.split)
+    a3m = search_shard({"query": sequence}, _local_database(db.url), settings)["query"]
+    if db.max_sequences is not None:
+        lines = a3m.splitlines()
+        a3m = "\n".join(lines[: 2 * (db.max_sequences + 1)]) + "\n"
+    return a3m
+
+
+_LOCAL_COPIES: dict[str, str] = {}
+
+
+def _local_database(url: str) -> str:
+    """A path mmseqs can read: the file itself, or a cached local copy of a remote URL."""
+    from foldray.io import storage
+
+    if not storage.is_url(url) or url.startswith("file://"):
+        return url.removeprefix("file://")
+    if url not in _LOCAL_COPIES:
+        import tempfile
+
+        suffix = ".fasta.gz" if url.endswith(".gz") else ".fasta"
+        with tempfile.NamedTemporaryFile(prefix="foldray-mmseqs-db-", suffix=suffix, delete=False) as handle:
+            handle.write(storage.read_bytes(url))
+        _LOCAL_COPIES[url] = handle.name
+    return _LOCAL_COPIES[url]
 
 
 def _records(a3m: str) -> list[tuple[str, str]]:
@@ -117,7 +180,7 @@ def fill_job(job: Job, msas: Callable[[str, str], ChainMsas]) -> Job:
                 changes["paired_msa"] = entity.paired_msa if entity.paired_msa is not None \
                     else (found.paired or "")
                 if entity.templates is None:
-                    changes["templates"] = ()
+                    changes["templates"] = found.templates if found.templates is not None else ()
             entity = dataclasses.replace(entity, **changes)
         entities.append(entity)
     return dataclasses.replace(job, entities=tuple(entities))

@@ -18,6 +18,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+import gemmi
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -29,10 +30,14 @@ from foldray.report.plots import (
     plot_pae,
     plot_plddt,
 )
+from foldray.report.viewer import style_script
 
 THREEDMOL_VERSION = "2.5.5"
 SUMMARY_KEYS = ("ranking_score", "ptm", "iptm", "fraction_disordered", "has_clash")
 OK_STATUSES = ("ok", "skipped")
+# Shown first in a results table (when present); the other columns are one click away.
+KEY_COLUMNS = ("name", "ligand_id", "status", "ranking_score", "iptm", "ptm", "mean_plddt",
+               "fraction_disordered", "has_clash", "n_tokens")
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 24px; color: #222; max-width: 1200px; }
@@ -44,6 +49,8 @@ th { background: #f2f2f2; cursor: pointer; } td.text { text-align: left; }
 #viewer { width: 640px; height: 480px; position: relative; border: 1px solid #ccc; }
 .legend span { display: inline-block; padding: 2px 8px; margin-right: 6px; font-size: 12px; }
 .error { color: #a00; text-align: left; font-family: monospace; }
+#all-columns:not(:checked) ~ table .more { display: none; }
+label[for=all-columns] { font-size: 13px; color: #444; }
 """
 
 _SORT_SCRIPT = """
@@ -66,20 +73,46 @@ def viewer_script() -> str:
     return (resources.files("foldray.report") / "vendor" / "3Dmol-min.js").read_text()
 
 
+def _luminance(hex_colour: str) -> float:
+    """WCAG relative luminance of `#RRGGBB`."""
+    channels = [int(hex_colour.lstrip("#")[i:i + 2], 16) / 255 for i in (0, 2, 4)]
+    r, g, b = (c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels)
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def contrast(a: str, b: str) -> float:
+    """WCAG contrast ratio of two `#RRGGBB` colours (1 to 21; 4.5 reads as body text)."""
+    high, low = sorted((_luminance(a), _luminance(b)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
+def text_colour(background: str) -> str:
+    """Black or white, whichever reads better on `background`."""
+    return "#000000" if contrast(background, "#000000") >= contrast(background, "#ffffff") \
+        else "#ffffff"
+
+
 def _img(png: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 
-def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        if math.isnan(value):
-            return '<td data-v="">-</td>'
-        return f'<td data-v="{value}">{value:.3f}</td>'
-    if isinstance(value, bool | np.bool_):
-        return f"<td>{'yes' if value else 'no'}</td>"
-    if isinstance(value, int | np.integer):
-        return f"<td>{value}</td>"
-    return f'<td class="text">{html.escape(str(value))}</td>'
+def _cell(value: Any, cls: str = "") -> str:
+    """One table cell; `cls` adds a CSS class (e.g. `more`)."""
+    classes, sort_value, text = [cls] if cls else [], None, ""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        sort_value, text = "", "-"
+    elif isinstance(value, float):
+        sort_value, text = str(value), f"{value:.3f}"
+    elif isinstance(value, bool | np.bool_):
+        text = "yes" if value else "no"
+    elif isinstance(value, int | np.integer):
+        text = str(value)
+    else:
+        classes.append("text")
+        text = html.escape(str(value))
+    attrs = (f' class="{" ".join(classes)}"' if classes else "") + \
+        (f' data-v="{sort_value}"' if sort_value is not None else "")
+    return f"<td{attrs}>{text}</td>"
 
 
 def _link(value: Any, url: str) -> str:
@@ -87,15 +120,22 @@ def _link(value: Any, url: str) -> str:
 
 
 def _table(columns: Sequence[str], rows: Sequence[Sequence[Any]], sortable: bool = True,
-           links: Sequence[str | None] | None = None, link_at: int = -1) -> str:
-    """An HTML table; `links[r]` (when set) turns row r's cell in column `link_at` into a link."""
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+           links: Sequence[str | None] | None = None, link_at: int = -1,
+           extra_from: int | None = None, table_id: str = "") -> str:
+    """An HTML table; `links[r]` (when set) turns row r's cell in column `link_at` into a link.
+    Columns from `extra_from` on get class `more` (hidden until "all columns" is ticked)."""
+    def cls(k: int) -> str:
+        return "more" if extra_from is not None and k >= extra_from else ""
+
+    head = "".join(f'<th class="{cls(k)}">{html.escape(c)}</th>' if cls(k) else
+                   f"<th>{html.escape(c)}</th>" for k, c in enumerate(columns))
     body = "".join(
-        "<tr>" + "".join(_link(v, links[r]) if k == link_at and links and links[r] else _cell(v)
-                         for k, v in enumerate(row)) + "</tr>"
+        "<tr>" + "".join(_link(v, links[r]) if k == link_at and links and links[r] else
+                         _cell(v, cls(k)) for k, v in enumerate(row)) + "</tr>"
         for r, row in enumerate(rows))
-    cls = ' class="sortable"' if sortable else ""
-    return f"<table{cls}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    classes = " ".join(c for c in ("sortable" if sortable else "",) if c)
+    attrs = (f' id="{table_id}"' if table_id else "") + (f' class="{classes}"' if classes else "")
+    return f"<table{attrs}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _page(title: str, body: str, scripts: Sequence[str] = ()) -> str:
@@ -104,7 +144,7 @@ def _page(title: str, body: str, scripts: Sequence[str] = ()) -> str:
             f"<style>{_STYLE}</style></head><body>{body}{inline}</body></html>")
 
 
-def _viewer_js(model_cif: str) -> str:
+def _viewer_js(model_cif: str, structure: gemmi.Structure) -> str:
     cif = json.dumps(model_cif).replace("</", "<\\/")
     bands = json.dumps([[low, colour] for low, _, colour, _ in PLDDT_BANDS])
     return f"""
@@ -114,8 +154,7 @@ def _viewer_js(model_cif: str) -> str:
                            return bands[bands.length - 1][1]; }};
   const viewer = $3Dmol.createViewer(document.getElementById('viewer'), {{backgroundColor: 'white'}});
   viewer.addModel({cif}, 'cif');
-  viewer.setStyle({{}}, {{cartoon: {{colorfunc: colour}}}});
-  viewer.setStyle({{hetflag: true}}, {{stick: {{colorfunc: colour, radius: 0.2}}}});
+  {style_script(structure)}
   viewer.zoomTo(); viewer.render();
   window.foldrayViewer = viewer;
   // what was drawn, for checks in a headless browser
@@ -144,7 +183,7 @@ def prediction_report(prediction: LoadedPrediction,
                    (summary.get("chain_iptm") or [None] * len(chains))[i]]
                   for i, c in enumerate(chains)]
     ranking = [[r.seed, r.sample, r.ranking_score] for r in prediction.samples]
-    legend = "".join(f'<span style="background:{c}">{html.escape(label)}</span>'
+    legend = "".join(f'<span style="background:{c};color:{text_colour(c)}">{html.escape(label)}</span>'
                      for _, _, c, label in PLDDT_BANDS)
     body = (
         f"<h1>{html.escape(prediction.name)}</h1>"
@@ -156,7 +195,8 @@ def prediction_report(prediction: LoadedPrediction,
         + "".join(_img(png, name) for name, png in pngs.items()) + "</div>"
         f"<h2>Ranking of all samples</h2>{_table(['seed', 'sample', 'ranking score'], ranking)}"
         f"<p>Folder: {html.escape(prediction.folder)} · 3Dmol.js {THREEDMOL_VERSION} (BSD-3-Clause)</p>")
-    return _page(prediction.name, body, [viewer_script(), _viewer_js(prediction.model_cif),
+    return _page(prediction.name, body, [viewer_script(), _viewer_js(prediction.model_cif,
+                                                                          prediction.structure),
                                          _SORT_SCRIPT])
 
 
@@ -176,6 +216,11 @@ def histogram(values: Sequence[float], label: str) -> bytes:
     return figure_png(fig)
 
 
+def key_columns_first(columns: list[str]) -> list[str]:
+    """The columns a reader ranks jobs by first (KEY_COLUMNS order), then the rest as given."""
+    return [c for c in KEY_COLUMNS if c in columns] + [c for c in columns if c not in KEY_COLUMNS]
+
+
 def table_report(title: str, rows: Sequence[dict[str, Any]], *, sort_by: str | None = None,
                  link_column: str | None = None, links: dict[int, str] | None = None) -> str:
     """A sortable results page: every row, a score histogram, the failures with errors.
@@ -184,7 +229,8 @@ def table_report(title: str, rows: Sequence[dict[str, Any]], *, sort_by: str | N
     """
     if not rows:
         return _page(title, f"<h1>{html.escape(title)}</h1><p>No rows.</p>")
-    columns = list(rows[0])
+    columns = key_columns_first(list(rows[0]))
+    n_key = sum(c in KEY_COLUMNS for c in columns)
     score = sort_by if sort_by in columns else next(
         (c for c in ("ranking_score", "iptm", "ptm") if c in columns), None)
     order = list(range(len(rows)))
@@ -192,7 +238,12 @@ def table_report(title: str, rows: Sequence[dict[str, Any]], *, sort_by: str | N
         order.sort(key=lambda i: -_num(rows[i].get(score)))
     link_at = columns.index(link_column) if link_column in columns else -1
     table = _table(columns, [[rows[i].get(c) for c in columns] for i in order],
-                   links=[(links or {}).get(i) for i in order], link_at=link_at)
+                   links=[(links or {}).get(i) for i in order], link_at=link_at,
+                   extra_from=n_key if n_key < len(columns) else None, table_id="rows")
+    if n_key < len(columns):
+        table = (f"<input type='checkbox' id='all-columns'><label for='all-columns'> show all "
+                 f"{len(columns)} columns ({len(columns) - n_key} more: "
+                 f"{html.escape(', '.join(columns[n_key:]))})</label>{table}")
     failures = [r for r in rows if str(r.get("status", "ok")) not in OK_STATUSES]
     counts: dict[str, int] = {}
     for r in rows:

@@ -13,15 +13,12 @@ and loss weights of SI Table 6; everything about Ray (workers, GPUs, storage) is
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import yaml
-
-from foldray.model.config import LossConfig, ModelConfig, RuntimeConfig
+from foldray.config_loader import ConfigError, load_config_file, load_dataclass, merge, to_plain
+from foldray.model.config import NAMED_CONFIGS, LossConfig, ModelConfig, RuntimeConfig, is_preset
 
 StageName = Literal["initial", "finetune1", "finetune2", "finetune3"]
 
@@ -54,17 +51,21 @@ STAGES: dict[str, StagePreset] = {
 
 @dataclass(frozen=True, kw_only=True)
 class ModelSpec:
-    """A ModelConfig preset ("tiny" | "full") plus dotted overrides, e.g. pairformer.n_block: 4."""
+    """A ModelConfig preset by name (any of `foldray.model.config.NAMED_CONFIGS`: tiny, full,
+    tiny-openfold3, full-protenix, ...; `_` works for `-`) plus dotted overrides, e.g.
+    pairformer.n_block: 4."""
 
-    preset: Literal["tiny", "full"] = "full"
+    preset: str = "full"
     overrides: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if not is_preset(self.preset):
+            raise ConfigError(f"unknown model preset {self.preset!r} "
+                              f"(choose from {', '.join(NAMED_CONFIGS)})", key="preset")
+
     def build(self) -> ModelConfig:
-        config = ModelConfig.tiny() if self.preset == "tiny" else ModelConfig.full()
-        data = config.to_dict()
-        for key, value in self.overrides.items():
-            _set_dotted(data, key, value, where="model.overrides")
-        return ModelConfig.from_dict(data)
+        data = merge(to_plain(ModelConfig.preset(self.preset)), self.overrides, where="model.overrides")
+        return ModelConfig.from_dict(data, where="model.overrides")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,7 +75,7 @@ class StageConfig:
     name: StageName = "initial"
     crop_size: int | None = None
     diffusion_batch: int | None = None
-    loss: dict[str, float] = field(default_factory=dict)   # LossConfig field -> value
+    loss: dict[str, int | float] = field(default_factory=dict)   # LossConfig field -> value
 
     @property
     def preset(self) -> StagePreset:
@@ -90,11 +91,8 @@ class StageConfig:
         """`base` (the model's LossConfig) with the stage's weights, then the explicit ones."""
         values = {**self.preset.loss, **self.loss,
                   "diffusion_batch": self.resolved_diffusion_batch()}
-        known = {f.name for f in dataclasses.fields(LossConfig)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"stage.loss: unknown LossConfig fields {unknown}; known: {sorted(known)}")
-        return dataclasses.replace(base, **values)
+        # typed like every setting: mini_rollout_steps stays an int, unknown names are errors
+        return load_dataclass(LossConfig, {**to_plain(base), **values}, where="stage.loss")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -166,6 +164,17 @@ class ScalingSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
+class CallbackSpec:
+    """Extension point: a TrainCallback (foldray.training.loop) added on every train worker.
+
+    `path` names a factory, "package.module:name", importable on the workers; each worker
+    calls it with `options` as keyword arguments."""
+
+    path: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
 class RunSpec:
     """Length, cadence, storage and fault tolerance of the run."""
 
@@ -183,9 +192,7 @@ class RunSpec:
     checkpoint_activations: bool = False
     validation_n_sample: int = 1
     validation_n_step: int | None = None          # sampler steps (None: the model's)
-    # Testing aid: raise once in rank 0 at this step (a marker file makes it fire once).
-    fail_once_at_step: int | None = None
-    fail_marker: str | None = None
+    callbacks: tuple[CallbackSpec, ...] = ()      # extra TrainCallbacks (CallbackSpec)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -208,119 +215,39 @@ class TrainConfig:
                              checkpoint_activations=self.run.checkpoint_activations)
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(dataclasses.asdict(self))
+        return to_plain(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        config = _build(cls, data, "")
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        config = load_dataclass(cls, data)
         config.validate()
         return config
 
     def validate(self) -> None:
         """Cross-field checks that the types alone cannot express."""
         if self.stage.resolved_crop_size() < 1 or self.stage.resolved_diffusion_batch() < 1:
-            raise ValueError("stage.crop_size and stage.diffusion_batch must be >= 1")
+            raise ConfigError("crop_size and diffusion_batch must be >= 1", key="stage")
         if self.run.grad_accumulation < 1 or self.data.batch_size < 1:
-            raise ValueError("run.grad_accumulation and data.batch_size must be >= 1")
+            raise ConfigError("run.grad_accumulation and data.batch_size must be >= 1")
         if min(self.run.report_every, self.run.checkpoint_every, self.run.max_steps) < 1:
-            raise ValueError("run.report_every, run.checkpoint_every, run.max_steps must be >= 1")
+            raise ConfigError("report_every, checkpoint_every, max_steps must be >= 1", key="run")
         if self.scaling.num_workers < 1:
-            raise ValueError("scaling.num_workers must be >= 1")
+            raise ConfigError("must be >= 1", key="scaling.num_workers")
         if self.finetune.freeze_trunk and self.finetune.train_modules:
-            raise ValueError("finetune: give freeze_trunk or train_modules, not both")
+            raise ConfigError("give freeze_trunk or train_modules, not both", key="finetune")
         if any(s.weight <= 0 for s in self.data.train):
-            raise ValueError("data.train: every source weight must be > 0")
+            raise ConfigError("every source weight must be > 0", key="data.train")
         self.model.build()                    # model.overrides name real fields
         self.stage.loss_config(LossConfig())  # stage.loss names real LossConfig fields
 
 
-def load_train_config(text_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """A TrainConfig from YAML text or a local/URL path, with `key=value` overrides applied."""
-    from foldray.io import storage
-
-    text = text_or_path
-    if "\n" not in text_or_path and text_or_path.endswith((".yaml", ".yml")):
-        text = storage.read_text(text_or_path)
-    data = yaml.safe_load(text) or {}
-    if not isinstance(data, dict):
-        raise ValueError("a training config is a YAML mapping")
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"override {item!r}: expected key=value (dotted key)")
-        _set_dotted(data, key.strip(), yaml.safe_load(raw), where="overrides", create=True)
-    return TrainConfig.from_dict(data)
-
-
-# ---------------------------------------------------------------------------- helpers
-
-
-def _set_dotted(data: dict[str, Any], key: str, value: Any, *, where: str, create: bool = False) -> None:
-    node = data
-    parts = key.split(".")
-    for part in parts[:-1]:
-        if part not in node and create:
-            node[part] = {}
-        if not isinstance(node.get(part), dict):
-            raise ValueError(f"{where}: {key!r} does not name a config field")
-        node = node[part]
-    if parts[-1] not in node and not create:
-        raise ValueError(f"{where}: {key!r} does not name a config field")
-    node[parts[-1]] = value
-
-
-def _plain(value: Any) -> Any:
-    """asdict output with tuples as lists (YAML/JSON friendly)."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _build(cls: type, data: Any, where: str) -> Any:
-    if not isinstance(data, dict):
-        raise ValueError(f"{where or 'config'}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"{where or 'config'}: unknown keys {unknown}; known: {sorted(names)}")
-    return cls(**{k: _convert(hints[k], v, f"{where}.{k}".lstrip(".")) for k, v in data.items()})
-
-
-def _convert(hint: Any, value: Any, where: str) -> Any:
-    """Check and convert one YAML value against a dataclass field's type."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _convert(inner[0], value, where)
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, where)
-    if origin is Literal:
-        if value not in args:
-            raise ValueError(f"{where}: {value!r} is not one of {list(args)}")
-        return value
-    if origin is tuple:
-        if isinstance(value, str) or not isinstance(value, list | tuple):
-            value = [value]
-        return tuple(_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ValueError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
-    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, str):
-        try:
-            return float(value)   # YAML 1.1 reads "1e-8" (no dot) as a string
-        except ValueError:
-            pass
-    if hint in (int, str, bool) and not (isinstance(value, hint) and
-                                         not (hint is int and isinstance(value, bool))):
-        raise ValueError(f"{where}: expected {hint.__name__}, got {value!r}")
-    if hint is Any:
-        return value
-    return value
+def load_train_config(text_or_path: str, overrides: Sequence[str] = ()) -> TrainConfig:
+    """A TrainConfig from YAML text or a local/URL path, with `key=value` overrides applied
+    (dotted keys, YAML values); errors are ConfigErrors naming the key (and the file)."""
+    config = load_config_file(TrainConfig, text_or_path, overrides, kind="training config")
+    try:
+        config.validate()
+    except ConfigError as err:
+        source = text_or_path if "\n" not in text_or_path else ""
+        raise err.located(source=source if source.endswith((".yaml", ".yml")) else "") from None
+    return config

@@ -154,7 +154,7 @@ def test_collate_bucketed_msa_rows(featurized):
     samples = [featurized["2q2k.json"], featurized["tiny_protein_dna.json"]]
     batch = collate(samples, token_buckets=None, atom_buckets=None, msa_buckets=(16, 32),
                     templ_buckets=(4,))
-    assert batch["token_mask"].shape == (2, 198) and batch["atom_mask"].shape == (2, 1560)
+    assert batch["token_mask"].shape == (2, 198) and batch["atom_mask"].shape == (2, 1561)
     assert batch["msa"].shape == (2, 16, 198) and batch["template_mask"].shape == (2, 4)
     assert batch["msa_mask"][1].sum() == 2 * 44 and (batch["msa"][1, 2:] == GAP).all()
 

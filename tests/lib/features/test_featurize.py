@@ -8,7 +8,7 @@ from foldray.features.pipeline import CropSettings, featurize_job
 from foldray.inputs.a3m import parse_a3m
 from foldray.inputs.af3_json import parse_af3_json
 from foldray.inputs.mmcif_input import job_from_structure_file
-from foldray.residues import GAP, RESTYPE_INDEX
+from foldray.residues import GAP
 from tests.data_paths import INPUTS, MSAS, STRUCTURES
 
 
@@ -94,11 +94,12 @@ def test_msa_features_follow_the_a3m_and_cover_ligand_tokens():
     # row 0 is the query; the MSA holds the unpaired rows (single protein chain: no pairing)
     assert np.array_equal(f["msa"][0, protein], a3m.rows[0])
     assert f["msa"].shape[0] >= a3m.rows.shape[0] - 1
-    # ligand columns: the query row is unknown amino acid, every other row a gap
+    # ligand columns are gap in every row, the query row included, as AF3 writes them
     ligand = tokens.mol_type == 3
+    assert np.all(f["msa"][:, ligand] == GAP)
+    assert np.all(f["profile"][ligand, GAP] == 1.0)
     # (row 1 repeats the query, as AF3 does when nothing is paired)
-    assert np.all(f["msa"][:2, ligand] == RESTYPE_INDEX["UNK"])
-    assert np.all(f["msa"][2:, ligand] == GAP)
+    assert np.array_equal(f["msa"][1, protein], a3m.rows[0])
     assert one_hot_msa(f["msa"][:2]).shape == (2, tokens.n_tokens, 32)
     # deletions: has_deletion and deletion_value agree
     assert np.array_equal(f["has_deletion"] > 0, f["deletion_value"] > 0)

@@ -54,9 +54,12 @@ def independent_counts(path, ccd_atoms):
             codes = [gemmi.Entity.first_mon(m) for m in entity.full_sequence]
             codes = ["MET" if c == "MSE" else c for c in codes]
             for i, code in enumerate(codes):
-                last = kind == "protein" and i == len(codes) - 1
+                # chain ends keep their leaving atom (AF3): OXT of the last amino acid, OP3
+                # of the first nucleotide
+                end = ("OXT" if kind == "protein" and i == len(codes) - 1 else
+                       "OP3" if kind != "protein" and i == 0 else None)
                 kept = [n for n, heavy, leave in ccd_atoms[code]
-                        if heavy and (not leave or (last and n == "OXT"))]
+                        if heavy and (not leave or n == end)]
                 atoms += len(kept)
                 tokens += 1 if code in STANDARD[kind] else len(kept)
         else:
@@ -95,10 +98,12 @@ def test_token_features_of_a_protein_dna_complex():
     rep = tokens.atom_name[tokens.rep_atom]
     assert rep[9] == "CA" and rep[0] == "CB"     # G10 is glycine: CA; N1: CB
     assert rep[20] == "C2" and rep[21] == "C4"   # DC pyrimidine C2, DG purine C4
-    # C-terminal OXT only on the last protein residue; DNA has no OP3 (leaving atom)
+    # leaving atoms only at chain ends (AF3): OXT on the last protein residue, OP3 on the
+    # first nucleotide of each DNA strand
     oxt = np.flatnonzero(tokens.atom_name == "OXT")
     assert len(oxt) == 1 and tokens.atom_residue[oxt[0]] == 20
-    assert "OP3" not in set(tokens.atom_name.tolist())
+    op3 = np.flatnonzero(tokens.atom_name == "OP3")
+    assert tokens.atom_chain[op3].tolist() == [1, 2] and tokens.atom_residue[op3].tolist() == [1, 1]
 
 
 def test_modified_residues_and_ligands_are_tokenized_per_atom():

@@ -21,9 +21,6 @@ from foldray.inputs.job import Job
 from foldray.io import confidences, storage
 from foldray.io.confidences import (
     SamplePrediction,
-    chain_iptm,
-    chain_pair_pae_min,
-    compute_ranking_score,
     full_confidences,
     full_confidences_json,
     is_complete,
@@ -100,37 +97,6 @@ def test_af3_json_keys_follow_af3():
     assert glycan["bondedAtomPairs"][0] == [["B", 1, "O4"], ["B", 2, "C1"]]
     smiles = job_to_af3_json(load_job("tiny_protein_ligand_smiles"))
     assert set(smiles["sequences"][1]["ligand"]) == {"id", "smiles"}
-
-
-# --------------------------------------------------------------------------- metrics
-
-
-def test_ranking_score_is_af3_formula():
-    assert compute_ranking_score(ptm=0.5, iptm=0.8, fraction_disordered=0.1, has_clash=False) \
-        == pytest.approx(0.8 * 0.8 + 0.2 * 0.5 + 0.5 * 0.1)
-    assert compute_ranking_score(ptm=0.5, iptm=math.nan, fraction_disordered=0.0,
-                                 has_clash=True) == pytest.approx(0.5 - 100)
-
-
-def test_chain_pair_pae_min_uses_frame_rows_and_masks():
-    pae = np.arange(25, dtype=float).reshape(5, 5)
-    token_chain = np.array([0, 0, 1, 1, 2])
-    out = chain_pair_pae_min(pae, token_chain, 3)
-    assert out[0, 1] == 2.0 and out[1, 0] == 10.0 and out[2, 2] == 24.0 and out[1, 1] == 12.0
-    masked = chain_pair_pae_min(pae, token_chain, 3, np.array([False, True, True, True, False]))
-    assert masked[0, 1] == 7.0                       # row 0 is not a valid frame
-    assert np.isnan(masked[2]).all()                 # chain 2 has no valid frame (an ion)
-    padded = np.pad(pae, ((0, 3), (0, 3)), constant_values=-1)
-    np.testing.assert_array_equal(chain_pair_pae_min(padded, token_chain, 3), out)
-
-
-def test_chain_iptm_is_mean_of_row_and_column_off_diagonal():
-    pair = np.array([[0.9, 0.2, 0.4], [0.6, 0.8, 0.0], [0.3, 1.0, 0.7]])
-    expected = [np.mean([np.mean([0.6, 0.3]), np.mean([0.2, 0.4])]),
-                np.mean([np.mean([0.2, 1.0]), np.mean([0.6, 0.0])]),
-                np.mean([np.mean([0.4, 0.0]), np.mean([0.3, 1.0])])]
-    np.testing.assert_allclose(chain_iptm(pair), expected)
-    assert np.isnan(chain_iptm(np.array([[0.5]]))).all()
 
 
 # --------------------------------------------------------------------------- JSON content
@@ -276,7 +242,9 @@ def check_outputs(out_url: str, job: Job, tokens: TokenizedStructure,
 
     (back,) = parse_af3_json(storage.read_text(storage.join(folder, f"{name}_data.json")),
                              source="data.json")
-    assert dataclasses.replace(back, source=job.source) == job
+    # the seeds predicted (here 1 and 42; a --seeds override too), as AF3 records its modelSeeds
+    predicted = tuple(dict.fromkeys(s.seed for s in samples))
+    assert dataclasses.replace(back, source=job.source) == dataclasses.replace(job, seeds=predicted)
 
 
 @pytest.mark.parametrize("name", INPUT_NAMES)

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.equivalence.modules import errors, run_foldray
 from foldray.features.batch import collate
 from foldray.io.import_weights import convert, read_reference_checkpoint
 from foldray.io.infer_config import infer_config
@@ -24,6 +23,7 @@ from foldray.jobs import import_weights as import_job
 from foldray.model.alphafold3 import AlphaFold3
 from foldray.model.config import ModelConfig
 from foldray.model.diffusion import noise_schedule
+from foldray.model.parity import errors, run_foldray
 from foldray.predictor import named_config
 from tests.data_paths import REPO
 

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.equivalence.variant_shapes import load_fixture, random_state, save_reference_checkpoint
 from foldray.io.import_weights import ImportMismatch, convert, import_checkpoint
 from foldray.io.infer_config import infer_config
 from foldray.io.weights import WeightsError, load_weights
 from foldray.jobs.cli import main
 from foldray.model.config import ModelConfig
 from tests.data_paths import INPUTS, REPO
+from tests.import_shapes import load_fixture, random_state, save_reference_checkpoint
 
 SHAPES = REPO / "tests" / "fixtures" / "import_shapes"
 # What each variant must come out as (sizes the shapes show, and presets recognised).

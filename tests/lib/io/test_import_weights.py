@@ -15,13 +15,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from benchmarks.equivalence.modules import MODULES, errors, run_foldray
 from foldray.io.import_weights import convert, import_checkpoint, read_reference_checkpoint
 from foldray.io.infer_config import infer_config
 from foldray.io.weights import WeightsError, load_weights
 from foldray.jobs import import_weights as import_job
 from foldray.model.alphafold3 import AlphaFold3
 from foldray.model.config import ModelConfig
+from foldray.model.parity import MODULES, errors, run_foldray
 from foldray.predictor import named_config
 from tests.data_paths import REPO
 

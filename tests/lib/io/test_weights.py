@@ -38,5 +38,5 @@ def test_pickles_and_foreign_files_are_refused(tmp_path):
 
 
 def test_unknown_config_keys_fail_loudly():
-    with pytest.raises(ValueError, match="unknown model config key"):
+    with pytest.raises(ValueError, match="mystery: unknown key"):
         ModelConfig.from_dict({"c_s": 8, "mystery": 1})

@@ -1,7 +1,8 @@
 """Run the Triton kernels on CPU with the interpreter.
 
-The root conftest sets TRITON_INTERPRET=1 before anything imports triton (triton fixes the
-mode of its own standard library on first import). This fixture keeps the variable set for
+tests/plugins/triton_mode.py sets TRITON_INTERPRET=1 for the whole session, before anything
+imports triton (triton fixes the mode of its own standard library on first import; why it
+is not scoped to this folder is written there). This fixture keeps the variable set for
 each kernel test, clears FOLDRAY_KERNELS, and drops the kernel modules on the way in and out
 so a test that switches modes never sees another test's choice.
 """
@@ -27,7 +28,7 @@ def _triton_imported_compiled() -> bool:
 def triton_interpreter(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     if os.environ.get("TRITON_INTERPRET", "0") in ("", "0") or _triton_imported_compiled():
         pytest.fail("the kernel tests need TRITON_INTERPRET=1 set before triton is first imported "
-                    "(tests/conftest.py does this; do not import triton before pytest starts)")
+                    "(tests/plugins/triton_mode.py does this; do not import triton before pytest starts)")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     monkeypatch.delenv(dispatch.ENV_VAR, raising=False)
     dispatch.reset()

@@ -67,3 +67,19 @@ def test_gzip_database_loads_like_plain_and_identity_tracks_the_file(tmp_path):
     before = database_identity(config.databases[1])
     gz.write_bytes(gzip.compress(PROTEIN_DB.read_bytes()[:50_000]))
     assert database_identity(config.databases[1]) != before
+
+
+def test_overrides_and_located_errors(tmp_path, monkeypatch):
+    monkeypatch.setenv("FOLDRAY_MSA_DB", "/dbs")
+    config = load_config(str(REPO / "configs" / "msa.yaml"), ["shards=7", "cache_url=s3://b/cache"])
+    assert (config.shards, config.cache_url) == (7, "s3://b/cache")
+    path = tmp_path / "msa.yaml"
+    path.write_text("databases:\n  - {name: u, url: x, max_sequences: many}\n")
+    with pytest.raises(InputError) as err:
+        load_config(str(path))
+    assert (err.value.source, err.value.field) == (str(path), "databases[0].max_sequences")
+    path.write_text("databases:\n  - {name: u, url: x}\n  - {name: u, url: y}\n")
+    with pytest.raises(InputError, match="unique"):
+        load_config(str(path))
+    with pytest.raises(InputError, match="not found"):
+        load_config(str(tmp_path / "none.yaml"))

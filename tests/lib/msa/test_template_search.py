@@ -131,3 +131,49 @@ def test_a_missing_database_or_mirror_fails_at_start_naming_it(mini_pdb, tmp_pat
     with pytest.raises(FileNotFoundError, match="no_mirror"):
         check_sources(dataclasses.replace(mini_pdb, mirror=str(tmp_path / "no_mirror")))
     check_sources(mini_pdb)
+
+
+@pytest.mark.skipif(shutil.which("mmseqs") is None, reason="the mmseqs binary is not installed")
+def test_msa_command_runs_mmseqs2_then_the_template_search_and_caches_both(mini_pdb, tmp_path, capsys):
+    """`foldray msa` with an MMseqs2 database and a `templates` section: the job comes back
+    with an MSA and lysozyme's homolog as a template; a rerun serves both from the cache."""
+    import json
+
+    from foldray.inputs.load import read_jobs
+    from foldray.jobs import msa as msa_job
+    from tests.data_paths import SEQDB
+
+    config = tmp_path / "msa.yaml"
+    config.write_text(json.dumps({
+        "databases": [{"name": "seqdb", "url": str(SEQDB / "protein_db.fasta"), "tool": "mmseqs2",
+                       "max_sequences": 200}],
+        "templates": {"database": mini_pdb.database, "mirror": mini_pdb.mirror},
+        "shards": 2}))
+    job = tmp_path / "lysozyme.json"
+    job.write_text(json.dumps({"dialect": "alphafold3", "version": 3, "name": "lysozyme", "modelSeeds": [1],
+                               "sequences": [{"protein": {"id": "A", "sequence": _lysozyme()}}]}))
+    out = tmp_path / "out"
+    for _ in range(2):
+        argv = [str(job), "--out", str(out), "--config", str(config), "--no-ray", "--quiet"]
+        assert msa_job.main(argv) == 0
+    (filled,) = read_jobs(str(out / "lysozyme_data.json"))
+    chain = filled.entities[0]
+    assert chain.unpaired_msa.count(">") >= 2 and chain.unpaired_msa.splitlines()[1] == _lysozyme()
+    assert chain.templates and len(chain.templates) <= 4
+    first = gemmi.make_structure_from_block(gemmi.cif.read_string(chain.templates[0].mmcif).sole_block())
+    assert first[0][0].name == "A"
+    cached = list((out / "msa_cache").rglob("*")) if (out / "msa_cache").exists() else []
+    assert any("templates-" in p.name for p in cached), [p.name for p in cached][:5]
+
+
+def test_a_config_with_templates_fails_at_start_when_the_mirror_is_missing(mini_pdb, tmp_path):
+    from foldray.errors import InputError
+    from foldray.msa.config import config_from_dict
+    from foldray.msa.databases import check_databases
+    from tests.data_paths import SEQDB
+
+    config = config_from_dict({"databases": [{"name": "seqdb", "url": str(SEQDB / "protein_db.fasta")}],
+                               "templates": {"database": mini_pdb.database,
+                                             "mirror": str(tmp_path / "no_such_mirror")}})
+    with pytest.raises(InputError, match="no_such_mirror"):
+        check_databases(config)

@@ -4,6 +4,7 @@ import dataclasses
 
 import pytest
 
+from foldray.config_loader import ConfigError
 from foldray.model.config import LossConfig, ModelConfig
 from foldray.training.config import STAGES, TrainConfig, load_train_config
 from tests.data_paths import REPO
@@ -55,11 +56,12 @@ def test_overrides_and_model_overrides():
 
 
 @pytest.mark.parametrize(("text", "overrides", "message"), [
-    ("optimiser: {lr: 1}\n", [], "unknown keys"),
-    ("", ["run.max_stepz=3"], "unknown keys"),
+    ("optimiser: {lr: 1}\n", [], "did you mean 'optimizer'"),
+    ("", ["run.max_stepz=3"], "run.max_stepz: unknown key"),
     ("stage: {name: stage9}\n", [], "not one of"),
     ("run: {max_steps: ten}\n", [], "expected int"),
-    ("model: {overrides: {pairformer.n_blok: 1}}\n", [], "does not name"),
+    ("model: {overrides: {pairformer.n_blok: 1}}\n", [], "model.overrides.pairformer.n_blok: unknown key"),
+    ("model: {preset: small}\n", [], "model.preset: unknown model preset 'small'"),
     ("", ["run.max_steps"], "key=value"),
     ("finetune: {freeze_trunk: true, train_modules: [confidence_head]}\n", [], "not both"),
     ("stage: {loss: {alpha_nothing: 1.0}}\n", [], None),
@@ -68,3 +70,34 @@ def test_bad_configs_are_rejected(text, overrides, message):
     with pytest.raises(ValueError, match=message):
         config = load_train_config(text or "name: x\n", overrides)
         config.loss_config(ModelConfig.tiny())
+
+
+@pytest.mark.parametrize("preset", ["tiny", "full", "tiny-openfold3", "tiny_protenix", "full_openfold3"])
+def test_every_model_preset_trains(preset):
+    config = load_train_config(f"model: {{preset: {preset}, overrides: {{n_cycle: 1}}}}\n")
+    assert config.model.build() == dataclasses.replace(ModelConfig.preset(preset), n_cycle=1)
+
+
+def test_model_overrides_merge_into_the_preset():
+    config = load_train_config("model: {preset: tiny_protenix, overrides: {pairformer: {n_block: 1}}}\n")
+    built = config.model.build()
+    assert built.pairformer.n_block == 1
+    assert built.pairformer.n_head == ModelConfig.tiny_protenix().pairformer.n_head
+
+
+def test_errors_name_the_file_and_key(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("run: {max_steps: ten}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_train_config(str(path))
+    assert str(caught.value) == f"{path}: run.max_steps: expected int, got 'ten'"
+    path.write_text("scaling: {num_workers: 0}\n")
+    with pytest.raises(ConfigError, match="scaling.num_workers: must be >= 1"):
+        load_train_config(str(path))
+
+
+def test_stage_loss_values_keep_their_loss_config_types():
+    loss = load_train_config("stage: {loss: {mini_rollout_steps: 4, alpha_pae: 1}}\n").loss_config(
+        ModelConfig.tiny())
+    assert loss.mini_rollout_steps == 4 and isinstance(loss.mini_rollout_steps, int)   # a step count
+    assert loss.alpha_pae == 1.0 and isinstance(loss.alpha_pae, float)

@@ -1,10 +1,11 @@
-"""foldray's side of the equivalence check: the same modules, fed the reference's inputs.
+"""foldray's side of the module equivalence check: the same modules, fed the reference's inputs.
 
 Each module gets the reference's own upstream tensors (the MSA block gets OpenFold3's m
 and z, the diffusion module its trunk outputs, ...), so an error is located in the module
 that makes it; the input embedder and the trunk run end to end from the features. Used by
-run_equivalence.py (against a live reference) and by tests/lib/io/test_import_weights.py
-(against the committed fixtures). No reference package needed here.
+benchmarks/equivalence/run_equivalence.py (against a live reference) and by
+tests/lib/io/test_import_weights.py (against the committed fixtures), so it lives in the
+package: tests never import benchmarks. No reference package needed here.
 """
 
 from __future__ import annotations

@@ -1,0 +1,242 @@
+"""`foldray screen --target TARGET --ligands LIBRARY --out URL`: one target against a ligand
+library, on the batch engine (`foldray.actors.batch`; this module turns flags into its
+settings and runs the funnel's two stages).
+
+TARGET is an AF3 JSON job (its protein / RNA / DNA chains and their MSAs; ligands in it
+stay) or a FASTA file; LIBRARY a .smi (`SMILES ID` per line) / .csv / .parquet (an id and
+a `smiles` or `ccd` column) / .sdf file, or a folder / s3:// prefix of such files. The
+library is streamed by Ray Data. Each ligand becomes the complex target + ligand, named by
+its sanitized id, featurized on the CPU actors with the target's parsed MSAs cached per
+actor, predicted on the model actors and written to `<out>/<ligand>/` (AF3 layout, plus
+`<ligand>_ligands.sdf`: the pose with the input's bond orders and charges, pLDDT as a
+property). `<out>/results.parquet` has one row per ligand: ligand_id, smiles, status
+(ok / error / skipped), error, ranking_score, iptm, ptm, ligand_plddt,
+min_target_ligand_pae, seconds, output, stage, then the engine's columns. A bad SMILES is
+its ligand's error row; a rerun skips finished ligands.
+
+`--funnel fraction:0.1` or `--funnel top-k:50`: stage one predicts every ligand with cheap
+settings (`--stage1-samples`, `--stage1-steps`, `--stage1-recycles`) into `<out>/stage1/`;
+stage two predicts the best ones by `--funnel-metric` with the full settings into
+`<out>/stage2/`; `<out>/results.parquet` holds both stages' rows (column `stage`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import math
+import sys
+from typing import Any
+
+from foldray.actors.batch import (
+    DEFAULT_PLACEMENT_TIMEOUT_S,
+    BatchError,
+    BatchResult,
+    BatchSettings,
+    Pools,
+    Resources,
+    run_batch,
+)
+from foldray.config_loader import ConfigError
+from foldray.errors import InputError, error_line
+from foldray.jobs.options import resolve_model_and_runtime
+from foldray.jobs.predict import add_model_arguments, random_weights_warning, settings_from_args
+from foldray.jobs.predict_batch import add_featurize_time_limit, parse_actors
+from foldray.jobs.ray_setup import absolute_local
+
+# metric -> True when higher is better
+FUNNEL_METRICS = {"ranking_score": True, "iptm": True, "ptm": True, "ligand_plddt": True,
+                  "min_target_ligand_pae": False}
+DEFAULT_STAGE1_STEPS = 20
+
+
+@dataclasses.dataclass(frozen=True)
+class Funnel:
+    """`fraction:F` (0 < F <= 1, at least one ligand) or `top-k:N` of stage one's ok ligands."""
+
+    fraction: float | None = None
+    top_k: int | None = None
+
+    def count(self, n_ok: int) -> int:
+        if self.top_k is not None:
+            return min(self.top_k, n_ok)
+        return min(n_ok, max(1, math.ceil((self.fraction or 0.0) * n_ok))) if n_ok else 0
+
+
+def parse_funnel(text: str) -> Funnel:
+    kind, _, value = text.partition(":")
+    try:
+        if kind == "fraction" and 0 < float(value) <= 1:
+            return Funnel(fraction=float(value))
+        if kind == "top-k" and int(value) >= 1:
+            return Funnel(top_k=int(value))
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"--funnel takes fraction:F (0 < F <= 1) or top-k:N (N >= 1), "
+                                     f"got {text!r}")
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(
+        prog="foldray screen", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--target", required=True,
+                        help="the target: an AF3 JSON job (one job; its MSAs are used) or a FASTA")
+    parser.add_argument("--ligands", required=True,
+                        help="the library: .smi / .csv / .parquet / .sdf file, or a folder or "
+                             "s3:// prefix of such files")
+    parser.add_argument("--out", required=True, help="output folder or URL (s3://bucket/prefix)")
+    add_model_arguments(parser)
+    funnel = parser.add_argument_group("two-stage funnel")
+    funnel.add_argument("--funnel", type=parse_funnel, default=None, metavar="fraction:F|top-k:N",
+                        help="stage one for every ligand, stage two for the best of them")
+    funnel.add_argument("--funnel-metric", default="ranking_score", choices=sorted(FUNNEL_METRICS),
+                        help="what picks stage two's ligands (min_target_ligand_pae: lowest)")
+    funnel.add_argument("--stage1-samples", type=int, default=1, help="stage one: samples per seed")
+    funnel.add_argument("--stage1-steps", type=int, default=DEFAULT_STAGE1_STEPS,
+                        help=f"stage one: diffusion steps (default {DEFAULT_STAGE1_STEPS})")
+    funnel.add_argument("--stage1-recycles", type=int, default=None,
+                        help="stage one: trunk cycles (default: as --recycles)")
+    parser.add_argument("--num-gpus-per-actor", type=float, default=0.0,
+                        help="GPUs per inference actor (0: CPU inference)")
+    parser.add_argument("--num-cpus-per-actor", type=float, default=1.0,
+                        help="CPUs reserved per inference actor")
+    parser.add_argument("--actors", type=parse_actors, default=None, metavar="MIN-MAX",
+                        help="inference actor pool size (default 1-<GPUs / per actor>, 1 on CPU)")
+    parser.add_argument("--num-cpus-per-worker", type=float, default=1.0,
+                        help="CPUs per featurize / write actor")
+    parser.add_argument("--cpu-workers", type=parse_actors, default=None, metavar="MIN-MAX",
+                        help="featurize and write actor pools, each (default 1-<CPUs / 2>)")
+    parser.add_argument("--actor-restarts", type=int, default=3,
+                        help="restarts of a dead inference actor before the run fails")
+    parser.add_argument("--placement-timeout", type=float, default=DEFAULT_PLACEMENT_TIMEOUT_S,
+                        metavar="SECONDS", help="stop when the actor pools cannot start in time")
+    add_featurize_time_limit(parser)
+    parser.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or local)")
+    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for an embedded local Ray")
+    return parser
+
+
+def read_target(location: str) -> Any:
+    """The one job of an AF3 JSON / FASTA file; an InputError otherwise."""
+    from foldray.inputs.manifest import ManifestEntry, read_entry_jobs
+
+    jobs = read_entry_jobs(ManifestEntry(location, None))
+    for job in jobs:
+        if isinstance(job, InputError):
+            raise job
+    if len(jobs) != 1:
+        raise InputError(f"the target must be one job, found {len(jobs)}", source=location)
+    return jobs[0]
+
+
+def settings_from(args: argparse.Namespace, target: Any) -> BatchSettings:
+    from foldray.actors.screen_stage import ScreenSettings
+
+    model_config, runtime = resolve_model_and_runtime(args)
+    predict = settings_from_args(args)
+    # per ligand: the complex mmCIF and the ligand's pose as SDF
+    predict = dataclasses.replace(predict, outputs=dataclasses.replace(predict.outputs, ligand_sdf=True))
+    return BatchSettings(
+        inputs=(), out=absolute_local(args.out), stop_after="predict",
+        checkpoint=absolute_local(args.checkpoint), config=model_config, runtime=runtime,
+        predict=predict, seeds=args.seeds, max_tokens=args.max_tokens, share_trunk=args.share_trunk,
+        resources=Resources(num_gpus_per_actor=args.num_gpus_per_actor,
+                            num_cpus_per_actor=args.num_cpus_per_actor,
+                            num_cpus_per_worker=args.num_cpus_per_worker),
+        pools=Pools(actors=args.actors, cpu_workers=args.cpu_workers,
+                    actor_restarts=args.actor_restarts),
+        overwrite=args.overwrite, placement_timeout_s=args.placement_timeout,
+        featurize_time_limit_s=args.featurize_time_limit or None,
+        address=args.address, num_cpus=args.num_cpus, quiet=args.quiet,
+        screen=ScreenSettings(target=target, library=absolute_local(args.ligands)))
+
+
+def stage_settings(settings: BatchSettings, args: argparse.Namespace, stage: int,
+                   selected: frozenset[str] | None = None) -> BatchSettings:
+    """The funnel's stage one (cheap settings, `<out>/stage1`) or two (full, `<out>/stage2`)."""
+    from foldray.io import storage
+
+    assert settings.screen is not None and settings.predict is not None
+    predict = settings.predict
+    if stage == 1:
+        predict = dataclasses.replace(predict, n_sample=args.stage1_samples, n_step=args.stage1_steps,
+                                      n_cycle=args.stage1_recycles or predict.n_cycle)
+    screen = dataclasses.replace(settings.screen, stage=stage, ligand_ids=selected)
+    return dataclasses.replace(settings, out=storage.join(settings.out, f"stage{stage}"),
+                               predict=predict, screen=screen)
+
+
+def select(rows: list[dict[str, Any]], funnel: Funnel, metric: str) -> list[str]:
+    """Stage two's ligand ids: the best of stage one's finished ligands by `metric`."""
+    scored = [r for r in rows if r["status"] in ("ok", "skipped") and r.get(metric) is not None
+              and not math.isnan(r[metric])]
+    higher = FUNNEL_METRICS[metric]
+    scored.sort(key=lambda r: (-r[metric] if higher else r[metric], r["ligand_id"]))
+    return [r["ligand_id"] for r in scored[:funnel.count(len(scored))]]
+
+
+def _summary(label: str, result: BatchResult) -> str:
+    counts = collections.Counter(r["status"] for r in result.rows)
+    rate = counts["ok"] / max(result.seconds, 1e-9) * 60
+    return (f"{label}: {len(result.rows)} ligands in {result.seconds:.1f} s: ok {counts['ok']}, "
+            f"error {counts['error']}, skipped {counts['skipped']}; {rate:.1f} ligands/min predicted")
+
+
+def run_screen(args: argparse.Namespace, settings: BatchSettings) -> int:
+    """Run one stage, or the funnel's two; print errors and one summary line per stage."""
+    from foldray.io.results import SCREEN_SCHEMA, write_results_table
+
+    results: list[tuple[str, BatchResult]] = []
+    if args.funnel is None:
+        results.append(("screen", run_batch(settings)))
+    else:
+        first = run_batch(stage_settings(settings, args, 1))
+        results.append(("stage 1", first))
+        chosen = frozenset(select(first.rows, args.funnel, args.funnel_metric))
+        if chosen:
+            results.append(("stage 2", run_batch(stage_settings(settings, args, 2, chosen))))
+        rows = [row for _, result in results for row in result.rows]
+        table = write_results_table(settings.out, rows, SCREEN_SCHEMA)
+    failed = False
+    for label, result in results:
+        for row in result.rows:
+            if row["status"] == "error":
+                print(f"error: {row['error']}", file=sys.stderr)
+        if result.problem:
+            print(f"error: {result.problem}", file=sys.stderr)
+        failed = failed or result.problem is not None or any(r["status"] == "error" for r in result.rows)
+        print(_summary(label, result))
+    print(f"results: {results[0][1].table_url if args.funnel is None else table}")
+    return 2 if failed else 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.samples < 1 or args.stage1_samples < 1:
+        print("error: --samples and --stage1-samples must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        target = read_target(absolute_local(args.target))
+        settings = settings_from(args, target)
+    except InputError as err:
+        print(f"error: {error_line(err)}", file=sys.stderr)
+        return 2
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.checkpoint is None:
+        print(random_weights_warning(args.model_config), file=sys.stderr)
+    try:
+        return run_screen(args, settings)
+    except BatchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

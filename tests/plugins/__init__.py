@@ -1,0 +1,1 @@
+"""pytest plugins for the test suite, registered from tests/conftest.py."""
