@@ -9,6 +9,14 @@ actors) and once more against the filled cache (no search runs). An in-process 1
 (no Ray) is the baseline. Writes benchmarks/results/msa_scaling.json.
 
     python benchmarks/msa_scaling.py [--queries 12] [--shards 4] [--iterations 1]
+    python benchmarks/msa_scaling.py --compare-tools [--queries 3]
+
+`--compare-tools` (issue 22): per chain, in-process, one core each: jackhmmer (SI settings)
+vs MMseqs2 (ColabFold settings, needs the `mmseqs` binary) on the same database: seconds,
+rows found and how many of jackhmmer's hits (by accession) MMseqs2 also finds; then the
+SI 2.4 template search seconds per chain (profile from the chain's jackhmmer MSA against a
+seqres FASTA of the shared structures, which are also the mirror). Writes
+benchmarks/results/msa_tools.json.
 
 The machine may be shared: the load average is recorded with the numbers.
 """
@@ -62,13 +70,76 @@ def timed_run(sequences: list[str], config, shards, cache_url: str | None) -> di
             "searched": searcher.counts.searched, "cached": searcher.counts.cached}
 
 
+def _accessions(a3m: str) -> set[str]:
+    return {line[1:].split()[0].split("/")[0] for line in a3m.splitlines()[2:] if line.startswith(">")}
+
+
+def compare_tools(n_queries: int, out: str) -> int:
+    """jackhmmer vs MMseqs2 per chain, and template search seconds per chain."""
+    import gemmi
+
+    from foldray.msa.config import DatabaseConfig
+    from foldray.msa.mmseqs import MmseqsSettings, require_mmseqs, search_shard
+    from foldray.msa.search import LocalShards, iterative_search
+    from foldray.msa.template_search import TemplateSearchSettings, search_templates, seqres_fasta
+
+    require_mmseqs()
+    structures = ROOT.parent / "shared" / "data" / "structures"
+    sequences = queries(n_queries)
+    db = DatabaseConfig(name="seqdb", url=str(PROTEIN_DB))
+    local = LocalShards(1)
+    local.database_size(db)
+    entries = []
+    for path in sorted(structures.glob("*.cif")):
+        st = gemmi.read_structure(str(path))
+        st.setup_entities()
+        for chain in st[0]:
+            polymer = chain.get_polymer()
+            entity = st.get_entity_of(polymer) if polymer.length() else None
+            if entity is not None and entity.polymer_type == gemmi.PolymerType.PeptideL:
+                entries.append((f"{path.stem}_{chain.name}", gemmi.one_letter_code(entity.full_sequence)))
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="msa-tools-") as tmp:
+        seqres = Path(tmp) / "pdb_seqres.txt"
+        seqres.write_text(seqres_fasta(entries))
+        template_settings = TemplateSearchSettings(database=str(seqres), mirror=str(structures))
+        for sequence in sequences:
+            started = time.perf_counter()
+            jack = iterative_search(sequence, db, local).a3m
+            jack_s = time.perf_counter() - started
+            started = time.perf_counter()
+            mm = search_shard({"q": sequence}, PROTEIN_DB, MmseqsSettings(threads=1), workdir=tmp)["q"]
+            mm_s = time.perf_counter() - started
+            started = time.perf_counter()
+            templates = search_templates(sequence, jack, template_settings)
+            template_s = time.perf_counter() - started
+            a, b = _accessions(jack), _accessions(mm)
+            rows.append({"length": len(sequence), "jackhmmer_seconds": round(jack_s, 2),
+                         "mmseqs2_seconds": round(mm_s, 2), "jackhmmer_rows": jack.count(">") - 1,
+                         "mmseqs2_rows": mm.count(">") - 1, "shared_hits": len(a & b),
+                         "jackhmmer_hits_found_by_mmseqs2": round(len(a & b) / max(len(a), 1), 3),
+                         "template_search_seconds": round(template_s, 2), "templates": len(templates)})
+            print(json.dumps(rows[-1]), flush=True)
+    result = {"name": "msa_tools", "database_sequences": 9674, "rows": rows,
+              "machine": {"cpus": os.cpu_count(), "python": python_version(), "loadavg": os.getloadavg()}}
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--compare-tools", action="store_true",
+                        help="jackhmmer vs MMseqs2 per chain and template search seconds (issue 22)")
     parser.add_argument("--queries", type=int, default=12)
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--iterations", type=int, default=1)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "msa_scaling.json"))
     args = parser.parse_args()
+    if args.compare_tools:
+        out = args.out if args.out != parser.get_default("out") else \
+            str(ROOT / "benchmarks" / "results" / "msa_tools.json")
+        return compare_tools(min(args.queries, 12), out)
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray

@@ -23,6 +23,9 @@ from tests.data_paths import INPUTS
 from tests.local_cluster import LocalCluster, wait_for
 
 N_JOBS = 6
+# Enough model work per job (120 sampler steps) that the model node is still busy when the
+# first job is written: with 30 steps a quiet machine predicted every job before the write
+# actors had started, and the node was stopped after the run (seen once, session 6).
 
 
 def write_jobs(folder) -> list[str]:
@@ -68,7 +71,7 @@ def test_stages_run_on_their_nodes_and_survive_losing_the_model_node(tmp_path):
         names = write_jobs(inputs)
         driver = subprocess.Popen(
             [sys.executable, "-m", "foldray.jobs.predict_batch", "--inputs", str(inputs),
-             "--out", str(out), "--address", cluster.gcs_address, "--samples", "1", "--steps", "30",
+             "--out", str(out), "--address", cluster.gcs_address, "--samples", "1", "--steps", "120",
              "--recycles", "1", "--actors", "1-1", "--quiet"],
             env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         logs: list[str] = []

@@ -37,6 +37,13 @@ def test_search_finds_the_homologs_and_a_split_database_gives_the_same_msa():
     rows = _rows(whole)
     assert rows[0] == query and len(rows) > 500
     assert all(len("".join(c for c in row if not c.islower())) == len(query) for row in rows)
+    # rows keep the database's headers, so a `role: paired` MMseqs2 database pairs chains by
+    # species like the jackhmmer path (foldray.inputs.a3m.species_key)
+    from foldray.inputs.a3m import species_key
+
+    headers = [line[1:] for line in whole.splitlines()[2:] if line.startswith(">")]
+    keyed = [h for h in headers if species_key(h) is not None]
+    assert len(keyed) / len(headers) > 0.9, headers[:3]
     # the database holds the rows of this chain's jackhmmer MSA, named by accession: most
     # of them come back
     jackhmmer = _accessions((MSAS / "102m_A.a3m").read_text())
