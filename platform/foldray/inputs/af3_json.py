@@ -143,6 +143,8 @@ class _Ctx:
         return value
 
     def string(self, value: Any, field: str, what: str = "a non-empty string") -> str:
+        if value is None:       # an absent key reads as None: say so, as `required` does
+            raise self.error(field, "missing")
         if not isinstance(value, str):
             raise self.error(field, f"expected {what}, {got(value)}")
         if not value.strip():

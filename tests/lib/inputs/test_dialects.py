@@ -226,3 +226,13 @@ def test_protenix_precomputed_msa_dir_is_read_inside_the_roots_and_refused_outsi
     (err,) = read_jobs(str(path))
     assert isinstance(err, InputError) and "outside" in err.message
     assert err.field == "[0].sequences[0].proteinChain.msa.precomputed_msa_dir"
+
+
+def test_a_missing_string_field_is_reported_as_missing(tmp_path):
+    """Issue 21: "missing" for a field that is not there, not "expected a string, got null"."""
+    path = tmp_path / "no_sequence.json"
+    path.write_text(json.dumps({"dialect": "alphafold3", "version": 3, "name": "x", "modelSeeds": [1],
+                                "sequences": [{"protein": {"id": "A"}}]}))
+    (err,) = read_jobs(str(path))
+    assert isinstance(err, InputError)
+    assert err.field == "sequences[0].protein.sequence" and err.message == "missing", (err.field, err.message)
