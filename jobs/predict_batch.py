@@ -80,6 +80,14 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--out", default="foldray_out/predictions",
                         help="output folder or URL (s3://bucket/prefix)")
     add_model_arguments(parser)
+    add_engine_arguments(parser)
+    add_msa_arguments(parser)
+    add_cluster_arguments(parser)
+    return parser
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """The batch engine's pool, resource and per-job time flags (predict-batch, screen)."""
     parser.add_argument("--num-gpus-per-actor", type=float, default=0.0,
                         help="GPUs per inference actor (0: CPU inference)")
     parser.add_argument("--num-cpus-per-actor", type=float, default=1.0,
@@ -98,10 +106,24 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                         help="stop the run when the actor pools cannot start within this time "
                              f"(default {DEFAULT_PLACEMENT_TIMEOUT_S:g})")
     add_featurize_time_limit(parser)
-    add_msa_arguments(parser)
+
+
+def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or local)")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for an embedded local Ray")
-    return parser
+
+
+def engine_settings(args: argparse.Namespace) -> dict:
+    """The BatchSettings fields `add_engine_arguments` and `add_cluster_arguments` set."""
+    return dict(
+        resources=Resources(num_gpus_per_actor=args.num_gpus_per_actor,
+                            num_cpus_per_actor=args.num_cpus_per_actor,
+                            num_cpus_per_worker=args.num_cpus_per_worker),
+        pools=Pools(actors=args.actors, cpu_workers=args.cpu_workers,
+                    actor_restarts=args.actor_restarts),
+        placement_timeout_s=args.placement_timeout,
+        featurize_time_limit_s=args.featurize_time_limit or None,
+        address=args.address, num_cpus=args.num_cpus)
 
 
 def add_featurize_time_limit(parser: argparse.ArgumentParser) -> None:
@@ -121,16 +143,9 @@ def settings_from(args: argparse.Namespace) -> BatchSettings:
         checkpoint=absolute_local(args.checkpoint), config=model_config,
         runtime=runtime, predict=settings_from_args(args), seeds=args.seeds,
         max_tokens=args.max_tokens, share_trunk=args.share_trunk,
-        resources=Resources(num_gpus_per_actor=args.num_gpus_per_actor,
-                            num_cpus_per_actor=args.num_cpus_per_actor,
-                            num_cpus_per_worker=args.num_cpus_per_worker),
-        pools=Pools(actors=args.actors, cpu_workers=args.cpu_workers,
-                    actor_restarts=args.actor_restarts),
         msa=MsaSettings(mode=args.msa, config=absolute_local(args.msa_config),
                         cache=absolute_local(args.msa_cache), workers=args.msa_workers),
-        overwrite=args.overwrite, placement_timeout_s=args.placement_timeout,
-        featurize_time_limit_s=args.featurize_time_limit or None,
-        address=args.address, num_cpus=args.num_cpus, quiet=args.quiet)
+        overwrite=args.overwrite, quiet=args.quiet, **engine_settings(args))
 
 
 def run(args: argparse.Namespace) -> int:

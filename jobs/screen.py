@@ -30,19 +30,16 @@ import sys
 from typing import Any
 
 from foldray.actors.batch import (
-    DEFAULT_PLACEMENT_TIMEOUT_S,
     BatchError,
     BatchResult,
     BatchSettings,
-    Pools,
-    Resources,
     run_batch,
 )
 from foldray.config_loader import ConfigError
 from foldray.errors import InputError, error_line
 from foldray.jobs.options import resolve_model_and_runtime
 from foldray.jobs.predict import add_model_arguments, random_weights_warning, settings_from_args
-from foldray.jobs.predict_batch import add_featurize_time_limit, parse_actors
+from foldray.jobs.predict_batch import add_cluster_arguments, add_engine_arguments, engine_settings
 from foldray.jobs.ray_setup import absolute_local
 
 # metric -> True when higher is better
@@ -98,23 +95,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                         help=f"stage one: diffusion steps (default {DEFAULT_STAGE1_STEPS})")
     funnel.add_argument("--stage1-recycles", type=int, default=None,
                         help="stage one: trunk cycles (default: as --recycles)")
-    parser.add_argument("--num-gpus-per-actor", type=float, default=0.0,
-                        help="GPUs per inference actor (0: CPU inference)")
-    parser.add_argument("--num-cpus-per-actor", type=float, default=1.0,
-                        help="CPUs reserved per inference actor")
-    parser.add_argument("--actors", type=parse_actors, default=None, metavar="MIN-MAX",
-                        help="inference actor pool size (default 1-<GPUs / per actor>, 1 on CPU)")
-    parser.add_argument("--num-cpus-per-worker", type=float, default=1.0,
-                        help="CPUs per featurize / write actor")
-    parser.add_argument("--cpu-workers", type=parse_actors, default=None, metavar="MIN-MAX",
-                        help="featurize and write actor pools, each (default 1-<CPUs / 2>)")
-    parser.add_argument("--actor-restarts", type=int, default=3,
-                        help="restarts of a dead inference actor before the run fails")
-    parser.add_argument("--placement-timeout", type=float, default=DEFAULT_PLACEMENT_TIMEOUT_S,
-                        metavar="SECONDS", help="stop when the actor pools cannot start in time")
-    add_featurize_time_limit(parser)
-    parser.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or local)")
-    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for an embedded local Ray")
+    add_engine_arguments(parser)
+    add_cluster_arguments(parser)
     return parser
 
 
@@ -142,14 +124,7 @@ def settings_from(args: argparse.Namespace, target: Any) -> BatchSettings:
         inputs=(), out=absolute_local(args.out), stop_after="predict",
         checkpoint=absolute_local(args.checkpoint), config=model_config, runtime=runtime,
         predict=predict, seeds=args.seeds, max_tokens=args.max_tokens, share_trunk=args.share_trunk,
-        resources=Resources(num_gpus_per_actor=args.num_gpus_per_actor,
-                            num_cpus_per_actor=args.num_cpus_per_actor,
-                            num_cpus_per_worker=args.num_cpus_per_worker),
-        pools=Pools(actors=args.actors, cpu_workers=args.cpu_workers,
-                    actor_restarts=args.actor_restarts),
-        overwrite=args.overwrite, placement_timeout_s=args.placement_timeout,
-        featurize_time_limit_s=args.featurize_time_limit or None,
-        address=args.address, num_cpus=args.num_cpus, quiet=args.quiet,
+        overwrite=args.overwrite, quiet=args.quiet, **engine_settings(args),
         screen=ScreenSettings(target=target, library=absolute_local(args.ligands)))
 
 
