@@ -64,26 +64,36 @@ def from_openfold3(saved: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     centre, rep = centre_and_rep(atom_to_token, names, f["atom_res_name"], mol_type, n_token)
     if not np.all(f["msa_mask"] == 1) or not np.all(f["token_mask"] == 1) or not np.all(f["atom_mask"] == 1):
         raise ValueError("reference features carry padding; only unpadded inputs are converted")
-    msa = to_foldray[f["msa"].astype(np.int64)].astype(np.int8)
+    return _features(f, to_foldray, z, kinds={k: f[f"is_{k}"].astype(np.float32) for k in MOL_TYPES},
+                     atom_to_token=atom_to_token, centre=centre, rep=rep)
+
+
+def _features(f: Mapping[str, np.ndarray], to_foldray: np.ndarray, z: np.ndarray, *,
+              kinds: Mapping[str, np.ndarray], atom_to_token: np.ndarray, centre: np.ndarray,
+              rep: np.ndarray) -> dict[str, np.ndarray]:
+    """foldray's feature dict from a reference's arrays once the reference-specific parts
+    (restype order, element numbering, per-token molecule types, atoms) are resolved."""
     out = {
         "residue_index": f["residue_index"].astype(np.int32),
         "token_index": f["token_index"].astype(np.int32),
         "asym_id": f["asym_id"].astype(np.int32), "entity_id": f["entity_id"].astype(np.int32),
         "sym_id": f["sym_id"].astype(np.int32),
         "restype": one_hot(to_foldray[f["restype"].astype(np.int64)], 32),
-        **{f"is_{k}": f[f"is_{k}"].astype(np.float32) for k in MOL_TYPES},
+        **{f"is_{k}": v for k, v in kinds.items()},
         "ref_pos": f["ref_pos"].astype(np.float32), "ref_mask": f["ref_mask"].astype(np.float32),
         "ref_element": one_hot(z, NUM_ELEMENTS), "ref_charge": f["ref_charge"].astype(np.float32),
         "ref_atom_name_chars": one_hot(f["ref_atom_name_chars"].astype(np.int64), NAME_CHAR_CLASSES),
         "ref_space_uid": f["ref_space_uid"].astype(np.int32),
-        "msa": msa, "has_deletion": f["has_deletion"].astype(np.float32),
+        "msa": to_foldray[f["msa"].astype(np.int64)].astype(np.int8),
+        "has_deletion": f["has_deletion"].astype(np.float32),
         "deletion_value": f["deletion_value"].astype(np.float32),
         "profile": f["profile"][:, np.argsort(to_foldray)].astype(np.float32),
         "deletion_mean": f["deletion_mean"].astype(np.float32),
         "token_bonds": f["token_bonds"].astype(np.float32),
-        "atom_to_token": atom_to_token, "token_centre_atom": centre, "token_rep_atom": rep,
+        "atom_to_token": atom_to_token, "token_centre_atom": centre,
+        "token_rep_atom": rep.astype(np.int32),
     }
-    out.update(empty_templates(n_token))
+    out.update(empty_templates(f["restype"].shape[0]))
     return out
 
 
@@ -124,28 +134,8 @@ def from_protenix(saved: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise ValueError("reference MSA carries padding rows; only unpadded inputs are converted")
     rows = f["msa_sample"].astype(np.int64)   # the rows its MSA module drew (1 cycle)
     f.update({k: f[k][rows] for k in ("msa", "has_deletion", "deletion_value")})
-    out = {
-        "residue_index": f["residue_index"].astype(np.int32),
-        "token_index": f["token_index"].astype(np.int32),
-        "asym_id": f["asym_id"].astype(np.int32), "entity_id": f["entity_id"].astype(np.int32),
-        "sym_id": f["sym_id"].astype(np.int32),
-        "restype": one_hot(to_foldray[f["restype"].astype(np.int64)], 32),
-        **{f"is_{k}": v for k, v in kinds.items()},
-        "ref_pos": f["ref_pos"].astype(np.float32), "ref_mask": f["ref_mask"].astype(np.float32),
-        "ref_element": one_hot(z, NUM_ELEMENTS), "ref_charge": f["ref_charge"].astype(np.float32),
-        "ref_atom_name_chars": one_hot(f["ref_atom_name_chars"].astype(np.int64), NAME_CHAR_CLASSES),
-        "ref_space_uid": f["ref_space_uid"].astype(np.int32),
-        "msa": to_foldray[f["msa"].astype(np.int64)].astype(np.int8),
-        "has_deletion": f["has_deletion"].astype(np.float32),
-        "deletion_value": f["deletion_value"].astype(np.float32),
-        "profile": f["profile"][:, np.argsort(to_foldray)].astype(np.float32),
-        "deletion_mean": f["deletion_mean"].astype(np.float32),
-        "token_bonds": f["token_bonds"].astype(np.float32),
-        "atom_to_token": atom_to_token, "token_centre_atom": centre,
-        "token_rep_atom": rep_atoms.astype(np.int32),
-    }
-    out.update(empty_templates(n_token))
-    return out
+    return _features(f, to_foldray, z, kinds=kinds, atom_to_token=atom_to_token, centre=centre,
+                     rep=rep_atoms)
 
 
 CONVERTERS = {"openfold3": from_openfold3, "protenix": from_protenix}
