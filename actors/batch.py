@@ -9,6 +9,11 @@
     -> predict (model actor pool, model loaded once per actor)
     -> write (CPU actors: AF3 layout per job, summary last as the completion marker)
 
+For CPU inference of jobs (`BatchSettings.stages` "auto"; `fused_stages`) featurize, predict
+and write run in one actor per job (actors/fused_stage.py): one kind of process to start and no
+features or samples through the object store; with GPUs, stage node types, batched forward
+passes or sharding they stay separate pools.
+
 One row schema (`foldray.io.results.RESULTS_SCHEMA`) and one status vocabulary (ok /
 error / skipped) for both. An exception for one job, in any stage, is that job's error
 row; the run always finishes and always writes `<out>/results.parquet`. Finished rows are
@@ -28,7 +33,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from foldray.actors.predict_rows import PENDING, final_row, result_row
 from foldray.errors import InputError, error_line, short_message
+from foldray.limits import DEFAULT_FEATURIZE_TIME_LIMIT_S, DEFAULT_PLACEMENT_TIMEOUT_S
 from foldray.model.config import ModelConfig, RuntimeConfig
+from foldray.parallel.plan import ShardSettings
 
 if TYPE_CHECKING:
     import ray.data
@@ -38,10 +45,6 @@ if TYPE_CHECKING:
     from foldray.predictor import PredictSettings
 
 Stage = Literal["featurize", "predict"]
-DEFAULT_PLACEMENT_TIMEOUT_S = 600.0
-# Per job: featurization past this (a huge flexible ligand's conformer search) is that
-# job's error row, not a CPU worker stalled for the rest of the run.
-DEFAULT_FEATURIZE_TIME_LIMIT_S = 600.0
 DEFAULT_DRIVER_READ_MAX_INPUTS = 8
 PART_INTERVAL_S = 2.0    # finished rows reach <out>/.results/ at least this often
 # stage metrics of a job finished by an interrupted earlier run, kept for its `skipped` row
@@ -102,10 +105,18 @@ class BatchSettings:
     driver_read_max_inputs: int = DEFAULT_DRIVER_READ_MAX_INPUTS
     address: str | None = None      # Ray address; None: RAY_ADDRESS or an embedded local Ray
     num_cpus: int | None = None     # CPUs of an embedded local Ray
-    quiet: bool = False
+    quiet: bool = False             # no progress bar/lines (errors and the summary still print)
+    verbose: bool = False           # Ray's own logs and Ray Data's bars on the terminal (--verbose)
     # `foldray screen`: rows come from a target x a ligand library (`inputs` unused) and the
     # results table has the screen columns (foldray.io.results.SCREEN_SCHEMA)
     screen: ScreenSettings | None = None
+    # jobs per model-actor call, run in shared forward passes by size (1: one job a call)
+    model_batch_size: int = 1
+    # one job over several devices above a token count (--devices-per-job, --shard-above)
+    sharding: ShardSettings = field(default_factory=ShardSettings)
+    # after reading: "separate" featurize / model / write actor pools, or "fused" (one actor
+    # featurizes, predicts and writes each job); "auto": fused for CPU inference (fused_stages)
+    stages: Literal["auto", "separate", "fused"] = "auto"
 
 
 @dataclass
@@ -216,7 +227,8 @@ def run_batch(settings: BatchSettings) -> BatchResult:
     if settings.stop_after == "predict" and settings.msa.mode == "search":
         _check_msa_config(settings.msa)
     clock.lap("checks")
-    with connect_ray(settings.address, quiet=settings.quiet, num_cpus=settings.num_cpus):
+    with connect_ray(settings.address, quiet=settings.quiet, num_cpus=settings.num_cpus,
+                     ray_logs=settings.verbose):
         clock.lap("ray_start")
         _check_placement(settings)
         rows, problem = _run_pipeline(settings, entries, clock) if entries else ([], None)
@@ -360,7 +372,7 @@ def _run_pipeline(settings: BatchSettings, entries: list[dict[str, Any]], clock:
 
     context = ray.data.DataContext.get_current()
     saved = context.enable_progress_bars
-    context.enable_progress_bars = not settings.quiet
+    context.enable_progress_bars = settings.verbose and not settings.quiet   # else RunProgress
     earlier = read_parts(settings.out)
     if settings.screen is not None:   # a finished screen: its ligand metrics, for skipped rows
         earlier = read_results(settings.out) + earlier
@@ -411,7 +423,8 @@ def _run_pipeline(settings: BatchSettings, entries: list[dict[str, Any]], clock:
         clock.lap("sort")
         problem = _probe_placement(settings)
         clock.lap("placement_probe")
-        done, problem = ({}, problem) if problem else _stream(settings, todo, remote, parts, clock)
+        done, problem = ({}, problem) if problem else _stream(settings, todo, remote, parts, clock,
+                                                              len(pending))
     finally:
         context.enable_progress_bars = saved
     lost = [final_row(row | {"status": "error", "error": f"{row['source']}: {row['name']}: -: "
@@ -433,10 +446,14 @@ def _carry_previous(rows: list[dict[str, Any]], previous: dict[str, dict[str, An
 
 
 def _stream(settings: BatchSettings, todo: ray.data.Dataset, remote: dict[str, Any],
-            parts: ResultParts, clock: _Clock) -> tuple[dict[str, dict[str, Any]], str | None]:
+            parts: ResultParts, clock: _Clock, total: int,
+            ) -> tuple[dict[str, dict[str, Any]], str | None]:
     """Run the stages after reading; rows by output name as they finish, and the problem
     that stopped the run early (None when every job went through)."""
     from foldray.actors.predict_rows import logger
+    from foldray.progress import RunProgress
+
+    progress = RunProgress(total, desc="ligands" if settings.screen else "jobs", quiet=settings.quiet)
 
     done: dict[str, dict[str, Any]] = {}
     buffer: list[dict[str, Any]] = []
@@ -448,6 +465,7 @@ def _stream(settings: BatchSettings, todo: ray.data.Dataset, remote: dict[str, A
                 clock.lap("pools_start_to_first_row")
             row = final_row(row)
             done[row["safe_name"]] = row
+            progress.update(row["status"])
             buffer.append(row)
             if (now := time.monotonic()) - flushed >= PART_INTERVAL_S:
                 parts.write(buffer)
@@ -458,7 +476,12 @@ def _stream(settings: BatchSettings, todo: ray.data.Dataset, remote: dict[str, A
         logger.error("batch run stopped", exc_info=err)
         return done, _run_problem(settings, err)
     finally:
+        progress.close()
         parts.write(buffer)
+        if settings.sharding.enabled:   # a placement group outlives the actor that made it
+            from foldray.actors.sharded_predict_stage import remove_run_groups
+
+            remove_run_groups(settings)
         clock.lap("stream_rest")
     return done, None
 
@@ -493,7 +516,7 @@ def _stages(settings: BatchSettings, todo: ray.data.Dataset,
     from ray.util.annotations import RayDeprecationWarning
 
     from foldray.actors.placement import stage_resources
-    from foldray.actors.predict_stage import PredictStage
+    from foldray.actors.predict_stage import PredictBatchStage, PredictStage
     from foldray.actors.prepare_stage import FeaturizeStage
     from foldray.actors.write_stage import WriteStage
     from foldray.features.model_featurization import model_featurization
@@ -512,33 +535,69 @@ def _stages(settings: BatchSettings, todo: ray.data.Dataset,
                  "num_cpus": res.num_cpus_per_worker, **remote,
                  **({"resources": cpu_place} if cpu_place else {})}
     featurize_only = settings.stop_after == "featurize"
-    featurized = todo.map(FeaturizeStage, fn_constructor_kwargs={
+    featurize_kwargs = {
         "seeds": settings.seeds, "max_tokens": settings.max_tokens,
         "share_trunk": settings.share_trunk,
         "out_url": settings.out if featurize_only else None,
         "time_limit_s": settings.featurize_time_limit_s,
         # featurize as the model's checkpoint asks (imported weights: their reference's)
         "featurization": model_featurization(settings.checkpoint, settings.config),
-        "screen_target": settings.screen.target if settings.screen else None}, **cpu_stage)
+        "screen_target": settings.screen.target if settings.screen else None}
+    featurized = todo.map(FeaturizeStage, fn_constructor_kwargs=featurize_kwargs, **cpu_stage)
     if featurize_only:
         return featurized
+    model_kwargs = {"checkpoint": settings.checkpoint, "config": settings.config,
+                    "runtime": settings.runtime,
+                    "device": "cuda" if res.num_gpus_per_actor > 0 else "cpu",
+                    "settings": settings.predict or _default_predict(),
+                    "batch_size": settings.model_batch_size}
+    write_kwargs = {"out_url": settings.out, "outputs": (settings.predict or _default_predict()).outputs}
+    model_actor = {"compute": ActorPoolStrategy(min_size=low, max_size=high),
+                   "num_gpus": res.num_gpus_per_actor, "num_cpus": res.num_cpus_per_actor,
+                   "max_restarts": settings.pools.actor_restarts, "max_task_retries": -1, **remote,
+                   **({"resources": model_place} if model_place else {})}
+    if fused_stages(settings, separate_nodes=bool(cpu_place or model_place)):
+        from foldray.actors.fused_stage import FusedStage
+
+        with warnings.catch_warnings():   # max_restarts: see below
+            warnings.simplefilter("ignore", RayDeprecationWarning)
+            return todo.map(FusedStage, fn_constructor_kwargs={
+                "featurize": featurize_kwargs, "predict": model_kwargs, "write": write_kwargs},
+                **model_actor)
+    if settings.sharding.enabled:   # jobs above --shard-above: N kept workers (sharded_predict_stage)
+        from foldray.actors.sharded_predict_stage import restore_stage, sharded_stage
+
+        featurized = sharded_stage(featurized, settings, remote)
     with warnings.catch_warnings():
         # Ray 2.60 flags every extra remote arg as deprecated but has no named parameter for
         # restarts; its default (-1) would retry an actor that dies on every record forever.
         warnings.simplefilter("ignore", RayDeprecationWarning)
-        predicted = featurized.map(
-            PredictStage, fn_constructor_kwargs={
-                "checkpoint": settings.checkpoint, "config": settings.config,
-                "runtime": settings.runtime,
-                "device": "cuda" if res.num_gpus_per_actor > 0 else "cpu",
-                "settings": settings.predict or _default_predict()},
-            compute=ActorPoolStrategy(min_size=low, max_size=high),
-            num_gpus=res.num_gpus_per_actor, num_cpus=res.num_cpus_per_actor,
-            max_restarts=settings.pools.actor_restarts, max_task_retries=-1, **remote,
-            **({"resources": model_place} if model_place else {}))
-    return predicted.map(WriteStage, fn_constructor_kwargs={
-        "out_url": settings.out, "outputs": (settings.predict or _default_predict()).outputs},
-        **cpu_stage)
+        # model_batch_size > 1: jobs of similar size share forward passes (PredictBatchStage)
+        batched = settings.model_batch_size > 1
+        predicted = (featurized.map_batches if batched else featurized.map)(
+            PredictBatchStage if batched else PredictStage, fn_constructor_kwargs=model_kwargs,
+            **({"batch_size": settings.model_batch_size, "batch_format": "numpy"} if batched else {}),
+            **model_actor)
+    if settings.sharding.enabled:
+        predicted = restore_stage(predicted, settings, remote)
+    return predicted.map(WriteStage, fn_constructor_kwargs=write_kwargs, **cpu_stage)
+
+
+def fused_stages(settings: BatchSettings, *, separate_nodes: bool) -> bool:
+    """Whether featurize, predict and write run in one actor per job (`FusedStage`).
+
+    `auto`: when the model runs on CPUs and no node types are set apart for stages. Then a
+    separate featurize/write pool only adds processes to start (each importing the stack
+    and decoding the CCD), two object-store hops per job and CPU contention with the model,
+    and parallelism comes from more model actors. With GPUs the CPU stages stay separate, so
+    a GPU never waits for featurization or writes. Batched forward passes and sharded jobs
+    keep the separate stages, and so do screens for now (their model stage is being
+    batched; `--stages fused` still fuses them)."""
+    if settings.stages != "auto":
+        return settings.stages == "fused"
+    return (settings.resources.num_gpus_per_actor == 0 and not separate_nodes
+            and settings.model_batch_size == 1 and not settings.sharding.enabled
+            and settings.screen is None)
 
 
 def _default_predict() -> PredictSettings:

@@ -4,7 +4,9 @@ Each `ShardWorker` actor loads its shards of every database once (round-robin: w
 holds shards w, w + W, ...) and keeps them for all queries. `RayShards` is the library's
 `ShardSearch`: it maps one profile over every shard of a database as actor calls and returns
 the per-shard hits, which `foldray.msa.search` merges. A worker that dies is restarted by Ray
-(it reloads its shards) and the call is retried.
+(it reloads its shards) and the call is retried. Shard workers hold only HMMER databases:
+`tool: mmseqs2` databases are searched by `RayMmseqs`, one Ray CPU task per (chain,
+database) with the database's `mmseqs.threads` CPUs, all of a job's searches at once.
 """
 
 from __future__ import annotations
@@ -53,11 +55,46 @@ class ShardWorker:
         return os.getpid()
 
 
+class RayMmseqs:
+    """`MmseqsRunner` as Ray CPU tasks: every requested (chain, database) search at once, each
+    a task holding its database's `mmseqs.threads` CPUs (capped at the cluster's, so a task
+    can always be placed) and running MMseqs2 with that many threads and MMseqs2's own exact
+    split (`shards`) -- so the a3m is the one an in-process search gives. A task whose worker
+    dies is retried."""
+
+    def __init__(self, *, runtime_env: dict | None = None) -> None:
+        self.runtime_env = runtime_env
+        self.calls = 0  # searches submitted
+
+    def run(self, requests: Any, shards: int) -> list[str]:
+        from foldray.msa.fill import mmseqs_search
+
+        if not requests:
+            return []
+        cpus = ray.cluster_resources().get("CPU", 1.0)
+        task = ray.remote(mmseqs_search)
+        refs = []
+        for sequence, db in requests:
+            threads = max(1, min(db.mmseqs.threads, int(cpus)))
+            options: dict[str, Any] = {"num_cpus": threads, "max_retries": MAX_TASK_RETRIES}
+            if place := stage_resources("featurize"):
+                options["resources"] = place
+            if self.runtime_env:
+                check_runtime_env(self.runtime_env, "mmseqs tasks")   # no secrets in task options
+                options["runtime_env"] = self.runtime_env
+            db = dataclasses.replace(db, mmseqs=dataclasses.replace(db.mmseqs, threads=threads))
+            refs.append(task.options(**options).remote(sequence, db, shards))
+        self.calls += len(refs)
+        return ray.get(refs)
+
+
 class RayShards:
-    """`ShardSearch` over ``n_worker`` Ray actors holding ``config.shards`` shards per database."""
+    """`ShardSearch` over ``n_worker`` Ray actors holding ``config.shards`` shards per HMMER
+    database (none when every database is `tool: mmseqs2`)."""
 
     def __init__(self, config: MsaConfig, n_worker: int, *, num_cpus: float = 1.0,
                  runtime_env: dict | None = None) -> None:
+        databases = tuple(db for db in config.databases if db.tool != "mmseqs2")
         # Never more workers than shards, nor than the cluster's CPUs can hold at once
         # (an actor that cannot be placed would wait forever).
         cpus = ray.cluster_resources().get("CPU", 1.0)
@@ -74,9 +111,9 @@ class RayShards:
         actor = ray.remote(ShardWorker).options(**options)
         self.owner: dict[int, ray.actor.ActorHandle] = {}  # shard index -> worker
         self.workers = []
-        for w in range(n_worker):
+        for w in range(n_worker if databases else 0):
             indices = tuple(range(w, self.n_shard, n_worker))
-            worker = actor.remote(config.databases, indices, self.n_shard)
+            worker = actor.remote(databases, indices, self.n_shard)
             self.workers.append(worker)
             self.owner.update({i: worker for i in indices})
         sizes: dict[tuple[str, int], tuple[int, int]] = {}
@@ -142,7 +179,8 @@ class JobMsaFiller:
             from foldray.msa.fill import ChainSearcher
 
             shards = RayShards(self.config, self.workers, num_cpus=self.num_cpus)
-            self._searcher = ChainSearcher(self.config, shards, MsaCache(self.cache_url))
+            self._searcher = ChainSearcher(self.config, shards, MsaCache(self.cache_url),
+                                           mmseqs=RayMmseqs())
         return self._searcher
 
     def fill(self, job: Any) -> Any:
@@ -152,14 +190,17 @@ class JobMsaFiller:
         from foldray.msa.fill import NoHitsWarning, chains_to_search, fill_jobs
         from foldray.screening import target_key
 
-        if not chains_to_search([job]):
+        if not (chains := chains_to_search([job])):
             return job
-        key = target_key(job)           # content only: jobs differing in name share an entry
+        # content (and the job's template cutoff) only: jobs differing in name share an entry
+        key = f"{target_key(job)}|{job.max_template_date}"
         with self._lock:
             if key not in self._filled:
+                searcher = self._chain_searcher()
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", NoHitsWarning)   # single-sequence MSA is valid
-                    (filled,) = fill_jobs([job], self._chain_searcher())
+                    searcher.prefetch(chains)            # the job's MMseqs2 searches at once
+                    (filled,) = fill_jobs([job], searcher)
                 self._filled[key] = filled.entities
                 while len(self._filled) > self.max_remembered:
                     self._filled.popitem(last=False)
@@ -183,12 +224,14 @@ class MsaSearchStage:
 
         self.shards = RayShards(config, workers or config.shards, num_cpus=num_cpus_per_worker,
                                 runtime_env=runtime_env)
-        self.searcher = ChainSearcher(config, self.shards, MsaCache(cache_url) if cache_url else None)
-        self._found: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self.mmseqs = RayMmseqs(runtime_env=runtime_env)
+        self.searcher = ChainSearcher(config, self.shards, MsaCache(cache_url) if cache_url else None,
+                                      mmseqs=self.mmseqs)
+        self._found: OrderedDict[tuple[str, str, str | None], Any] = OrderedDict()
         self.max_remembered = max_remembered
 
-    def _chain(self, sequence: str, mol_type: str) -> Any:
-        key = (sequence.upper(), mol_type)
+    def _chain(self, sequence: str, mol_type: str, max_template_date: str | None = None) -> Any:
+        key = (sequence.upper(), mol_type, max_template_date)
         if key not in self._found:
             self._found[key] = self.searcher.chain(*key)
             while len(self._found) > self.max_remembered:
@@ -211,6 +254,9 @@ class MsaSearchStage:
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", NoHitsWarning)
+                # this job's MMseqs2 searches (chains x databases) as Ray tasks at once
+                self.searcher.prefetch([(seq, mol_type) for seq, mol_type in chains
+                                        if (seq, mol_type, job.max_template_date) not in self._found])
                 filled = fill_job(job, self._chain)
         except Exception as err:   # one job's failed search is its error row
             return failed_row(row, err, "msa") | counts

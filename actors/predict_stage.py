@@ -44,20 +44,20 @@ def _screen_metrics(tokens: Any, best: SamplePrediction) -> dict[str, float | No
     from foldray.screening import screen_metrics
 
     found = screen_metrics(tokens, best)
-    return {"ligand_plddt": _metric(found["ligand_mean_plddt"]),
-            "min_target_ligand_pae": _metric(found["min_pae_target_ligand"])}
+    return {key: _metric(found[key]) for key in ("ligand_plddt", "min_target_ligand_pae")}
 
 
 class PredictStage:
-    """Featurized job in, samples and top-sample metrics out."""
+    """Featurized job in, samples and top-sample metrics out (`Dataset.map`: one row a call)."""
 
     def __init__(self, checkpoint: str | None, config: str, runtime: RuntimeConfig,
-                 device: str, settings: PredictSettings) -> None:
+                 device: str, settings: PredictSettings, batch_size: int = 1) -> None:
         import ray  # the actor's identity, for the results table
 
         self.predictor = Predictor.load(checkpoint, config=config, runtime=runtime,
                                         device=device)
         self.settings = settings
+        self.batch_size = batch_size     # PredictBatchStage: jobs in one forward pass, at most
         context = ray.get_runtime_context()
         self.actor_id, self.node_id = context.get_actor_id() or "", context.get_node_id()
 
@@ -75,7 +75,12 @@ class PredictStage:
         featurized: FeaturizedSeeds = row["payload"]
         started = time.perf_counter()
         tokens, samples = self.predictor.predict_featurized(featurized.by_seed, self.settings)
-        seconds = time.perf_counter() - started
+        return self._finish(row, tokens, samples, time.perf_counter() - started)
+
+    def _finish(self, row: dict[str, Any], tokens: Any, samples: list[SamplePrediction],
+                seconds: float) -> dict[str, Any]:
+        """The predicted row: samples as payload, the top sample's metrics as columns."""
+        featurized: FeaturizedSeeds = row["payload"]
         best = max(samples, key=_rank)          # the sample write_prediction ranks first
         job = next(iter(featurized.by_seed.values())).job
         screen = _screen_metrics(tokens, best) if "ligand_id" in row else {}
@@ -86,3 +91,62 @@ class PredictStage:
             "iptm": _metric(best.iptm),
             "mean_plddt": float(np.mean(best.atom_plddt[:tokens.n_atoms])),
         }
+
+
+class PredictBatchStage(PredictStage):
+    """`Dataset.map_batches`: the pending jobs of a batch share forward passes.
+
+    Every (job, seed) of the batch goes to `Predictor.predict_batch`, which runs jobs of
+    the same padded size (`foldray.predictor.group_by_size`) together, at most
+    `batch_size` per pass; each job's samples equal those it gets alone (its own seed's
+    noise; fp32 rounding apart). `model_seconds` is the batch's model time shared equally
+    by its jobs. A batch that fails as a whole (out of memory above all) is retried one
+    job at a time, so only the job that fails alone becomes an error row.
+    """
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:   # type: ignore[override]
+        rows = _rows(batch)
+        pending = [i for i, row in enumerate(rows) if row["status"] == PENDING]
+        if len(pending) > 1 and not self.settings.share_trunk:
+            try:
+                for i, done in zip(pending, self._predict_together([rows[i] for i in pending]),
+                                   strict=True):
+                    rows[i] = done
+                return _columns(rows)
+            except Exception:   # retried one by one below: each job's own outcome
+                _release_memory()
+        return _columns([super(PredictBatchStage, self).__call__(row) for row in rows])
+
+    def _predict_together(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        items, owners = [], []
+        for index, row in enumerate(rows):
+            for seed, featurized in row["payload"].by_seed.items():
+                items.append((featurized, seed))
+                owners.append(index)
+        started = time.perf_counter()
+        results = self.predictor.predict_batch(items, self.settings, max_group=self.batch_size)
+        share = (time.perf_counter() - started) / len(rows)
+        by_row: list[list[SamplePrediction]] = [[] for _ in rows]
+        for owner, samples in zip(owners, results, strict=True):
+            by_row[owner].extend(samples)         # seeds in order, as predict_featurized
+        return [self._finish(row, next(iter(row["payload"].by_seed.values())).tokens, samples, share)
+                for row, samples in zip(rows, by_row, strict=True)]
+
+
+def _rows(batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """A numpy batch as rows of Python values (numpy scalars unwrapped)."""
+    n = len(next(iter(batch.values()))) if batch else 0
+    return [{key: value.item() if isinstance(value := column[i], np.generic) else value
+             for key, column in batch.items()} for i in range(n)]
+
+
+def _columns(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Rows back to a numpy batch; object arrays, so payloads stay Python objects."""
+    keys = list(dict.fromkeys(key for row in rows for key in row))
+    out = {}
+    for key in keys:
+        column = np.empty(len(rows), dtype=object)
+        for i, row in enumerate(rows):       # one by one: numpy must not unpack a value
+            column[i] = row.get(key)
+        out[key] = column
+    return out

@@ -54,7 +54,7 @@ def build_app(args: Mapping[str, Any] | None = None) -> Application:
         ray_actor_options={"num_cpus": config.featurizer_num_cpus, "runtime_env": runtime_env},
     ).bind(config.target_cache_size, msa, config.featurize_time_limit_s,
            # featurize as the model's checkpoint asks (imported weights: their reference's)
-           model_featurization(config.checkpoint, config.model_config))
+           model_featurization(config.checkpoint, config.model()))
     model_options: dict[str, Any] = {
         "ray_actor_options": {"num_cpus": config.model_num_cpus, "num_gpus": config.num_gpus,
                               "runtime_env": runtime_env},
@@ -66,7 +66,7 @@ def build_app(args: Mapping[str, Any] | None = None) -> Application:
     else:
         model_options["num_replicas"] = config.model_replicas
     device = config.device if config.num_gpus else "cpu"
-    model = Model.options(**model_options).bind(config.checkpoint, config.model_config, device,
+    model = Model.options(**model_options).bind(config.checkpoint, config.model(), device,
                                                 config.max_batch_size, config.batch_wait_timeout_s,
                                                 config.runtime)
     return Ingress.options(

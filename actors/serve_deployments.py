@@ -25,7 +25,7 @@ from foldray.features.config import FeaturizationConfig
 from foldray.features.pipeline import FeaturizedJob, featurize_job
 from foldray.inputs.job import Job
 from foldray.io.confidences import SamplePrediction
-from foldray.model.config import RuntimeConfig
+from foldray.model.config import ModelConfig, RuntimeConfig
 from foldray.predictor import Predictor, PredictSettings, group_by_size
 from foldray.screening import LigandSpec, TargetCache, featurize_screen_job, ligand_job
 from foldray.serving import job_error_line, render_result
@@ -132,7 +132,7 @@ class Featurizer:
 class Model:
     """The network, loaded once per replica; batches of requests share forward passes."""
 
-    def __init__(self, checkpoint: str | None, model_config: str, device: str,
+    def __init__(self, checkpoint: str | None, model_config: str | ModelConfig, device: str,
                  max_batch_size: int, batch_wait_timeout_s: float,
                  runtime: RuntimeConfig | None = None) -> None:
         self.predictor = Predictor.load(checkpoint, config=model_config, runtime=runtime,
@@ -140,7 +140,8 @@ class Model:
         if self.predictor.random_weights:   # Serve's logger: the replica's log file and the console
             logging.getLogger("ray.serve").warning(
                 "no checkpoint: the %r model has RANDOM weights; its structures and confidences "
-                "are meaningless (give a checkpoint to serve a real model)", model_config)
+                "are meaningless (give a checkpoint to serve a real model)",
+                model_config if isinstance(model_config, str) else "configured")
         self.max_batch_size = max_batch_size
         self.predict.set_max_batch_size(max_batch_size)
         self.predict.set_batch_wait_timeout_s(batch_wait_timeout_s)

@@ -7,13 +7,17 @@ once by the Ray Data pipeline on an embedded local Ray. Writes
 benchmarks/results/batch_overhead.json with both wall times, their ratio, and the model
 time the pipeline's results table reports.
 
-    python benchmarks/batch_overhead.py [--jobs 200] [--steps 10] [--samples 2] [--also A:C:W ...]
+    python benchmarks/batch_overhead.py [--jobs 200] [--steps 10] [--samples 2] [--stages auto]
+                                        [--also A:C:W[:S] ...] [--out FILE]
 
-The first layout (--actors / --cpus-per-actor / --cpus-per-worker: one model actor on one
-CPU, as the loop) is the equal-CPU comparison; `--also` layouts (default: two model actors
-next to featurization) run after it on the same jobs. Each run records where predict-batch's
-time went (`phases_seconds`: reading, sorting, placement probe, actor pools until the first
-finished row, the rest of the stream, results table) besides Ray's start.
+The first layout (--actors / --cpus-per-actor / --cpus-per-worker / --stages: one model
+actor on one CPU, as the loop; stages auto = fused featurize+predict+write actors on CPU)
+is the equal-CPU comparison; `--also` layouts (default: the separate stage pools at equal
+CPUs, then two model actors on one CPU each) run after it on the same jobs. Each run records
+where predict-batch's time went: `phases_seconds` (reading, sorting, placement probe, actor
+pools until the first finished row, the rest of the stream, results table) and
+`breakdown_seconds` (Ray start, driver work, actor start-up, the jobs' own stage work, the
+stream's remaining overhead). `--out` writes the JSON elsewhere (development runs).
 
 The tiny model takes ~0.1 s a job on CPU, so fixed costs (Ray start, actor start-up,
 scheduling) weigh far more here than with the full model on a GPU; the load average is
@@ -59,10 +63,10 @@ def sequential(inputs: Path, out: Path, args: argparse.Namespace) -> float:
     return time.perf_counter() - started
 
 
-def pipeline(inputs: Path, out: Path, args: argparse.Namespace, layout: tuple[str, float, float],
+def pipeline(inputs: Path, out: Path, args: argparse.Namespace, layout: tuple[str, float, float, str],
              ) -> tuple[float, float, list, dict[str, float]]:
     """predict-batch with `layout` = (model actors MIN-MAX, CPUs per model actor, CPUs per
-    featurize / write actor)."""
+    featurize / write actor, stages: auto / fused / separate)."""
     import ray
 
     from foldray.actors.batch import run_batch
@@ -80,14 +84,45 @@ def pipeline(inputs: Path, out: Path, args: argparse.Namespace, layout: tuple[st
             "--inputs", str(inputs), "--out", str(out), "--samples", str(args.samples),
             "--steps", str(args.steps), "--recycles", str(args.recycles), "--quiet",
             "--actors", layout[0], "--num-cpus-per-actor", str(layout[1]),
-            "--cpu-workers", "1-1", "--num-cpus-per-worker", str(layout[2])])
+            "--cpu-workers", "1-1", "--num-cpus-per-worker", str(layout[2]), "--stages", layout[3]])
         result = run_batch(predict_batch.settings_from(flags))   # the engine, as the CLI runs it
         seconds = time.perf_counter() - started
     finally:
         ray.shutdown()
-    if result.problem or any(r["status"] != "ok" for r in result.rows):
-        raise SystemExit(f"predict-batch failed: {result.problem or 'error rows'}")
+    errors = [r["error"] for r in result.rows if r["status"] != "ok"]
+    if result.problem or errors:
+        raise SystemExit(f"predict-batch failed: {result.problem or errors[:3]}")
     return seconds, init_seconds, result.rows, result.phases
+
+
+def _fused(layout: tuple[str, float, float, str]) -> bool:
+    return layout[3] == "fused" or layout[3] == "auto"    # auto fuses for CPU inference
+
+
+def breakdown(seconds: float, init: float, rows: list, phases: dict[str, float]) -> dict[str, float]:
+    """Where one predict-batch run's time went, from the engine's phases and the rows' stage
+    times: Ray's start (outside `seconds`), the driver's work before the stream, the actor
+    start-up (first row's wait less one job's own work), the jobs' own stage work (per actor:
+    summed over actors it overlaps), and the stream's remaining overhead (scheduling, object
+    transfer, serialisation, waiting)."""
+    def total(key: str) -> float:
+        return sum(r[key] or 0.0 for r in rows)
+
+    n = max(1, len(rows))
+    work = {stage: total(f"{stage}_seconds") for stage in ("featurize", "model", "write")}
+    one_job = sum(work.values()) / n
+    first = phases.get("pools_start_to_first_row", 0.0)
+    before = sum(phases.get(k, 0.0) for k in ("checks", "ray_start", "read", "read_to_driver", "sort",
+                                               "placement_probe"))
+    actors = len({r["actor_id"] for r in rows if r.get("actor_id")}) or 1
+    stream = first + phases.get("stream_rest", 0.0)
+    critical = work["model"] / actors          # the model is the bottleneck stage here
+    return {"ray_init": round(init, 2), "driver_before_stream": round(before, 2),
+            "actor_startup_estimate": round(max(0.0, first - one_job), 2),
+            **{f"{stage}_work_sum": round(value, 2) for stage, value in work.items()},
+            "model_work_per_actor": round(critical, 2), "model_actors": actors,
+            "stream_overhead_estimate": round(stream - max(0.0, first - one_job) - critical, 2),
+            "after_stream": round(seconds - before - stream, 2)}
 
 
 def main() -> None:
@@ -99,12 +134,18 @@ def main() -> None:
     parser.add_argument("--actors", default="1-1")
     parser.add_argument("--cpus-per-actor", type=float, default=1.0)
     parser.add_argument("--cpus-per-worker", type=float, default=0.5)
-    parser.add_argument("--also", nargs="*", default=["2-2:0.75:0.25"], metavar="A:C:W",
+    parser.add_argument("--stages", default="auto", choices=("auto", "fused", "separate"),
+                        help="the first layout's stages (BatchSettings.stages; default auto: fused on CPU)")
+    parser.add_argument("--also", nargs="*", default=["1-1:1:0.5:separate", "2-2:1:0.5:auto"],
+                        metavar="A:C:W[:S]",
                         help="further predict-batch layouts run in the same invocation: model "
                              "actors MIN-MAX : CPUs per model actor : CPUs per featurize/write "
-                             "actor (default: 2 model actors next to featurization)")
+                             "actor [: stages auto|fused|separate, default auto] (default: the "
+                             "separate stages at equal CPUs, then 2 model actors)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads of the sequential loop (the actor gets 1 per CPU)")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "batch_overhead.json",
+                        help="where the JSON goes (default benchmarks/results/batch_overhead.json)")
     args = parser.parse_args()
 
     import torch
@@ -115,8 +156,9 @@ def main() -> None:
         load_before = os.getloadavg()
         seq_seconds = sequential(inputs, work / "sequential", args)
         print(f"sequential: {seq_seconds:.1f} s", file=sys.stderr, flush=True)
-        layouts = [(args.actors, args.cpus_per_actor, args.cpus_per_worker)] + [
-            (a, float(c), float(w)) for a, c, w in (text.split(":") for text in args.also)]
+        layouts = [(args.actors, args.cpus_per_actor, args.cpus_per_worker, args.stages)] + [
+            (a, float(c), float(w), rest[0] if rest else "auto")
+            for a, c, w, *rest in (text.split(":") for text in args.also)]
         runs = []
         for i, layout in enumerate(layouts):
             runs.append((layout, *pipeline(inputs, work / f"pipeline{i}", args, layout),
@@ -148,13 +190,15 @@ def main() -> None:
         "pipeline_stage_sums": stage_sums,
         "pipeline_phases_seconds": phases,   # where predict-batch's wall time went
         "layouts": [{"actors": layout[0], "cpus_per_actor": layout[1], "cpus_per_worker": layout[2],
+                     "stages": layout[3], "fused": _fused(layout),
                      "pipeline_seconds": round(seconds, 2), "ray_init_seconds": round(init, 2),
                      "ratio_pipeline_over_sequential": round(seconds / seq_seconds, 3),
                      "model_seconds_sum": round(sum(r["model_seconds"] for r in rows_), 2),
-                     "phases_seconds": phases_, "load_average_after": round(load, 2)}
+                     "phases_seconds": phases_, "breakdown_seconds": breakdown(seconds, init, rows_, phases_),
+                     "load_average_after": round(load, 2)}
                     for layout, seconds, init, rows_, phases_, load in runs],
     }
-    out = ROOT / "benchmarks" / "results" / "batch_overhead.json"
+    out = args.out
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 

@@ -10,6 +10,7 @@ actors) and once more against the filled cache (no search runs). An in-process 1
 
     python benchmarks/msa_scaling.py [--queries 12] [--shards 4] [--iterations 1]
     python benchmarks/msa_scaling.py --compare-tools [--queries 3]
+    python benchmarks/msa_scaling.py --mmseqs-ray [--queries 3] [--shards 2]
 
 `--compare-tools` (issue 22): per chain, in-process, one core each: jackhmmer (SI settings)
 vs MMseqs2 (ColabFold settings, needs the `mmseqs` binary) on the same database: seconds,
@@ -17,6 +18,13 @@ rows found and how many of jackhmmer's hits (by accession) MMseqs2 also finds; t
 SI 2.4 template search seconds per chain (profile from the chain's jackhmmer MSA against a
 seqres FASTA of the shared structures, which are also the mirror). Writes
 benchmarks/results/msa_tools.json.
+
+`--mmseqs-ray` (issue 22): one job of `--queries` chains against the database as one
+`tool: mmseqs2` database, side by side in one run: the chains one after the other in this
+process (`--no-ray`, and the MSA stage before issue 22), then the MSA stage with every
+chain a Ray CPU task (1 CPU, 1 thread each; a local Ray of 2 CPUs), unsplit and with
+MMseqs2's own `--shards` split; checks the MSAs are identical. Writes
+benchmarks/results/msa_mmseqs_ray.json.
 
 The machine may be shared: the load average is recorded with the numbers.
 """
@@ -127,10 +135,59 @@ def compare_tools(n_queries: int, out: str) -> int:
     return 0
 
 
+def mmseqs_ray(n_queries: int, shards: int, out: str) -> int:
+    """The MSA stage's MMseqs2 searches as Ray tasks vs one after the other in-process."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+
+    from foldray.actors.msa_stage import MsaSearchStage
+    from foldray.actors.predict_rows import PENDING, result_row
+    from foldray.inputs.job import Job, PolymerChain
+    from foldray.msa.config import DatabaseConfig, MsaConfig
+    from foldray.msa.fill import ChainSearcher, fill_jobs
+    from foldray.msa.mmseqs import require_mmseqs
+    from foldray.msa.search import LocalShards
+
+    require_mmseqs()
+    sequences = queries(n_queries)
+    chains = tuple(PolymerChain(ids=(chr(65 + i),), mol_type="protein", sequence=seq)
+                   for i, seq in enumerate(sequences))
+    job = Job(name="bench", seeds=(1,), entities=chains)
+    db = DatabaseConfig(name="seqdb", url=str(PROTEIN_DB), tool="mmseqs2")
+    result: dict = {"name": "msa_mmseqs_ray", "database_sequences": 9674, "chains": len(chains),
+                    "query_lengths": [len(s) for s in sequences],
+                    "machine": {"cpus": os.cpu_count(), "python": python_version(),
+                                "loadavg_before": os.getloadavg()}}
+    started = time.perf_counter()
+    (reference,) = fill_jobs([job], ChainSearcher(MsaConfig(databases=(db,)), LocalShards(1), None))
+    result["in_process_serial_seconds"] = round(time.perf_counter() - started, 2)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        for n_shard in (1, shards):
+            stage = MsaSearchStage(MsaConfig(databases=(db,), shards=n_shard), None, None)
+            started = time.perf_counter()
+            row = stage(result_row(PENDING, name="bench", payload=job))
+            seconds = time.perf_counter() - started
+            same = row["payload"] is not None and all(
+                a.unpaired_msa == b.unpaired_msa for a, b in zip(row["payload"].entities,
+                                                                  reference.entities, strict=True))
+            result[f"ray_tasks_{n_shard}_shard_seconds"] = round(seconds, 2)
+            result[f"ray_tasks_{n_shard}_shard_same_msas"] = same
+            print(json.dumps({k: v for k, v in result.items() if k.startswith(("in_", "ray_"))}), flush=True)
+    finally:
+        ray.shutdown()
+    result["machine"]["loadavg_after"] = os.getloadavg()
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--compare-tools", action="store_true",
                         help="jackhmmer vs MMseqs2 per chain and template search seconds (issue 22)")
+    parser.add_argument("--mmseqs-ray", action="store_true",
+                        help="MMseqs2 chains as Ray tasks vs serial in-process (issue 22; default: off)")
     parser.add_argument("--queries", type=int, default=12)
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--iterations", type=int, default=1)
@@ -140,6 +197,10 @@ def main() -> int:
         out = args.out if args.out != parser.get_default("out") else \
             str(ROOT / "benchmarks" / "results" / "msa_tools.json")
         return compare_tools(min(args.queries, 12), out)
+    if args.mmseqs_ray:
+        out = args.out if args.out != parser.get_default("out") else \
+            str(ROOT / "benchmarks" / "results" / "msa_mmseqs_ray.json")
+        return mmseqs_ray(args.queries, args.shards, out)
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray

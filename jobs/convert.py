@@ -20,7 +20,6 @@ import sys
 
 from foldray.errors import InputError
 from foldray.inputs.af3_json_writer import job_to_af3_json
-from foldray.inputs.load import iter_jobs
 from foldray.jobs.validate import format_error
 
 TARGETS = ("af3",)
@@ -39,6 +38,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 
 def run(args: argparse.Namespace) -> int:
+    from foldray.inputs.load import iter_jobs  # RDKit, gemmi: here, so --help stays fast
+
     converted, bad = [], 0
     for item in iter_jobs(args.inputs):
         if isinstance(item, InputError):

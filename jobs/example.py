@@ -23,7 +23,8 @@ def examples() -> dict[str, str]:
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(prog="foldray example", description=__doc__)
-    parser.add_argument("name", nargs="?", default=DEFAULT_EXAMPLE, help="which example")
+    parser.add_argument("name", nargs="?", default=DEFAULT_EXAMPLE,
+                        help="which example (default %(default)s; --list shows them)")
     parser.add_argument("--list", action="store_true", help="list the examples")
     return parser
 

@@ -16,14 +16,14 @@ import sys
 from importlib import resources
 
 from foldray.config_loader import ConfigError
-from foldray.features.tokenize import DEFAULT_MAX_TOKENS
 from foldray.jobs.options import (
     PRESETS_HELP,
     add_model_config_argument,
     add_set_argument,
     resolve_model_and_runtime,
 )
-from foldray.jobs.ray_setup import absolute_local
+from foldray.jobs.ray_setup import absolute_local, add_verbose_argument
+from foldray.limits import DEFAULT_MAX_TOKENS
 
 
 def default_inputs() -> str:
@@ -36,22 +36,27 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--inputs", nargs="+", default=None,
                         help="AF3 JSON / JSONL / mmCIF files or folders, or a .parquet/.csv "
                              "manifest; local or URL (default: the bundled example)")
-    parser.add_argument("--out", default="foldray_out/features", help="output folder or URL")
+    parser.add_argument("--out", default="foldray_out/features",
+                        help="output folder or URL (default %(default)s)")
     add_model_config_argument(parser, help_text=(
         f"the model the features are for (its featurization): a preset ({PRESETS_HELP}) or a "
         "YAML/JSON model config file (default tiny, AF3's featurization)"))
     add_set_argument(parser, "override a model setting: model.featurization.paired_msa=precomputed")
-    parser.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS)
-    parser.add_argument("--seed", type=int, default=0, help="seed of reference-conformer rotations")
+    parser.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS,
+                        help="token budget per job; larger jobs are error rows (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of reference-conformer rotations (default %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="redo jobs already featurized")
     parser.add_argument("--num-cpus-per-worker", type=float, default=1.0,
-                        help="CPUs per featurize actor")
+                        help="CPUs per featurize actor (default %(default)s)")
     parser.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or local)")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for an embedded local Ray")
     from foldray.jobs.predict_batch import add_featurize_time_limit  # it imports this module
 
     add_featurize_time_limit(parser)
-    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bar or progress lines; errors and the summary still print")
+    add_verbose_argument(parser)
     return parser
 
 
@@ -70,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
         max_tokens=args.max_tokens, overwrite=args.overwrite,
         featurize_time_limit_s=args.featurize_time_limit or None,
         resources=Resources(num_cpus_per_worker=args.num_cpus_per_worker),
-        pools=Pools(), address=args.address, num_cpus=args.num_cpus, quiet=args.quiet)
+        pools=Pools(), address=args.address, num_cpus=args.num_cpus, quiet=args.quiet,
+        verbose=args.verbose)
     return run_and_report(settings, "featurize")
 
 

@@ -46,13 +46,15 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--workers", type=int, default=None,
                         help="shard-holding Ray actors (default: one per shard)")
     parser.add_argument("--worker-cpus", type=float, default=1.0,
-                        help="CPUs reserved per shard worker (each search runs on one core)")
+                        help="CPUs reserved per shard worker (each search runs on one core; "
+                             "default %(default)s)")
     parser.add_argument("--cache", default=None, help="MSA cache folder or URL (default: config, "
                         "else <out>/msa_cache)")
     parser.add_argument("--no-ray", action="store_true", help="search in this process (no Ray)")
     parser.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or local)")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for an embedded local Ray")
-    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bar and no per-job ok lines; errors still print")
     return parser
 
 
@@ -88,8 +90,10 @@ def add_msa_arguments(parser: argparse.ArgumentParser) -> None:
     """`--msa search` and its settings, for `foldray predict-batch`."""
     parser.add_argument("--msa", choices=("given", "search"), default="given",
                         help="given: use the MSAs in the jobs; search: run the genetic search "
-                             "(foldray msa) for chains without one before featurization")
-    parser.add_argument("--msa-config", default=DEFAULT_CONFIG, help="databases for --msa search")
+                             "(foldray msa) for chains without one before featurization "
+                             "(default %(default)s)")
+    parser.add_argument("--msa-config", default=DEFAULT_CONFIG,
+                        help="databases for --msa search (default %(default)s)")
     parser.add_argument("--msa-cache", default=None,
                         help="MSA cache for --msa search (default: config, else <out>/msa_cache)")
     parser.add_argument("--msa-workers", type=int, default=None,

@@ -42,13 +42,24 @@ def add_runtime_arguments(parser: argparse.ArgumentParser, *, defaults: bool = T
     group.add_argument("--precision", default=d and d.precision, choices=("fp32", "bf16"),
                        help="bf16 autocast on GPU (default fp32)")
     group.add_argument("--kernels", default=d and d.kernels, choices=("auto", "triton", "torch"),
-                       help="Triton kernels on CUDA when available (auto), always, or never")
+                       help="Triton kernels on CUDA when available (auto), always (triton), or never "
+                            f"(torch) (default {RuntimeConfig().kernels})")
     group.add_argument("--chunk-size", type=int, default=None,
                        help="pair-stack chunk size (default: chosen from free memory)")
     group.add_argument("--diffusion-chunk", type=int, default=None,
                        help="samples denoised and scored at once (default: all); lowers peak memory")
     group.add_argument("--compile", action="store_true", default=False if defaults else None,
                        help="torch.compile the repeated blocks (GPU; one-off compile per input size)")
+
+
+def parse_devices(text: str) -> int | str:
+    """`N` (>= 1) or `auto` (devices per job from the memory plan, foldray.parallel.plan)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)      # >= 1 is checked by the command, with its own message
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes N or auto, got {text!r}") from None
 
 
 def runtime_overrides(args: argparse.Namespace) -> list[str]:

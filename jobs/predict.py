@@ -16,23 +16,22 @@ from typing import TYPE_CHECKING
 
 from foldray.config_loader import ConfigError
 from foldray.errors import InputError
-from foldray.features.tokenize import DEFAULT_MAX_TOKENS
-from foldray.inputs.load import iter_jobs
-from foldray.io.confidences import is_complete, job_dir
-from foldray.io.outputs import OutputOptions
 from foldray.jobs.options import (
     add_model_config_argument,
     add_runtime_arguments,
     add_set_argument,
     deprecated_config_alias,
+    parse_devices,
     resolve_model_and_runtime,
 )
-from foldray.jobs.validate import format_error
+from foldray.limits import DEFAULT_MAX_TOKENS
 from foldray.model.config import RuntimeConfig
 from foldray.progress import JobsBar, StageBars, interactive
 
-if TYPE_CHECKING:
-    from foldray.predictor import PredictSettings
+if TYPE_CHECKING:   # the input and output stack (RDKit, gemmi) is imported where used: fast --help
+    from foldray.inputs.job import Job
+    from foldray.io.outputs import OutputOptions
+    from foldray.predictor import Predictor, PredictSettings
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
@@ -53,7 +52,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="foldray safetensors checkpoint (path or URL); its config is used")
     parser.add_argument("--seeds", type=parse_seeds, default=None,
                         help="comma-separated seeds (default: the job's modelSeeds)")
-    parser.add_argument("--samples", type=int, default=5, help="diffusion samples per seed")
+    parser.add_argument("--samples", type=int, default=5,
+                        help="diffusion samples per seed (default %(default)s)")
     parser.add_argument("--recycles", type=int, default=None, help="trunk cycles (default: model's)")
     parser.add_argument("--steps", type=int, default=None, help="diffusion steps (default: model's)")
     parser.add_argument("--share-trunk", action="store_true",
@@ -62,9 +62,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     add_runtime_arguments(parser)
     add_set_argument(parser, "override a runtime or model setting: runtime.chunk_size=64, "
                              "model.n_cycle=2 (model.* only without --checkpoint)")
-    parser.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS)
+    parser.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS,
+                        help="token budget per job; larger jobs are errors (default %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="redo jobs already complete")
-    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bar or progress lines; errors and the summary still print")
     add_output_arguments(parser)
 
 
@@ -88,6 +90,8 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def outputs_from_args(args: argparse.Namespace) -> OutputOptions:
+    from foldray.io.outputs import OutputOptions
+
     return OutputOptions(structure_format=args.output_format, ligand_sdf=args.save_ligand_sdf,
                          save_pde=args.save_pde, save_embeddings=args.save_embeddings,
                          save_distogram=args.save_distogram)
@@ -98,11 +102,15 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="AF3 JSON / JSONL / mmCIF files or folders, local or URL")
     parser.add_argument("--out", required=True, help="output folder or URL (s3://...)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    parser.add_argument("--devices", type=int, default=1,
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default %(default)s)")
+    parser.add_argument("--devices", type=parse_devices, default=1, metavar="N|auto",
                         help="spread each prediction over N local devices (GPUs with --device cuda, "
                              "else CPU processes): the pair representation split by rows; "
-                             "--samples must be a multiple of N")
+                             "--samples must be a multiple of N; auto: per job the fewest that fit "
+                             "by the memory plan, and its chunk size (default %(default)s)")
+    parser.add_argument("--memory-per-device", type=float, default=None, metavar="GB",
+                        help="with --devices auto: memory the plan may use per device (default: "
+                             "free memory measured now, shared by CPU processes)")
     add_model_arguments(parser)
     return parser
 
@@ -126,6 +134,9 @@ def random_weights_warning(config: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from foldray.inputs.load import iter_jobs
+    from foldray.io.confidences import is_complete, job_dir
+    from foldray.jobs.validate import format_error
     from foldray.predictor import Predictor
 
     if args.samples < 1:
@@ -142,12 +153,13 @@ def run(args: argparse.Namespace) -> int:
         try:
             if args.share_trunk:
                 raise ValueError("--devices N does not combine with --share-trunk")
-            check_devices(args.devices, args.device, args.samples)
+            if args.devices != "auto":
+                check_devices(args.devices, args.device, args.samples)
         except ValueError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
     predictor = Predictor.load(args.checkpoint, config=model_config, runtime=runtime, device=args.device)
-    if args.devices != 1:
+    if args.devices not in (1, "auto"):
         from foldray.parallel.predict import ShardedPredictor
 
         predictor = ShardedPredictor.from_predictor(predictor, args.devices)
@@ -172,7 +184,8 @@ def run(args: argparse.Namespace) -> int:
                 started = time.perf_counter()
                 bars.prefix = f"{item.name}: "
                 try:
-                    url = predictor.predict_to(args.out, item, settings)
+                    chosen = predictor if args.devices != "auto" else planned_predictor(predictor, item, args)
+                    url = chosen.predict_to(args.out, item, settings)
                 except InputError as err:
                     n_errors += 1
                     jobs_bar.write(format_error(err.located(source=item.source, job=item.name)),
@@ -188,6 +201,37 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"predicted {n_ok}, skipped {n_skipped} complete, {n_errors} failed")
     return 2 if n_errors else 0
+
+
+def planned_predictor(base: Predictor, job: Job, args: argparse.Namespace) -> Predictor:
+    """`--devices auto`: this job on one device or the fewest local devices that fit it, with
+    the chunk size of the memory plan; a job that fits nowhere is an InputError naming it."""
+    import copy
+    import dataclasses
+    import os
+
+    import torch
+
+    from foldray.inputs.size import count_tokens
+    from foldray.parallel.plan import MemoryPlanError, free_memory, plan_memory, value_bytes
+    from foldray.parallel.predict import ShardedPredictor
+
+    cuda = base.device.type == "cuda"
+    most = torch.cuda.device_count() if cuda else (os.cpu_count() or 1)
+    given = args.memory_per_device
+    chunk = base.runtime.chunk_size
+    try:
+        plan = plan_memory(count_tokens(job), base.config,
+                           available_bytes=int(given * 1e9) if given else free_memory(str(base.device)),
+                           worlds=[w for w in range(1, most + 1) if args.samples % w == 0],
+                           chunk_size=chunk, fixed_chunk=chunk is not None, n_sample=args.samples,
+                           dtype_bytes=value_bytes(base.runtime.precision, base.device.type),
+                           shared=not cuda and not given, job=job.name)
+    except MemoryPlanError as err:
+        raise InputError(str(err), source=job.source, job=job.name, field="devices") from None
+    chosen = copy.copy(base)
+    chosen.runtime = dataclasses.replace(base.runtime, chunk_size=plan.chunk_size)
+    return chosen if plan.world == 1 else ShardedPredictor.from_predictor(chosen, plan.world)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,28 +33,23 @@ from __future__ import annotations
 import argparse
 import collections
 import sys
+from typing import TYPE_CHECKING
 
-from foldray.actors.batch import (
-    DEFAULT_FEATURIZE_TIME_LIMIT_S,
-    DEFAULT_PLACEMENT_TIMEOUT_S,
-    BatchError,
-    BatchResult,
-    BatchSettings,
-    MsaSettings,
-    Pools,
-    Resources,
-    run_batch,
-)
 from foldray.config_loader import ConfigError
 from foldray.jobs.featurize import default_inputs
 from foldray.jobs.msa import add_msa_arguments
-from foldray.jobs.options import resolve_model_and_runtime
+from foldray.jobs.options import parse_devices, resolve_model_and_runtime
 from foldray.jobs.predict import (
     add_model_arguments,
     random_weights_warning,
     settings_from_args,
 )
-from foldray.jobs.ray_setup import absolute_local
+from foldray.jobs.ray_setup import absolute_local, add_verbose_argument
+from foldray.limits import DEFAULT_FEATURIZE_TIME_LIMIT_S, DEFAULT_PLACEMENT_TIMEOUT_S
+from foldray.parallel.plan import DEFAULT_SHARD_ABOVE, ShardSettings
+
+if TYPE_CHECKING:   # the engine (Ray Data, RDKit, gemmi) is imported where used: fast --help
+    from foldray.actors.batch import BatchResult, BatchSettings
 
 
 def parse_actors(text: str) -> tuple[int, int]:
@@ -78,9 +73,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                              ".parquet/.csv manifest, or `foldray featurize` output; local or "
                              "URL (default: the bundled examples, so a first run needs no files)")
     parser.add_argument("--out", default="foldray_out/predictions",
-                        help="output folder or URL (s3://bucket/prefix)")
+                        help="output folder or URL (s3://bucket/prefix; default %(default)s)")
     add_model_arguments(parser)
     add_engine_arguments(parser)
+    add_sharding_arguments(parser)
     add_msa_arguments(parser)
     add_cluster_arguments(parser)
     return parser
@@ -89,18 +85,22 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     """The batch engine's pool, resource and per-job time flags (predict-batch, screen)."""
     parser.add_argument("--num-gpus-per-actor", type=float, default=0.0,
-                        help="GPUs per inference actor (0: CPU inference)")
+                        help="GPUs per inference actor (0: CPU inference; default %(default)s)")
     parser.add_argument("--num-cpus-per-actor", type=float, default=1.0,
-                        help="CPUs reserved per inference actor")
+                        help="CPUs reserved per inference actor (default %(default)s)")
     parser.add_argument("--actors", type=parse_actors, default=None, metavar="MIN-MAX",
                         help="inference actor pool size (default 1-<GPUs / per actor>, "
                              "1 on CPU)")
     parser.add_argument("--num-cpus-per-worker", type=float, default=1.0,
-                        help="CPUs per featurize / write actor")
+                        help="CPUs per featurize / write actor (default %(default)s)")
     parser.add_argument("--cpu-workers", type=parse_actors, default=None, metavar="MIN-MAX",
                         help="featurize and write actor pools, each (default 1-<CPUs / 2>)")
     parser.add_argument("--actor-restarts", type=int, default=3,
-                        help="restarts of a dead inference actor before the run fails")
+                        help="restarts of a dead inference actor before the run fails (default %(default)s)")
+    parser.add_argument("--stages", choices=("auto", "fused", "separate"), default="auto",
+                        help="after reading: one actor featurizes, predicts and writes each job "
+                             "(fused), or separate featurize/model/write pools; auto: fused for "
+                             "CPU inference without stage node types (default %(default)s)")
     parser.add_argument("--placement-timeout", type=float, default=DEFAULT_PLACEMENT_TIMEOUT_S,
                         metavar="SECONDS",
                         help="stop the run when the actor pools cannot start within this time "
@@ -108,22 +108,48 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     add_featurize_time_limit(parser)
 
 
+def add_sharding_arguments(parser: argparse.ArgumentParser) -> None:
+    """One job over several devices (context parallelism, docs/performance.md)."""
+    group = parser.add_argument_group("sharding (one big job over several devices)")
+    group.add_argument("--devices-per-job", type=parse_devices, default=1, metavar="N|auto",
+                       help="run each job above --shard-above tokens on N workers in a placement group "
+                            "(each with --num-gpus-per-actor GPUs / --num-cpus-per-actor CPUs), pair "
+                            "representation split by rows; auto: the fewest that fit by the memory plan, "
+                            "at most the largest node's devices (default 1: no sharding)")
+    group.add_argument("--shard-above", type=int, default=DEFAULT_SHARD_ABOVE, metavar="TOKENS",
+                       help="jobs with more tokens than this are sharded, the others run on one "
+                            f"device (default {DEFAULT_SHARD_ABOVE})")
+    group.add_argument("--memory-per-device", type=float, default=None, metavar="GB",
+                       help="memory the plan may use per device for sharded jobs (default: measured "
+                            "free memory of the workers, shared by CPU workers of one node)")
+
+
+def sharding_settings(args: argparse.Namespace) -> ShardSettings:
+    gb = getattr(args, "memory_per_device", None)
+    return ShardSettings(devices_per_job=getattr(args, "devices_per_job", 1),
+                         shard_above=getattr(args, "shard_above", DEFAULT_SHARD_ABOVE),
+                         memory_per_device=None if gb is None else int(gb * 1e9))
+
+
 def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or local)")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs for an embedded local Ray")
+    add_verbose_argument(parser)
 
 
 def engine_settings(args: argparse.Namespace) -> dict:
     """The BatchSettings fields `add_engine_arguments` and `add_cluster_arguments` set."""
+    from foldray.actors.batch import Pools, Resources
+
     return dict(
         resources=Resources(num_gpus_per_actor=args.num_gpus_per_actor,
                             num_cpus_per_actor=args.num_cpus_per_actor,
                             num_cpus_per_worker=args.num_cpus_per_worker),
         pools=Pools(actors=args.actors, cpu_workers=args.cpu_workers,
                     actor_restarts=args.actor_restarts),
-        placement_timeout_s=args.placement_timeout,
+        placement_timeout_s=args.placement_timeout, stages=args.stages,
         featurize_time_limit_s=args.featurize_time_limit or None,
-        address=args.address, num_cpus=args.num_cpus)
+        address=args.address, num_cpus=args.num_cpus, verbose=args.verbose)
 
 
 def add_featurize_time_limit(parser: argparse.ArgumentParser) -> None:
@@ -136,6 +162,8 @@ def add_featurize_time_limit(parser: argparse.ArgumentParser) -> None:
 def settings_from(args: argparse.Namespace) -> BatchSettings:
     """The flags as engine settings; local paths made absolute (workers run elsewhere).
     A bad --model-config / --set is a ConfigError naming the key."""
+    from foldray.actors.batch import BatchSettings, MsaSettings
+
     model_config, runtime = resolve_model_and_runtime(args)
     return BatchSettings(
         inputs=tuple(absolute_local(u) for u in (args.inputs or [default_inputs()])),
@@ -145,7 +173,8 @@ def settings_from(args: argparse.Namespace) -> BatchSettings:
         max_tokens=args.max_tokens, share_trunk=args.share_trunk,
         msa=MsaSettings(mode=args.msa, config=absolute_local(args.msa_config),
                         cache=absolute_local(args.msa_cache), workers=args.msa_workers),
-        overwrite=args.overwrite, quiet=args.quiet, **engine_settings(args))
+        overwrite=args.overwrite, quiet=args.quiet, sharding=sharding_settings(args),
+        **engine_settings(args))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -154,6 +183,16 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.placement_timeout <= 0:
         print("error: --placement-timeout must be > 0", file=sys.stderr)
+        return 2
+    if isinstance(args.devices_per_job, int) and args.devices_per_job < 1:
+        print(f"error: --devices-per-job must be >= 1, got {args.devices_per_job}", file=sys.stderr)
+        return 2
+    if isinstance(args.devices_per_job, int) and args.samples % args.devices_per_job:
+        print(f"error: --samples {args.samples} is not a multiple of --devices-per-job "
+              f"{args.devices_per_job}: each device denoises the same number of samples", file=sys.stderr)
+        return 2
+    if args.memory_per_device is not None and args.memory_per_device <= 0:
+        print("error: --memory-per-device must be > 0", file=sys.stderr)
         return 2
     try:
         settings = settings_from(args)
@@ -167,6 +206,8 @@ def run(args: argparse.Namespace) -> int:
 
 def run_and_report(settings: BatchSettings, command: str) -> int:
     """Run the engine; a run that cannot start is one `error:` line and exit 2."""
+    from foldray.actors.batch import BatchError, run_batch
+
     try:
         result = run_batch(settings)
     except BatchError as err:

@@ -18,15 +18,9 @@ import posixpath
 import sys
 from typing import Any
 
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
-
 from foldray.io import storage
-from foldray.io.load_prediction import SUMMARY_SUFFIX, load_prediction
-from foldray.io.results import RESULTS_FILE
-from foldray.report.html import prediction_figures, prediction_report, table_report
-from foldray.report.plots import figure_png
 
+# pyarrow, gemmi and matplotlib are imported where used, so `foldray report --help` is fast
 REPORT_DIR = "report"
 
 
@@ -41,6 +35,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 
 def _has_summary(url: str) -> bool:
+    from foldray.io.load_prediction import SUMMARY_SUFFIX
+
     fs, path = storage.filesystem(url)
     return fs.isdir(path) and any(e.endswith(SUMMARY_SUFFIX) for e in fs.ls(path, detail=False))
 
@@ -55,6 +51,10 @@ def _parent(url: str) -> str:
 
 def write_prediction_report(folder: str, html_url: str | None = None) -> str:
     """PNGs + page for one job folder; returns the page URL."""
+    from foldray.io.load_prediction import load_prediction
+    from foldray.report.html import prediction_figures, prediction_report
+    from foldray.report.plots import figure_png
+
     prediction = load_prediction(folder)
     pngs = {name: figure_png(fig) for name, fig in prediction_figures(prediction).items()}
     target = html_url or storage.join(folder, REPORT_DIR, "report.html")
@@ -66,6 +66,9 @@ def write_prediction_report(folder: str, html_url: str | None = None) -> str:
 
 
 def _read_table(url: str) -> list[dict[str, Any]]:
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
     data = storage.read_bytes(url)
     if url.endswith(".csv"):
         return pacsv.read_csv(io.BytesIO(data)).to_pylist()
@@ -74,6 +77,8 @@ def _read_table(url: str) -> list[dict[str, Any]]:
 
 def _folder_rows(root: str) -> list[dict[str, Any]]:
     """A table of the job folders under `root` (e.g. a `foldray predict --out` folder)."""
+    from foldray.io.load_prediction import load_prediction
+
     fs, path = storage.filesystem(root)
     rows = []
     for entry in sorted(fs.ls(path, detail=False)):
@@ -96,6 +101,8 @@ def _relative(target: str, start_dir: str) -> str:
 
 def write_table_report(rows: list[dict[str, Any]], title: str, html_url: str, *,
                        per_job: bool, sort_by: str | None) -> str:
+    from foldray.report.html import table_report
+
     links: dict[int, str] = {}
     page_dir = _parent(html_url)
     for i, row in enumerate(rows):
@@ -118,6 +125,9 @@ def write_table_report(rows: list[dict[str, Any]], title: str, html_url: str, *,
 
 
 def run(args: argparse.Namespace) -> int:
+    from foldray.io.load_prediction import SUMMARY_SUFFIX
+    from foldray.io.results import RESULTS_FILE
+
     out = args.out.rstrip("/")
     if out.endswith((".parquet", ".csv")):
         html_url = args.html or out.rsplit(".", 1)[0] + "_report.html"

@@ -37,15 +37,18 @@ from foldray.actors.batch import (
 )
 from foldray.config_loader import ConfigError
 from foldray.errors import InputError, error_line
+from foldray.jobs.msa import add_msa_arguments
 from foldray.jobs.options import resolve_model_and_runtime
 from foldray.jobs.predict import add_model_arguments, random_weights_warning, settings_from_args
 from foldray.jobs.predict_batch import add_cluster_arguments, add_engine_arguments, engine_settings
-from foldray.jobs.ray_setup import absolute_local
+from foldray.jobs.ray_setup import absolute_local, connect_ray
 
 # metric -> True when higher is better
 FUNNEL_METRICS = {"ranking_score": True, "iptm": True, "ptm": True, "ligand_plddt": True,
                   "min_target_ligand_pae": False}
 DEFAULT_STAGE1_STEPS = 20
+# complexes per model-actor call: those of one padded size share a forward pass
+DEFAULT_MODEL_BATCH_SIZE = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,13 +92,20 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     funnel.add_argument("--funnel", type=parse_funnel, default=None, metavar="fraction:F|top-k:N",
                         help="stage one for every ligand, stage two for the best of them")
     funnel.add_argument("--funnel-metric", default="ranking_score", choices=sorted(FUNNEL_METRICS),
-                        help="what picks stage two's ligands (min_target_ligand_pae: lowest)")
-    funnel.add_argument("--stage1-samples", type=int, default=1, help="stage one: samples per seed")
+                        help="what picks stage two's ligands (min_target_ligand_pae: lowest; "
+                             "default %(default)s)")
+    funnel.add_argument("--stage1-samples", type=int, default=1,
+                        help="stage one: samples per seed (default %(default)s)")
     funnel.add_argument("--stage1-steps", type=int, default=DEFAULT_STAGE1_STEPS,
                         help=f"stage one: diffusion steps (default {DEFAULT_STAGE1_STEPS})")
     funnel.add_argument("--stage1-recycles", type=int, default=None,
                         help="stage one: trunk cycles (default: as --recycles)")
+    parser.add_argument("--model-batch-size", type=int, default=DEFAULT_MODEL_BATCH_SIZE, metavar="N",
+                        help="ligand complexes per model-actor call; those of the same padded size "
+                             "run in one forward pass, each with the samples it gets alone "
+                             f"(default {DEFAULT_MODEL_BATCH_SIZE}; 1: one complex a call)")
     add_engine_arguments(parser)
+    add_msa_arguments(parser)
     add_cluster_arguments(parser)
     return parser
 
@@ -125,6 +135,7 @@ def settings_from(args: argparse.Namespace, target: Any) -> BatchSettings:
         checkpoint=absolute_local(args.checkpoint), config=model_config, runtime=runtime,
         predict=predict, seeds=args.seeds, max_tokens=args.max_tokens, share_trunk=args.share_trunk,
         overwrite=args.overwrite, quiet=args.quiet, **engine_settings(args),
+        model_batch_size=args.model_batch_size,
         screen=ScreenSettings(target=target, library=absolute_local(args.ligands)))
 
 
@@ -159,8 +170,48 @@ def _summary(label: str, result: BatchResult) -> str:
             f"error {counts['error']}, skipped {counts['skipped']}; {rate:.1f} ligands/min predicted")
 
 
+def search_target(args: argparse.Namespace, settings: BatchSettings) -> BatchSettings:
+    """`--msa search`: the target's chains searched once (the engine's MSA stage and its
+    cache), before any ligand; every ligand complex then uses the target's MSAs. The
+    searched target is kept as `<out>/target/<name>_data.json`. Ray is connected."""
+    from foldray.actors.msa_stage import search_and_write
+    from foldray.io import storage
+    from foldray.jobs.ray_setup import worker_remote_args
+    from foldray.msa.config import load_config
+    from foldray.msa.databases import check_databases
+
+    assert settings.screen is not None
+    try:
+        config = load_config(absolute_local(args.msa_config))
+        check_databases(config)
+    except (InputError, ConfigError) as err:   # a missing database: fail before any ligand
+        raise BatchError(str(err)) from None
+    cache = absolute_local(args.msa_cache) or config.cache_url or storage.join(settings.out, "msa_cache")
+    rows, totals, warnings = search_and_write(
+        [settings.screen.target], config, out_url=storage.join(settings.out, "target"),
+        cache_url=cache, workers=args.msa_workers, remote=worker_remote_args())
+    for line in warnings:
+        print(f"warning: {line}", file=sys.stderr)
+    if rows[0]["status"] != "ok":
+        raise BatchError(f"target MSA search: {rows[0]['error']}")
+    if not settings.quiet:
+        print(f"msa: target: {totals['msa_chains']} chains: {totals['msa_searched']} database "
+              f"searches run, {totals['msa_cached']} from the cache ({cache})", file=sys.stderr)
+    target = read_target(rows[0]["output"])
+    return dataclasses.replace(settings, screen=dataclasses.replace(settings.screen, target=target))
+
+
 def run_screen(args: argparse.Namespace, settings: BatchSettings) -> int:
-    """Run one stage, or the funnel's two; print errors and one summary line per stage."""
+    """Run one stage, or the funnel's two, in one Ray session; print errors and one summary
+    line per stage."""
+    with connect_ray(settings.address, quiet=settings.quiet, num_cpus=settings.num_cpus,
+                     ray_logs=settings.verbose):
+        if getattr(args, "msa", "given") == "search":
+            settings = search_target(args, settings)
+        return _run_stages(args, settings)
+
+
+def _run_stages(args: argparse.Namespace, settings: BatchSettings) -> int:
     from foldray.io.results import SCREEN_SCHEMA, write_results_table
 
     results: list[tuple[str, BatchResult]] = []
@@ -188,8 +239,8 @@ def run_screen(args: argparse.Namespace, settings: BatchSettings) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.samples < 1 or args.stage1_samples < 1:
-        print("error: --samples and --stage1-samples must be >= 1", file=sys.stderr)
+    if args.samples < 1 or args.stage1_samples < 1 or args.model_batch_size < 1:
+        print("error: --samples, --stage1-samples and --model-batch-size must be >= 1", file=sys.stderr)
         return 2
     try:
         target = read_target(absolute_local(args.target))

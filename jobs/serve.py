@@ -18,9 +18,13 @@ from typing import Any
 
 import yaml
 
-from foldray.jobs.options import add_runtime_arguments, runtime_overrides
+from foldray.jobs.options import (
+    PRESETS_HELP,
+    add_model_config_argument,
+    add_runtime_arguments,
+    runtime_overrides,
+)
 from foldray.jobs.ray_setup import connect_ray, worker_env
-from foldray.model.config import preset_names
 
 APP_NAME = "foldray"
 
@@ -31,9 +35,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--host", default=None, help="HTTP bind address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help="HTTP port (default 8000)")
     parser.add_argument("--checkpoint", default=None, help="safetensors checkpoint path or URL")
-    parser.add_argument("--model-config", default=None, metavar="PRESET",
-                        help="model preset when no checkpoint is given (default tiny; one of "
-                             f"{', '.join(preset_names())}; _ and - are the same)")
+    add_model_config_argument(parser, default=None, help_text=(
+        f"the model when no checkpoint is given: a preset ({PRESETS_HELP}; _ and - are the same) "
+        "or a YAML/JSON model config file, as for predict (default: the config's model_config, "
+        "else tiny)"))
     parser.add_argument("--num-gpus", type=float, default=None, help="GPUs per model replica")
     parser.add_argument("--token-file", default=None, help="file holding the bearer token")
     parser.add_argument("--insecure-no-auth", action="store_true",
@@ -97,7 +102,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: foldray serve: {err}", file=sys.stderr)
         return 2
     if not app_args.get("checkpoint"):
-        print(f"warning: foldray serve: no checkpoint: the {app_args.get('model_config', 'tiny')!r} "
+        model = app_args.get("model_config", "tiny")
+        model = model if isinstance(model, str) else "configured"
+        print(f"warning: foldray serve: no checkpoint: the {model!r} "
               "model has RANDOM weights; predictions are meaningless", file=sys.stderr, flush=True)
     with connect_ray(args.address, quiet=args.detach):
         started = deploy(app, name=APP_NAME, host=http["host"], port=int(http["port"]))

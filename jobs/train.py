@@ -29,7 +29,13 @@ from urllib.parse import urlparse
 
 from foldray.config_loader import ConfigError, read_mapping
 from foldray.io import storage
-from foldray.jobs.options import PRESETS_HELP, add_model_config_argument, add_set_argument
+from foldray.jobs.options import (
+    PRESETS_HELP,
+    add_model_config_argument,
+    add_runtime_arguments,
+    add_set_argument,
+    runtime_overrides,
+)
 from foldray.jobs.ray_setup import connect_ray, worker_runtime_env
 from foldray.model.config import is_preset
 from foldray.progress import StepBar, interactive
@@ -44,6 +50,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         f"the model: a preset ({PRESETS_HELP}) or a YAML/JSON model config file; replaces the "
         "config's model section (default: the config's)"))
     add_set_argument(parser, "override a setting, e.g. --set run.max_steps=100 --set optimizer.lr=1e-3")
+    add_runtime_arguments(parser, defaults=False)   # run.runtime.*: the same flags as predict/serve
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="deprecated spelling of --set KEY=VALUE (still accepted)")
     parser.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or local)")
@@ -203,7 +210,8 @@ def run(args: argparse.Namespace) -> int:
     from foldray.errors import InputError
 
     try:
-        overrides = [*model_overrides(args.model_config), *args.set, *args.overrides]
+        overrides = [*model_overrides(args.model_config), *args.set, *args.overrides,
+                     *(f"run.{item}" for item in runtime_overrides(args))]   # --precision ...
         config = absolute_local_paths(load_train_config(args.config, overrides))
     except ConfigError as err:   # located: file and dotted key
         print(f"error: {err}", file=sys.stderr)

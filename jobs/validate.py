@@ -16,20 +16,22 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
-from foldray.chem.ccd import parse_user_ccd
 from foldray.chem.deadline import featurization_deadline
 from foldray.errors import MAX_ERRORS_PER_JOB, InputError, InputErrors, all_errors, error_line, short_message
-from foldray.features.pipeline import featurize_job
-from foldray.features.tokenize import DEFAULT_MAX_TOKENS, TokenizedStructure, entity_components
-from foldray.inputs.af3_json import PartialJob
-from foldray.inputs.job import Job, LigandChain
-from foldray.inputs.load import iter_jobs
+from foldray.limits import DEFAULT_MAX_TOKENS
 from foldray.progress import JobsBar, interactive
+
+if TYPE_CHECKING:   # the chemistry stack (RDKit, gemmi) is imported where used: fast --help
+    from foldray.features.tokenize import TokenizedStructure
+    from foldray.inputs.job import Job
 
 
 def job_summary(job: Job, tokens: TokenizedStructure) -> dict:
     """The `--json` record of one valid job."""
+    from foldray.inputs.job import LigandChain
+
     chains = []
     for chain in tokens.chains:
         entity = job.entities[chain.entity_index]
@@ -53,6 +55,9 @@ def entity_errors(job: Job, positions: tuple[int, ...] | None = None) -> list[In
     """Each entity's chemistry (CCD codes, SMILES, modifications) checked on its own, so one
     bad entity does not hide the next. `positions[k]`: where `job.entities[k]` sat in the
     input's `sequences` (a PartialJob lacks its bad entities)."""
+    from foldray.chem.ccd import parse_user_ccd
+    from foldray.features.tokenize import entity_components
+
     try:
         user_ccd = parse_user_ccd(job.user_ccd, source=job.source) if job.user_ccd else None
     except InputError as err:
@@ -76,6 +81,8 @@ def entity_errors(job: Job, positions: tuple[int, ...] | None = None) -> list[In
 def job_errors(first: InputError, job: Job | None, time_limit: float | None) -> list[InputError]:
     """Every problem of a job up to MAX_ERRORS_PER_JOB: `first` (a parse or featurization
     failure, possibly several), then what each entity's own check finds."""
+    from foldray.inputs.af3_json import PartialJob
+
     errors = all_errors(first)
     more = first.more if isinstance(first, InputErrors) else 0
     partial = first.partial
@@ -121,6 +128,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 
 def run(args: argparse.Namespace) -> int:
+    from foldray.features.pipeline import featurize_job
+    from foldray.inputs.load import iter_jobs
+
     records, n_errors = [], 0
     items = list(iter_jobs(args.inputs))       # parsing is quick; featurizing is the long part
     bar = JobsBar(len(items), enabled=interactive(args.quiet), desc="validate")

@@ -13,15 +13,18 @@ run_equivalence.py for how such a venv is made) and each input:
    through Predictor (collate, predict, AF3 metrics), in two modes:
    - `reference_features`: foldray's model fed the reference's own features, converted
      (foldray.features.reference_features). Isolates model + sampler + confidence: must meet the target;
-   - `foldray_features`: foldray's own featurizer on the JSON. Atoms and tokens are matched by
-     (chain, residue, atom name); differences of featurization (and of generated conformers)
-     show up here, and are listed.
+   - `foldray_features`: foldray's own featurizer on the JSON, with the imported checkpoint's
+     featurization switches (FeaturizationConfig in its config). Only the reference's random
+     draws go in: its generated conformers (ref_pos, atom by atom; ETKDG differs between
+     RDKit builds and seeds) and Protenix's inference MSA row draw. Atoms and tokens are
+     matched by (chain, residue, atom name); every model input that still differs is listed
+     (feature_differences) and the outputs must meet the same target;
 3. compares coordinates (RMS Å), pLDDT, PAE (max abs over max |ref|), pTM / ipTM (relative),
    against TARGET_RMS and TARGET_REL; writes benchmarks/results/end_to_end-<reference>.json and,
    with --fixtures, tests/fixtures/end_to_end/ for tests/lib/test_end_to_end_parity.py.
 
     python benchmarks/equivalence/end_to_end.py [--reference openfold3 protenix]
-        [--inputs 102m tiny_protein_dna] [--fixtures tests/fixtures/end_to_end]
+        [--inputs 102m tiny_protein_dna] [--fixtures] [--reuse]
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from foldray.model.end_to_end_parity import (  # shared with the CI replay test
     TARGET_REL,
     TARGET_RMS,
     compare,
+    foldray_features_case,
     noise_of,
     predict,
     reference_outputs,
@@ -78,98 +82,18 @@ def load_imported(reference: str, checkpoint: Path, out: Path):
 
 # ------------------------------------------------------------------------ foldray's featurizer
 
-def _chain_rank(f: Mapping[str, np.ndarray]) -> np.ndarray:
-    """Chains numbered 0.. in asym_id order (references number them from 0 or 1)."""
-    return np.unique(np.asarray(f["asym_id"]), return_inverse=True)[1]
-
-
-def _atom_keys(f: Mapping[str, np.ndarray], names: np.ndarray) -> list[tuple]:
-    tok = np.asarray(f["atom_to_token"]).astype(np.int64)
-    return list(zip(_chain_rank(f)[tok].tolist(), np.asarray(f["residue_index"])[tok].tolist(),
-                    names.tolist(), strict=True))
-
-
-def _token_keys(f: Mapping[str, np.ndarray], names: np.ndarray) -> list[tuple]:
-    tok = np.asarray(f["atom_to_token"]).astype(np.int64)
-    n_token = f["restype"].shape[0]
-    counts = np.bincount(tok, minlength=n_token)
-    first = {int(t): str(names[i]) for i, t in reversed(list(enumerate(tok)))}
-    chain = _chain_rank(f)
-    return [(int(chain[t]), int(f["residue_index"][t]), first[t] if counts[t] == 1 else "")
-            for t in range(n_token)]
-
-
-def match(ref_keys: list[tuple], our_keys: list[tuple]) -> tuple[np.ndarray, int, int]:
-    """For each of our items the reference index with the same key (-1 = none); counts of
-    ours without a partner and of the reference's left unmatched."""
-    where = {k: i for i, k in enumerate(ref_keys)}
-    idx = np.array([where.get(k, -1) for k in our_keys], np.int64)
-    return idx, int((idx < 0).sum()), len(ref_keys) - len(set(idx[idx >= 0].tolist()))
-
-
 def foldray_features_mode(predictor, input_name: str, ref_features: dict, saved: Mapping) -> dict:
-    """foldray's own featurizer on the JSON; draws and outputs mapped atom by atom."""
-    from foldray.errors import InputError
-    from foldray.features.pipeline import featurize_job
-    from foldray.features.reference_features import atom_names
-    from foldray.inputs.load import read_jobs
-
+    """foldray's own featurizer (the imported checkpoint's switches) on the JSON, with only the
+    reference's conformers and sampler draws put in (foldray.model.end_to_end_parity)."""
     os.environ.setdefault("FOLDRAY_INPUT_PATH_ROOTS", str(DATA))
-    (job,) = read_jobs(str(DATA / "inputs" / f"{input_name}.json"))
-    if isinstance(job, InputError):
-        raise job
-    ours = featurize_job(job, seed=SEED, with_targets=False).features
-    ref_names = atom_names(ref_features["ref_atom_name_chars"].argmax(-1))
-    our_names = atom_names(ours["ref_atom_name_chars"].argmax(-1))
-    atoms, extra_atoms, missing_atoms = match(_atom_keys(ref_features, ref_names),
-                                              _atom_keys(ours, our_names))
-    tokens, extra_tokens, missing_tokens = match(_token_keys(ref_features, ref_names),
-                                                 _token_keys(ours, our_names))
-    noise = noise_of(saved)
-    mapped = dict(noise)
-    for key in ("x0", "eps"):                       # atom axis -2; atoms without a partner: 0
-        value = noise[key]
-        new = torch.zeros(*value.shape[:-2], len(atoms), 3, dtype=value.dtype)
-        new[..., atoms >= 0, :] = value[..., atoms[atoms >= 0], :]
-        mapped[key] = new
-    out = predict(predictor, ours, mapped)
-    ref = reference_outputs(saved)
-    ok_a, ok_t = atoms >= 0, tokens >= 0
-    ref_sub = {"x": ref["x"][:, atoms[ok_a]], "plddt": ref["plddt"][:, atoms[ok_a]],
-               "pae": ref["pae"][:, tokens[ok_t]][:, :, tokens[ok_t]], "ptm": ref["ptm"], "iptm": ref["iptm"]}
-    our_sub = {"x": out["x"][:, ok_a], "plddt": out["plddt"][:, ok_a],
-               "pae": out["pae"][:, ok_t][:, :, ok_t], "ptm": out["ptm"], "iptm": out["iptm"]}
-    result = compare(our_sub, ref_sub)
-    result.update({"atoms": {"foldray": int(len(atoms)), "reference": int(ref_features["ref_pos"].shape[0]),
-                             "foldray_only": extra_atoms, "reference_only": missing_atoms},
-                   "tokens": {"foldray": int(len(tokens)), "reference": int(ref_features["restype"].shape[0]),
-                              "foldray_only": extra_tokens, "reference_only": missing_tokens},
-                   "msa_rows": {"foldray": int(ours["msa"].shape[0]),
-                                "reference": int(ref_features["msa"].shape[0])},
-                   "same_atom_order": bool(np.array_equal(atoms, np.arange(len(atoms)))),
-                   "ref_pos_max_diff_A": _ref_pos_gap(ref_features, ours, atoms)})
-    return result
-
-
-def _ref_pos_gap(ref: Mapping, ours: Mapping, atoms: np.ndarray) -> float | None:
-    """Largest intra-space distance difference of the two reference conformers (Å)."""
-    ok = np.flatnonzero(atoms >= 0)
-    if not len(ok):
-        return None
-    uid = np.asarray(ours["ref_space_uid"])[ok]
-    worst = 0.0
-    for u in np.unique(uid):
-        i = ok[uid == u]
-        a, b = np.asarray(ours["ref_pos"])[i], np.asarray(ref["ref_pos"])[atoms[i]]
-        da = np.linalg.norm(a[:, None] - a[None], axis=-1)
-        db = np.linalg.norm(b[:, None] - b[None], axis=-1)
-        worst = max(worst, float(np.abs(da - db).max()))
-    return worst
+    return foldray_features_case(predictor, str(DATA / "inputs" / f"{input_name}.json"), ref_features, saved)
 
 
 # ------------------------------------------------------------------------ driver
 
-def run_reference(reference: str, venv: Path, input_name: str, work: Path) -> dict:
+def run_reference(reference: str, venv: Path, input_name: str, work: Path, reuse: bool = False) -> dict:
+    if reuse and (work / "reference.npz").exists() and (work / "checkpoint.pt").exists():
+        return {"reused": str(work)}
     script = Path(__file__).with_name(f"reference_{reference}_e2e.py")
     command = [str(venv / "bin" / "python"), str(script), str(DATA / "inputs" / f"{input_name}.json"),
                str(work), "--steps", str(N_STEP), "--samples", str(N_SAMPLE), *REFERENCE_ARGS[reference]]
@@ -199,7 +123,8 @@ def save_fixture(reference: str, input_name: str, saved: Mapping[str, np.ndarray
     return target
 
 
-def run(reference: str, inputs: list[str], venv: Path, work: Path, fixtures: bool) -> dict:
+def run(reference: str, inputs: list[str], venv: Path, work: Path, fixtures: bool,
+        reuse: bool = False) -> dict:
     from foldray.features.reference_features import CONVERTERS
     from foldray.io.import_weights import read_reference_checkpoint
 
@@ -209,7 +134,7 @@ def run(reference: str, inputs: list[str], venv: Path, work: Path, fixtures: boo
     for name in inputs:
         start = time.perf_counter()
         run_dir = work / reference / name
-        info = run_reference(reference, venv, name, run_dir)
+        info = run_reference(reference, venv, name, run_dir, reuse)
         ref_seconds = time.perf_counter() - start
         predictor, report = load_imported(reference, run_dir / "checkpoint.pt",
                                           run_dir / "foldray.safetensors")
@@ -246,9 +171,12 @@ def main() -> None:
     parser.add_argument("--inputs", nargs="*", default=list(INPUTS))
     parser.add_argument("--work", type=Path, default=Path("/tmp/foldray-e2e"))
     parser.add_argument("--fixtures", action="store_true", help=f"write {FIXTURES.relative_to(ROOT)}")
+    parser.add_argument("--reuse", action="store_true",
+                        help="reuse a reference run already in --work (reference.npz, checkpoint.pt) "
+                             "instead of rerunning the reference (default: rerun)")
     args = parser.parse_args()
     for reference in args.reference:
-        result = run(reference, args.inputs, VENVS[reference], args.work, args.fixtures)
+        result = run(reference, args.inputs, VENVS[reference], args.work, args.fixtures, args.reuse)
         out = ROOT / "benchmarks" / "results" / f"end_to_end-{reference}.json"
         out.write_text(json.dumps(result, indent=1) + "\n")
         print(f"wrote {out}")

@@ -1,12 +1,10 @@
 """Protenix's full inference path on an AF3 JSON input, random weights, injected sampler noise.
 
 Runs INSIDE the reference virtual environment (protenix 2.0.0 installed --no-deps, no foldray):
-1. a CCD subset (the input's components and every standard residue) is cut from the CCD copy
-   inside the biotite wheel into PROTENIX_ROOT_DIR/common/components.cif, with its RDKit cache
-   components.cif.rdkit_mol.pkl built as Protenix's scripts/gen_ccd_cache.py does (CCD ideal
-   coordinates as conformer 0, then one ETKDGv3 conformer), except that the molecule is read
-   from the CCD rows here (pdbeccdutils, which that script uses, is not installed) and the
-   ETKDG seed is fixed. Nothing is downloaded;
+1. a CCD subset (the input's components and every standard residue) and its RDKit cache are
+   built offline by protenix_ccd.py (the feature-parity harness's builder: the CCD copy inside
+   the biotite wheel, molecules as Protenix's scripts/gen_ccd_cache.py + pdbeccdutils build
+   them, fixed ETKDG seed) under PROTENIX_ROOT_DIR. Nothing is downloaded;
 2. the AF3 JSON becomes Protenix's JSON (proteinChain / dnaSequence / rnaSequence / ligand
    "CCD_..." or SMILES, counts, unpairedMsaPath / pairedMsaPath, modifications) and goes through
    its own `InferenceDataset.process_one` (msa on, templates off, no ESM: its inference defaults
@@ -32,120 +30,19 @@ import argparse
 import contextlib
 import json
 import os
-import pickle
 import sys
 from pathlib import Path
 
 import numpy as np
 
-CCD_ROOT = Path(os.environ.get("FOLDRAY_E2E_PROTENIX_ROOT", "/tmp/foldray-e2e/protenix-root"))
+# protenix_ccd.py's builder (the feature-parity harness's), in its own root
+CCD_ROOT = Path(os.environ.get("FOLDRAY_E2E_PROTENIX_ROOT", "/tmp/foldray-e2e/protenix-ccd"))
 os.environ["PROTENIX_ROOT_DIR"] = str(CCD_ROOT)        # read by protenix's configs at import
 os.environ.setdefault("LAYERNORM_TYPE", "torch")
 
 import torch  # noqa: E402
+from protenix_ccd import ensure_ccd  # noqa: E402  (one CCD builder for both Protenix harnesses)
 from reference_openfold3 import fixed_noise  # noqa: E402  (same draws layout; no openfold3 import)
-
-STANDARD = ("ALA ARG ASN ASP CYS GLN GLU GLY HIS ILE LEU LYS MET PHE PRO SER THR TRP TYR VAL UNK "
-            "A C G U N DA DC DG DT DN").split()
-BOND_ORDERS = {"SING": 1, "DOUB": 2, "TRIP": 3, "QUAD": 4}
-ETKDG_SEED = 0
-
-
-# ------------------------------------------------------------------------ CCD subset
-
-def _ccd_rows(codes: set[str]) -> dict[str, dict[str, dict[str, np.ndarray]]]:
-    """Per code, the chem_comp / chem_comp_atom / chem_comp_bond rows of biotite's CCD copy."""
-    import biotite.structure.info as info
-    import biotite.structure.io.pdbx as pdbx
-
-    block = pdbx.BinaryCIFFile.read(str(Path(info.__file__).with_name("components.bcif")))["components"]
-    out: dict = {code: {} for code in codes}
-    for category, key in (("chem_comp", "id"), ("chem_comp_atom", "comp_id"), ("chem_comp_bond", "comp_id")):
-        cat = block[category]
-        ids = cat[key].as_array(str)
-        keep = np.isin(ids, list(codes))
-        columns = {name: cat[name].as_array(str)[keep] for name in cat}
-        for code in codes:
-            rows = ids[keep] == code
-            out[code][category] = {name: col[rows] for name, col in columns.items()}
-    return {code: cats for code, cats in out.items() if len(cats["chem_comp"]["id"])}
-
-
-def _write_cif(rows: dict, path: Path) -> None:
-    import biotite.structure.io.pdbx as pdbx
-
-    cif = pdbx.CIFFile()
-    for code, cats in rows.items():
-        block = pdbx.CIFBlock()
-        for category, columns in cats.items():
-            if len(next(iter(columns.values()))):
-                block[category] = pdbx.CIFCategory({k: v for k, v in columns.items()})
-        cif[code] = block
-    cif.write(str(path))
-
-
-def _rdkit_mol(code: str, cats: dict):
-    """Protenix's cached molecule: atoms/bonds/charges of the CCD entry, conformer 0 = ideal
-    coordinates, atom_map / ref_mask / ref_conf_id attributes, then one ETKDGv3 conformer."""
-    from rdkit import Chem
-    from rdkit.Chem import AllChem
-
-    atoms, bonds = cats["chem_comp_atom"], cats.get("chem_comp_bond", {})
-    mol = Chem.RWMol()
-    for name, element, charge in zip(atoms["atom_id"], atoms["type_symbol"], atoms["charge"], strict=True):
-        atom = Chem.Atom(element.capitalize() if len(element) > 1 else element)
-        atom.SetFormalCharge(int(charge) if charge not in ("?", ".") else 0)
-        atom.SetProp("name", str(name))
-        mol.AddAtom(atom)
-    index = {str(n): i for i, n in enumerate(atoms["atom_id"])}
-    for a, b, order in zip(bonds.get("atom_id_1", []), bonds.get("atom_id_2", []),
-                           bonds.get("value_order", []), strict=True):
-        kind = Chem.BondType.values[BOND_ORDERS.get(str(order).upper(), 1)]
-        mol.AddBond(index[str(a)], index[str(b)], kind)
-    mol = mol.GetMol()
-    conf = Chem.Conformer(mol.GetNumAtoms())
-    ref_mask = np.zeros(mol.GetNumAtoms(), bool)
-    for i, xyz in enumerate(zip(atoms["pdbx_model_Cartn_x_ideal"], atoms["pdbx_model_Cartn_y_ideal"],
-                                atoms["pdbx_model_Cartn_z_ideal"], strict=True)):
-        ok = "?" not in xyz
-        ref_mask[i] = ok
-        conf.SetAtomPosition(i, [float(v) if ok else 0.0 for v in xyz])
-    mol.AddConformer(conf, assignId=True)
-    mol.atom_map = {atom.GetProp("name"): atom.GetIdx() for atom in mol.GetAtoms()}
-    mol.name = code
-    mol.ref_conf_id, mol.ref_conf_type, mol.ref_mask = 0, "idea", ref_mask
-    try:
-        Chem.SanitizeMol(mol)
-        mol.sanitized = True
-    except Exception:   # noqa: BLE001 - as Protenix: unsanitizable molecules keep the ideal conformer
-        mol.sanitized = False
-        return mol
-    options = AllChem.ETKDGv3()
-    options.clearConfs = False
-    options.randomSeed = ETKDG_SEED
-    conf_id = AllChem.EmbedMolecule(mol, options)
-    if conf_id >= 0:
-        mol.ref_conf_id, mol.ref_conf_type = conf_id, "rdkit"
-        mol.ref_mask[:] = True
-    return mol
-
-
-def ensure_ccd(codes: set[str]) -> None:
-    common = CCD_ROOT / "common"
-    listed = common / "codes.json"
-    wanted = set(STANDARD) | codes
-    if listed.exists() and wanted <= set(json.loads(listed.read_text())):
-        return
-    if listed.exists():
-        wanted |= set(json.loads(listed.read_text()))
-    common.mkdir(parents=True, exist_ok=True)
-    rows = _ccd_rows(wanted)
-    _write_cif(rows, common / "components.cif")
-    mols = {code: _rdkit_mol(code, cats) for code, cats in rows.items()}
-    with open(common / "components.cif.rdkit_mol.pkl", "wb") as f:
-        pickle.dump(mols, f)
-    listed.write_text(json.dumps(sorted(rows)))
-
 
 # ------------------------------------------------------------------------ input
 
@@ -316,7 +213,7 @@ def run(input_path: Path, out_dir: Path, n_step: int, n_sample: int, seed: int,
 
     doc = json.loads(input_path.read_text())
     job, codes = to_protenix_json(doc, input_path.resolve().parent)
-    ensure_ccd(codes)
+    ensure_ccd(codes, CCD_ROOT)
     config = build_config(tiny=True)
     config.model.N_cycle = 1
     config.sample_diffusion.N_step = n_step

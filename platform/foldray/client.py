@@ -47,10 +47,11 @@ MAX_ERROR_BODY = 64 << 10          # bytes of an error response read for its mes
 ROW_SCHEMA = pa.schema([
     ("ligand_id", pa.string()), ("smiles", pa.string()), ("status", pa.string()),
     ("error", pa.string()), ("ranking_score", pa.float64()), ("iptm", pa.float64()),
-    ("ptm", pa.float64()), ("ligand_mean_plddt", pa.float64()),
-    ("min_pae_target_ligand", pa.float64()), ("output", pa.string()), ("job_id", pa.string()),
+    ("ptm", pa.float64()), ("ligand_plddt", pa.float64()),
+    ("min_target_ligand_pae", pa.float64()), ("output", pa.string()), ("job_id", pa.string()),
 ])
-METRICS = ("ranking_score", "iptm", "ptm", "ligand_mean_plddt", "min_pae_target_ligand")
+# the screen metrics, named as in `foldray screen`'s results table (foldray.screening.screen_metrics)
+METRICS = ("ranking_score", "iptm", "ptm", "ligand_plddt", "min_target_ligand_pae")
 
 
 class FoldrayError(Exception):
@@ -362,7 +363,7 @@ class FoldrayClient:
         target: an AF3 job dict, a protein sequence or sequences, or {"protein": ..., "msa": ...}.
         ligands: SMILES strings, "ccd:CODE" strings, {"id", "smiles"|"ccd"} dicts, or a .smi /
         .sdf path or URL. Rows (ligand_id, smiles, status ok|error|failed, error, ranking_score,
-        iptm, ptm, ligand_mean_plddt, min_pae_target_ligand, output) stream to `on_row` as they
+        iptm, ptm, ligand_plddt, min_target_ligand_pae, output) stream to `on_row` as they
         finish. `resume_from` (a table or Parquet path from an earlier screen) skips ligands
         whose row is ok or error. `screen_id` fixes the idempotency keys, so rerunning an
         interrupted screen with the same id against the same server reuses its jobs.

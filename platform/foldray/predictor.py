@@ -9,10 +9,10 @@ one batch; every sample is scored by the confidence head and ranked as AlphaFold
 screens). Jobs are grouped by size (`group_by_size`) so padding stays small: a group is
 padded to its own largest job, not to the global buckets, because on a 35-token screen
 job the 128-token bucket multiplies pair work ~13x. Real tokens come first in every
-padded job, so each job's outputs are sliced exactly as for a job alone.
-SI deviation: one random generator (seeded by the group's first seed) drives the whole
-group's diffusion noise, so a job's sample depends on its batch-mates; a group of one
-reproduces `predict_featurized` exactly.
+padded job, so each job's outputs are sliced exactly as for a job alone. Every job draws
+its diffusion noise from its own generator, seeded with its own seed and shaped as for
+the job alone (`ItemGenerators`), so a job batched with others gives the samples it
+gives alone (within fp32 rounding; tested), whoever its batch-mates are.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from foldray.features.batch import collate
+from foldray.features.constraints import require_constraint_embedder
 from foldray.features.pipeline import FeaturizedJob, featurize_seeds
 from foldray.features.tokenize import DEFAULT_MAX_TOKENS, TokenizedStructure
 from foldray.inputs.job import Job
@@ -108,6 +109,33 @@ def extra_seed_arrays(prediction: Prediction, index: int, n_tok: int,
     return arrays
 
 
+class ItemGenerators:
+    """One random generator per batch element, for `foldray.model.diffusion._randn`.
+
+    Element b draws exactly what it would draw in a forward pass of its own: from its own
+    seed, and atom-shaped noise ([B, N_sample, N_atom, 3]) at its own atom count, zero
+    beyond it (padding atoms are masked anyway). Rotations and translations ([B, N_sample,
+    4 | 3]) do not depend on the size."""
+
+    def __init__(self, seeds: Sequence[int], n_atoms: Sequence[int], device: torch.device) -> None:
+        self.generators = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
+        self.n_atoms = list(n_atoms)
+        self.device = device
+
+    def draw_normal(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        if shape[0] != len(self.generators):
+            raise ValueError(f"ItemGenerators: {len(self.generators)} generators for a batch of {shape[0]}")
+        atoms = len(shape) == 4 and shape[-1] == 3      # the sampler's x-shaped noise
+        parts = []
+        for generator, n_atom in zip(self.generators, self.n_atoms, strict=True):
+            own = (1, shape[1], n_atom, 3) if atoms else (1, *shape[1:])
+            draw = torch.randn(own, generator=generator, device=self.device, dtype=torch.float32)
+            if atoms and n_atom < shape[2]:
+                draw = torch.nn.functional.pad(draw, (0, 0, 0, shape[2] - n_atom))
+            parts.append(draw)
+        return torch.cat(parts).to(device=like.device, dtype=like.dtype)
+
+
 class Predictor:
     """A model held in memory with its runtime settings; load once, predict many jobs."""
 
@@ -121,6 +149,7 @@ class Predictor:
             self.model.compile_blocks()
         # progress(stage, done, total) for recycles and diffusion steps (foldray.progress)
         self.progress: Progress | None = None
+        self.weights = "random weights" if random_weights else "the given model"
 
     @classmethod
     def load(cls, checkpoint: str | None = None, *, config: str | ModelConfig = "tiny",
@@ -134,7 +163,9 @@ class Predictor:
             if missing or unexpected:
                 raise ValueError(f"{checkpoint}: weights do not fit the model "
                                  f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
-            return cls(model, runtime=runtime, device=device)
+            predictor = cls(model, runtime=runtime, device=device)
+            predictor.weights = f"checkpoint {checkpoint}"     # named in restraint errors
+            return predictor
         model_config = named_config(config) if isinstance(config, str) else config
         torch.manual_seed(init_seed)
         return cls(AlphaFold3(model_config), runtime=runtime, device=device, random_weights=True)
@@ -143,13 +174,20 @@ class Predictor:
     def config(self) -> ModelConfig:
         return self.model.config
 
-    def _forward(self, features: Sequence[dict[str, np.ndarray]], seed: int,
+    def _forward(self, features: Sequence[dict[str, np.ndarray]], seeds: int | Sequence[int],
                  settings: PredictSettings, trunk: TrunkOutput | None = None,
                  ) -> tuple[Prediction, dict[str, torch.Tensor]]:
-        """One forward pass over jobs padded to the largest of them; the batch it ran on."""
+        """One forward pass over jobs padded to the largest of them, each job's noise from
+        its own seed; the batch it ran on."""
         batch = collate(list(features), token_buckets=None, atom_buckets=None)
         batch = {k: v.to(self.device) for k, v in batch.items()}
-        generator = torch.Generator(device=self.device).manual_seed(seed)
+        seeds = [seeds] if isinstance(seeds, int) else list(seeds)
+        generator: torch.Generator | ItemGenerators
+        if len(features) == 1:
+            generator = torch.Generator(device=self.device).manual_seed(seeds[0])
+        else:
+            generator = ItemGenerators(seeds, [int(f["ref_pos"].shape[0]) for f in features],
+                                       self.device)
         autocast = self.runtime.precision == "bf16" and self.device.type == "cuda"
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
             prediction = self.model.predict(batch, n_sample=settings.n_sample,
@@ -161,6 +199,7 @@ class Predictor:
     def predict_job(self, job: Job, settings: PredictSettings = PredictSettings(),
                     ) -> tuple[TokenizedStructure, list[SamplePrediction]]:
         """All seeds x samples of one job, with AF3's confidence metrics per sample."""
+        require_constraint_embedder(job, self.config, self.weights)      # before featurizing
         samples: list[SamplePrediction] = []
         tokens = None
         seeds = settings.seeds or job.seeds
@@ -183,6 +222,7 @@ class Predictor:
         batch pipeline can featurize on CPU workers and keep the accelerator on the model."""
         if not featurized_by_seed:
             raise ValueError("predict_featurized: no seeds to predict")
+        require_constraint_embedder(next(iter(featurized_by_seed.values())).job, self.config, self.weights)
         samples: list[SamplePrediction] = []
         tokens, trunk = None, None
         first = next(iter(featurized_by_seed.values()))
@@ -190,7 +230,7 @@ class Predictor:
             if settings.share_trunk:
                 featurized = first        # the trunk ran on these features
             tokens = featurized.tokens
-            prediction, batch = self._forward([featurized.features], seed, settings, trunk=trunk)
+            prediction, batch = self._forward([featurized.features], [seed], settings, trunk=trunk)
             if settings.share_trunk:
                 trunk = prediction.trunk
             samples.extend(self._samples(prediction, batch, 0, seed, tokens, settings.outputs))
@@ -203,9 +243,12 @@ class Predictor:
         """The samples of each (features, seed) pair, in order, from one forward pass per
         same-size group of at most `max_group` jobs (`group_by_size`; module docstring)."""
         results: list[list[SamplePrediction]] = [[] for _ in items]
+        for featurized, _ in items:
+            require_constraint_embedder(featurized.job, self.config, self.weights)
         for group in group_by_size([featurized for featurized, _ in items], max_group):
             members = [items[i] for i in group]
-            prediction, batch = self._forward([f.features for f, _ in members], members[0][1], settings)
+            prediction, batch = self._forward([f.features for f, _ in members],
+                                              [seed for _, seed in members], settings)
             for position, (index, (featurized, seed)) in enumerate(zip(group, members, strict=True)):
                 results[index] = self._samples(prediction, batch, position, seed, featurized.tokens,
                                                settings.outputs)

@@ -3,13 +3,16 @@
 `StageBars` is the `progress(stage, done, total)` hook the model takes
 (AlphaFold3.predict, Predictor): one bar per stage, replaced when a new round starts.
 `JobsBar` counts jobs in `validate` / `predict`; `StepBar` shows training steps on the
-driver of `foldray train`. Bars show only on a terminal and never with `--quiet`, so logs
+driver of `foldray train`; `RunProgress` counts the jobs of a batch run (predict-batch,
+screen, featurize). Bars show only on a terminal and never with `--quiet`, so logs
 and pipes stay clean.
 """
 
 from __future__ import annotations
 
+import collections
 import sys
+import time
 from typing import Any
 
 from tqdm import tqdm
@@ -106,6 +109,50 @@ class StepBar:
         if isinstance(loss, (int, float)):
             self.bar.set_postfix_str(f"loss {loss:.4g}", refresh=False)
         self.bar.update(step - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+PROGRESS_LINE_INTERVAL_S = 10.0   # off a terminal: at most one progress line this often
+
+
+class RunProgress:
+    """Jobs finished by a batch run, as the driver sees their rows come back.
+
+    A bar with the ok/error counts on a terminal; elsewhere (a pipe, `ray job submit` logs)
+    one `desc: done/total ...` line at most every `interval_s`, so logs stay short.
+    """
+
+    def __init__(self, total: int, *, desc: str = "jobs", quiet: bool = False,
+                 interval_s: float = PROGRESS_LINE_INTERVAL_S, stream: Any = None) -> None:
+        self.total, self.desc, self.interval_s = total, desc, interval_s
+        self.stream = stream or sys.stderr
+        self.enabled = not quiet
+        self.counts: collections.Counter[str] = collections.Counter()
+        self.started = self.shown = time.monotonic()
+        self.bar: Any = None
+        if self.enabled and self.stream.isatty():
+            self.bar = tqdm(total=total, desc=desc, unit="job", file=self.stream, dynamic_ncols=True)
+
+    def update(self, status: str) -> None:
+        self.counts[status] += 1
+        if self.bar is not None:
+            self.bar.set_postfix_str(self._counts(), refresh=False)
+            self.bar.update(1)
+        elif self.enabled and (now := time.monotonic()) - self.shown >= self.interval_s:
+            self.shown = now
+            print(self.line(), file=self.stream, flush=True)
+
+    def line(self) -> str:
+        done = sum(self.counts.values())
+        return (f"{self.desc}: {done}/{self.total} done ({self._counts()}) after "
+                f"{time.monotonic() - self.started:.0f} s")
+
+    def _counts(self) -> str:
+        return ", ".join(f"{status} {n}" for status, n in sorted(self.counts.items()))
 
     def close(self) -> None:
         if self.bar is not None:

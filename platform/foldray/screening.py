@@ -137,7 +137,7 @@ def featurize_screen_job(job: Job, target: PreparedTarget, *, seed: int = 0,
     tokens = tokenize(job, max_tokens=max_tokens, featurization=featurization)
     extra = [(None, None)] * (len(job.entities) - target.n_entities)   # ligands: no MSA
     chain_msas, column = msa_inputs(job, tokens, max_msa_rows,
-                                    entity_msas=list(target.entity_msas) + extra)
+                                    entity_msas=list(target.entity_msas) + extra, featurization=featurization)
     msa = build_msa(chain_msas, max_rows=max_msa_rows,
                     max_paired_rows=min(MAX_PAIRED_ROWS, max_msa_rows // 2), featurization=featurization)
     templates = template_features(job, tokens, rng=None)
@@ -147,10 +147,11 @@ def featurize_screen_job(job: Job, target: PreparedTarget, *, seed: int = 0,
 
 def screen_metrics(tokens: TokenizedStructure, sample: SamplePrediction,
                    ligand_chain: int = -1) -> dict[str, float]:
-    """Scores of one sample for a screen row: the ligand chain is the last one by default.
+    """Scores of one sample for a screen row, the same for `foldray screen` and the Serve
+    screen (the results table's column names): the ligand chain is the last one by default.
 
-    ligand_mean_plddt: mean pLDDT of the ligand's atoms; min_pae_target_ligand: the
-    smallest PAE between a target token and a ligand token, either direction (Å).
+    ligand_plddt: mean pLDDT of the ligand's atoms; min_target_ligand_pae: the smallest
+    PAE between a target token and a ligand token, either direction (Å). NaN: unknown.
     """
     chain_index = ligand_chain % len(tokens.chains)
     is_ligand_atom = np.asarray(tokens.atom_chain) == chain_index
@@ -160,5 +161,5 @@ def screen_metrics(tokens: TokenizedStructure, sample: SamplePrediction,
                             pae[is_ligand_token][:, ~is_ligand_token].ravel()])
     return {"ranking_score": float(sample.score()), "iptm": float(sample.iptm),
             "ptm": float(sample.ptm),
-            "ligand_mean_plddt": float(np.mean(sample.atom_plddt[is_ligand_atom])),
-            "min_pae_target_ligand": float(cross.min()) if cross.size else float("nan")}
+            "ligand_plddt": float(np.mean(sample.atom_plddt[is_ligand_atom])),
+            "min_target_ligand_pae": float(cross.min()) if cross.size else float("nan")}

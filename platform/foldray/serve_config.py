@@ -3,7 +3,10 @@
 One frozen dataclass read by the shared typed loader (`foldray.config_loader`): an
 unknown key or a value of the wrong type is a `ConfigError` naming the setting, before
 anything starts. `runtime` is the served model's `RuntimeConfig` (precision, kernels, compile,
-chunking), set with dotted keys: `--set runtime.precision=bf16`. No Ray here: the
+chunking), set with dotted keys: `--set runtime.precision=bf16`. `model_config` is a preset
+name or a model config file (YAML/JSON, local or URL, read by the same loader as
+`foldray predict --model-config`); a file is read once, when the settings load, and the
+replicas get its resolved mapping (they never open the file). No Ray here: the
 resources named below are wired into deployments by `foldray.actors.serve`.
 """
 
@@ -14,9 +17,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from foldray.config_loader import ConfigError, load_dataclass
+import yaml
+
+from foldray.config_loader import ConfigError, load_dataclass, to_plain
 from foldray.features.tokenize import DEFAULT_MAX_TOKENS
-from foldray.model.config import RuntimeConfig, is_preset, preset_names
+from foldray.model.config import ModelConfig, RuntimeConfig, is_preset, model_config_from, preset_names
 from foldray.out_allowlist import server_outputs
 
 # keys that were renamed or removed, with what to write instead
@@ -34,7 +39,9 @@ class ServeConfig:
     debug_endpoints: bool = False          # GET /v1/debug/stats (counters, replica PIDs)
     access_log: bool = True
     # ---- model
-    model_config: str = "tiny"             # preset when no checkpoint is given (random weights)
+    # when no checkpoint is given (random weights): a preset, a YAML/JSON model config file,
+    # or that file's mapping inline
+    model_config: str | dict[str, Any] = "tiny"
     checkpoint: str | None = None
     device: str = "cpu"                    # used when num_gpus > 0
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
@@ -79,14 +86,37 @@ class ServeConfig:
     env_vars: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
-        if self.checkpoint is None and not is_preset(self.model_config):
-            raise ConfigError(f"unknown preset {self.model_config!r} (choose from "
-                              f"{', '.join(preset_names())})", key="model_config")
+        spec = self.model_config
+        if self.checkpoint is None and isinstance(spec, str) and not (is_preset(spec) or _is_file(spec)):
+            raise ConfigError(f"unknown preset {spec!r} (choose from {', '.join(preset_names())}, "
+                              "or give a .yaml/.yml/.json model config file)", key="model_config")
         for name in ("n_sample", "max_batch_size", "model_replicas", "featurizer_replicas",
                      "max_pending_jobs", "max_stored_jobs", "max_stored_bytes", "max_body_bytes",
                      "max_tokens", "max_jobs", "max_ligands", "msa_workers"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"expected at least 1, got {getattr(self, name)}", key=name)
+
+    def model(self) -> str | ModelConfig:
+        """What the model replicas load without a checkpoint: a preset name or a ModelConfig
+        (a checkpoint carries its own config: then the setting is passed on unread)."""
+        spec = self.model_config
+        if isinstance(spec, str) and (is_preset(spec) or self.checkpoint is not None):
+            return spec
+        return _resolve_model(spec)
+
+
+def _is_file(spec: str) -> bool:
+    return spec.strip().endswith((".yaml", ".yml", ".json"))
+
+
+def _resolve_model(spec: str | Mapping[str, Any]) -> ModelConfig:
+    """A model config file (or its mapping: a whole ModelConfig, or `preset:` plus dotted
+    overrides) through the one model config loader."""
+    text = spec if isinstance(spec, str) else yaml.safe_dump(dict(spec))   # a mapping: as its file
+    try:
+        return model_config_from(text)
+    except ConfigError as err:
+        raise err.located(field_prefix="model_config") from None
 
 
 def load_serve_config(args: Mapping[str, Any]) -> ServeConfig:
@@ -97,6 +127,10 @@ def load_serve_config(args: Mapping[str, Any]) -> ServeConfig:
             if key in REPLACED:
                 raise ConfigError(REPLACED[key], key=key)
         config = load_dataclass(ServeConfig, args)
+        if config.checkpoint is None and not (isinstance(config.model_config, str)
+                                              and is_preset(config.model_config)):
+            # read here, once: replicas get the resolved mapping, not a path to open
+            config = dataclasses.replace(config, model_config=to_plain(config.model()))
     except ConfigError as err:
         raise err.located(source="serve settings") from None
     out, allowlist = server_outputs({"out": config.out,

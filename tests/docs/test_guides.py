@@ -13,22 +13,26 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from foldray.errors import InputError
 from tests.data_paths import INPUTS, MSAS, SHARED_DATA, STRUCTURES
 from tests.docs.guide_blocks import blocks, guides, runnable, script, unmarked
 from tests.plugins.ray_s3 import child_env
 
 SEQDB = SHARED_DATA / "seqdb"
+REPO_DOCS = Path(__file__).resolve().parents[2] / "docs"
 RAN: set[tuple[str, str]] = set()                 # (guide, block) executed in this session
 TESTED_GUIDES = {"prediction.md", "python-api.md", "batch.md", "finetuning.md", "screens.md",
-                 "msa.md", "performance.md"}
+                 "msa.md", "performance.md", "restraints.md"}
 
 
 def run_guide(guide: str, folder: Path, extra_env: dict[str, str] | None = None,
@@ -180,3 +184,36 @@ def test_every_runnable_block_ran():
 
 
 assert INPUTS.exists(), "the shared test data (../shared/data) is needed"
+
+
+def _guide_code(guide: str, lang: str) -> list[str]:
+    """The guide's ```lang blocks (data examples, not runnable blocks)."""
+    text = (REPO_DOCS / guide).read_text()
+    return [code for found, code in re.findall(r"```(\w*)\n(.*?)```", text, re.S) if found == lang]
+
+
+def test_restraints_guide_examples_are_real_inputs():
+    """The guide's AF3 JSON example parses, its restraints land on the tokens it names, and the
+    refusal it quotes is the one a model without the embedder gives; its Boltz block maps."""
+    from foldray.features.constraints import constraint_features, require_constraint_embedder
+    from foldray.features.tokenize import tokenize
+    from foldray.inputs.af3_json import parse_af3_json
+    from foldray.inputs.boltz_yaml import parse_boltz_yaml
+    from foldray.model.config import ModelConfig
+
+    job = parse_af3_json(_guide_code("restraints.md", "json")[0], source="pocket.json")[0]
+    assert [type(r).__name__ for r in job.restraints] == ["PocketRestraint", "ContactRestraint"]
+    tokens = tokenize(job)
+    pocket = constraint_features(job, tokens)["constraint_pocket"][..., 0]
+    binder = np.array([tokens.chains[c].chain_id == "B" for c in tokens.atom_chain[tokens.centre_atom]])
+    assert (pocket[binder][:, [43, 68, 93, 97]] == 6.0).all() and pocket.sum() == 6.0 * 4 * binder.sum()
+    with pytest.raises(InputError) as caught:
+        require_constraint_embedder(job, ModelConfig.tiny(), "checkpoint weights/foldray.safetensors")
+    quoted = " ".join(_guide_code("restraints.md", "")[0].split())
+    assert quoted.removesuffix(" ...") in " ".join(f"InputError: {caught.value}".split())
+
+    boltz = ("version: 1\nsequences:\n  - protein: {id: A, sequence: " + "GAVLIKEDRS" * 5 + "}\n"
+             "  - ligand: {id: L, smiles: 'CCCCCCO'}\n" + _guide_code("restraints.md", "yaml")[0])
+    mapped = parse_boltz_yaml(boltz, source="boltz.yaml").restraints
+    assert [(r.max_distance, type(r).__name__) for r in mapped] == [(6.0, "PocketRestraint"),
+                                                                      (8.0, "ContactRestraint")]

@@ -50,10 +50,19 @@ def test_one_bad_record_in_any_stage_is_its_own_error_row(ray_session, tmp_path)
     env = {**ray_session.env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
            "RAY_JOB_CONFIG_JSON_ENV_VAR": json.dumps(job_config)}
     gcs = "127.0.0.1:" + ray_session.address.rsplit(":", 1)[1]
+    loud = [arg for arg in FAST if arg != "--quiet"]   # the default output, minus --quiet's
     done = subprocess.run([sys.executable, "-m", "foldray.jobs.predict_batch", "--inputs",
-                           str(inputs), "--out", str(out), *FAST, "--address", gcs],
+                           str(inputs), "--out", str(out), *loud, "--address", gcs],
                           env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert done.returncode == 2, done.stderr[-4000:]
+    # quiet by default (no --verbose), attached to a running cluster: none of Ray's own lines
+    # (INFO, warnings, forwarded worker output, C++ core messages, progress bars, colours)
+    terminal = done.stdout + done.stderr
+    for noise in (" INFO ", "WARNING", "falling back to pickled", "core_worker", "\x1b[", "(MapWorker",
+                  "Running Dataset", "Token authentication"):
+        assert noise not in terminal, (noise, terminal[-4000:])
+    driver_logs = list(ray_session.temp_dir.glob("session_*/logs/foldray-driver-*.log"))
+    assert driver_logs, "Ray's driver lines should land in the session's log folder"
     rows = results(out)
     status = {name: row["status"] for name, row in rows.items()}
     assert {n: s for n, s in status.items() if s == "ok"} == dict.fromkeys(
@@ -75,6 +84,8 @@ def test_one_bad_record_in_any_stage_is_its_own_error_row(ray_session, tmp_path)
     report = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
     assert len(report) == 5 and not any("Traceback" in line for line in report)
     assert "ok 3, error 5, skipped 0" in done.stdout
+    others = [line for line in done.stderr.splitlines() if not line.startswith(("error: ", "jobs: "))]
+    assert len(others) <= 1 and all(line.startswith("warning: no --checkpoint") for line in others), others
     for name in ("good_a", "good_b", "fault_flaky"):
         assert (out / name / f"{name}_summary_confidences.json").exists()
         assert rows[name]["ranking_score"] is not None

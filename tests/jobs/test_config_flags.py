@@ -101,3 +101,35 @@ def test_serve_runtime_flags_become_runtime_settings():
     config = load_serve_config(app_args)
     assert config.runtime == RuntimeConfig(precision="bf16", kernels="torch", chunk_size=32)
     assert load_serve_config(app_settings(parse("serve", "--insecure-no-auth"))[0]).runtime == RuntimeConfig()
+
+
+def test_serve_model_config_file_is_read_once_and_served(tmp_path):
+    """`foldray serve --model-config FILE` (issue 18): the file goes through predict's loader,
+    the settings carry its resolved mapping (replicas never open it), and the model replica
+    builds exactly that model."""
+    from foldray.actors.serve_deployments import Model
+    from foldray.jobs.serve import app_settings
+    from foldray.serve_config import load_serve_config
+
+    path = tmp_path / "m.yaml"
+    path.write_text("preset: tiny\ndiffusion: {n_step: 3}\npairformer: {n_block: 1}\n")
+    expected, _ = resolve_model_and_runtime(parse("predict", "x", "--out", "o", "--model-config", str(path)))
+    flags = parse("serve", "--model-config", str(path), "--insecure-no-auth")
+    config = load_serve_config(app_settings(flags)[0])
+    path.unlink()
+    assert config.model() == expected and expected.pairformer.n_block == 1
+    inline = load_serve_config({"model_config": {"preset": "tiny", "diffusion": {"n_step": 3},
+                                                 "pairformer": {"n_block": 1}}})
+    assert inline.model() == expected
+    model = Model.func_or_class(None, config.model(), "cpu", 1, 0.01, config.runtime)
+    assert model.predictor.model.config == expected and model.predictor.random_weights
+
+
+def test_serve_bad_model_config_file_is_one_located_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("preset: tiny\ndiffusion: {n_stp: 3}\n")
+    assert cli.main(["serve", "--model-config", str(bad), "--insecure-no-auth"]) == 2
+    err = capsys.readouterr().err
+    assert "model_config.diffusion.n_stp: unknown key" in err and "Traceback" not in err
+    assert cli.main(["serve", "--model-config", str(tmp_path / "none.json"), "--insecure-no-auth"]) == 2
+    assert "model config file not found" in capsys.readouterr().err

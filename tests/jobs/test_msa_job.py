@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -165,3 +166,35 @@ def test_predict_batch_with_msa_search(ray_session, tmp_path, capsys):
     assert main(["predict-batch", "--inputs", str(inputs), "--out", str(out), "--msa", "search",
                  "--msa-config", str(bad), "--quiet"]) == 2
     assert "database 'bfd'" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(shutil.which("mmseqs") is None,
+                    reason="the mmseqs binary is not installed (apt-get install mmseqs2)")
+def test_mmseqs2_searches_run_as_ray_tasks_and_equal_the_unsharded_search(ray_session, tmp_path):
+    """The MSA stage sends a job's MMseqs2 searches (2 chains) to Ray CPU tasks at once, with
+    3 shards (MMseqs2's own split); the MSAs equal an unsharded in-process search's."""
+    from foldray.actors.msa_stage import MsaSearchStage
+    from foldray.actors.predict_rows import PENDING, result_row
+    from foldray.inputs.job import Job, PolymerChain
+    from foldray.msa.fill import ChainSearcher, LocalMmseqs, fill_jobs
+
+    records = PROTEIN_DB.read_text().split(">")[1:]
+    small = tmp_path / "seqdb_tenth.fasta"        # every 10th sequence: ~80 homologs per chain
+    small.write_text("".join(">" + record for record in records[::10]))
+    db = DatabaseConfig(name="seqdb", url=str(small), tool="mmseqs2")
+    chains = tuple(PolymerChain(ids=(cid,), mol_type="protein", sequence=_seq(name))
+                   for cid, name in (("A", "102m"), ("B", "5zyh")))
+    job = Job(name="pair", seeds=(1,), entities=chains)
+
+    local = LocalMmseqs()
+    (expected,) = fill_jobs([job], ChainSearcher(MsaConfig(databases=(db,)), LocalShards(1), None,
+                                                 mmseqs=local))
+    stage = MsaSearchStage(MsaConfig(databases=(db,), shards=3), None, None)
+    row = stage(result_row(PENDING, name="pair", payload=job))
+    assert not stage.shards.workers                      # no HMMER database: no shard actors
+    assert stage.mmseqs.calls == 2 and local.calls == 2
+    assert (row["msa_chains"], row["msa_searched"], row["msa_cached"]) == (2, 2, 0), row["error"]
+    for got, want in zip(row["payload"].entities, expected.entities, strict=True):
+        assert got.unpaired_msa == want.unpaired_msa and 50 < got.unpaired_msa.count(">") < 200
+    again = stage(result_row(PENDING, name="pair again", payload=job))   # the stage's memo
+    assert stage.mmseqs.calls == 2 and again["payload"].entities == row["payload"].entities

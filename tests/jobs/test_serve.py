@@ -399,7 +399,7 @@ def test_screen_of_100_ligands_with_target_cache_and_resume(served, tmp_path):
     assert [r["ligand_id"] for r in rows] == [lig["id"] for lig in ligands]
     for row in rows[:100]:
         assert row["status"] == "ok", row
-        for name in ("ranking_score", "iptm", "ptm", "ligand_mean_plddt", "min_pae_target_ligand"):
+        for name in ("ranking_score", "iptm", "ptm", "ligand_plddt", "min_target_ligand_pae"):
             assert row[name] is not None and math.isfinite(row[name]), (row["ligand_id"], name)
     for row in rows[100:]:
         assert row["status"] == "error" and "RDKit could not parse" in row["error"], row

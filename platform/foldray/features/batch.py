@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from foldray.features.constraints import fill_missing
 from foldray.residues import GAP
 
 TOKEN, ATOM, MSA, TEMPL = "N_token", "N_atom", "N_msa", "N_templ"
@@ -53,6 +54,9 @@ FEATURE_AXES: dict[str, Axes] = {
     "template_unit_vector": (TEMPL, TOKEN, TOKEN, None),
     # bonds and indices
     "token_bonds": (TOKEN, TOKEN),
+    # restraints (foldray.features.constraints), only in batches where a job has them
+    "constraint_pocket": (TOKEN, TOKEN, None), "constraint_contact": (TOKEN, TOKEN, None),
+    "constraint_contact_atom": (TOKEN, TOKEN, None),
     "atom_to_token": _ATOM_1D, "token_centre_atom": _TOKEN_1D, "token_rep_atom": _TOKEN_1D,
     # training targets (foldray.features.targets): experimental coordinates and which
     # atoms the experiment resolved (padding atoms get 0 / False), resolution, bonded-ligand
@@ -186,6 +190,7 @@ def collate(samples: Sequence[Mapping[str, np.ndarray]], *,
     """
     if not samples:
         raise ValueError("collate: no samples")
+    samples = fill_missing(samples)     # jobs without restraints beside jobs with them
     names = set(samples[0])
     for i, sample in enumerate(samples):
         if set(sample) != names:

@@ -14,7 +14,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
-ModifiedResidueRestype = Literal["parent", "protein_unknown"]
+ModifiedResidueRestype = Literal["parent", "protein_unknown", "ccd_type"]
+MsaQueryLetters = Literal["ccd", "input"]
+LigandLeavingAtoms = Literal["glycan_o1", "bonded", "keep"]
+Selenomethionine = Literal["atomize", "one_token", "as_met"]
 MsaWithoutAlignment = Literal["query", "gap"]
 PairedMsa = Literal["species", "precomputed"]
 
@@ -39,6 +42,10 @@ class FeaturizationConfig:
         "protein_unknown" (OpenFold3): the residue name looked up among the standard names,
         else the protein "UNK", for RNA and DNA residues too
         (of3:core/data/pipelines/featurization/structure.py:86-91, core/data/resources/residues.py:321-332).
+        "ccd_type" (Protenix): as "parent", but the residue's own CCD _chem_comp.type picks the
+        molecule kind first, and a non-polymer component inside a polymer (GTP at the 5' end of
+        an RNA) is the protein UNK (ptx:protenix/data/core/ccd.py:150-179 get_mol_type,
+        ptx:protenix/data/core/parser.py:2789-2830 add_cano_seq_resname).
     msa_without_alignment: MSA columns of a polymer chain without an alignment (none given,
         DNA, 4 residues or fewer) and of ligands. "query" (AF3): the chain's query row in
         row 0 (and in the unpaired block), profile the query's one-hot; ligand columns are
@@ -67,6 +74,27 @@ class FeaturizationConfig:
         and a ligand's row 0 (and profile) is UNK, so ligand columns are UNK in every row
         (ptx:protenix/data/msa/msa_featurizer.py:335-347 "Forward compatibility patch", ligand
         sequence "X" * n :644-649).
+    msa_query_letters: "ccd" (AF3, OpenFold3): a polymer chain's MSA query row is its tokens'
+        restypes, a modified residue showing its CCD one-letter code's parent
+        (af3:src/alphafold3/model/features.py:462). "input" (Protenix): the chain's sequence
+        letters as written in the input, e.g. the N written for GTP
+        (ptx:protenix/data/msa/msa_featurizer.py:633-635).
+    ligand_leaving_atoms: which leaving atoms covalent bonds remove (polymer links aside).
+        "glycan_o1" (AF3 as trained and at inference): O1 of every glycan residue (CCD type
+        "saccharide") of a ligand chain, bonded or standalone, unless a bond names O1
+        (af3:src/alphafold3/model/pipeline/structure_cleaning.py:134-163,
+        pipeline.py:151,159,195-200: drop_ligand_leaving_atoms=True,
+        fix_standalone_glycans=False). "bonded" (Protenix): a CCD leaving group of every atom
+        a bondedAtomPairs entry names, one per bond (glycan C1 -> O1), whatever the residue
+        (ptx:protenix/data/inference/json_to_feature.py:210-284,
+        ptx:protenix/data/inference/json_parser.py:181-234). "keep": none (foldray before).
+    selenomethionine: an MSE residue in a protein chain. "atomize" (SI 2.6, "a modified
+        amino acid ... is tokenized per-atom"; OpenFold3; foldray's default): one token per
+        atom, restype MET. "one_token" (AF3's released code: its tokenizer treats MSE like a
+        standard residue, af3:src/alphafold3/model/features.py:236-245): one token, restype
+        MET, atoms keep their names (SE, element Se). "as_met" (Protenix): one token, and the
+        residue is renamed MET with SE -> SD, element S, on the MSE conformer
+        (ptx:protenix/data/inference/json_to_feature.py:315-344 mse_to_met).
     """
 
     keep_terminal_leaving_atoms: bool = True
@@ -75,9 +103,15 @@ class FeaturizationConfig:
     paired_msa: PairedMsa = "species"
     paired_msa_as_unpaired: bool = False
     fill_non_protein_msa_rows: bool = False
+    msa_query_letters: MsaQueryLetters = "ccd"
+    ligand_leaving_atoms: LigandLeavingAtoms = "glycan_o1"
+    selenomethionine: Selenomethionine = "atomize"
 
     def __post_init__(self) -> None:
-        for name, allowed in (("modified_residue_restype", ("parent", "protein_unknown")),
+        for name, allowed in (("modified_residue_restype", ("parent", "protein_unknown", "ccd_type")),
+                              ("msa_query_letters", ("ccd", "input")),
+                              ("ligand_leaving_atoms", ("glycan_o1", "bonded", "keep")),
+                              ("selenomethionine", ("atomize", "one_token", "as_met")),
                               ("msa_without_alignment", ("query", "gap")),
                               ("paired_msa", ("species", "precomputed"))):
             if getattr(self, name) not in allowed:
@@ -98,7 +132,9 @@ class FeaturizationConfig:
     def protenix(cls) -> FeaturizationConfig:
         """What protenix 2.0's inference featurizer does, where a switch covers it (the
         differences without one are listed in docs/parity.md)."""
-        return cls(fill_non_protein_msa_rows=True, paired_msa_as_unpaired=True)
+        return cls(fill_non_protein_msa_rows=True, paired_msa_as_unpaired=True,
+                   modified_residue_restype="ccd_type", msa_query_letters="input",
+                   ligand_leaving_atoms="bonded", selenomethionine="as_met")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

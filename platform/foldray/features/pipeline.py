@@ -12,6 +12,7 @@ import numpy as np
 
 from foldray.errors import InputError
 from foldray.features.config import DEFAULT_FEATURIZATION, FeaturizationConfig
+from foldray.features.constraints import add_constraint_features
 from foldray.features.crop import CROP_WEIGHTS, crop_tokens, sample_crop_strategy
 from foldray.features.featurize import featurize
 from foldray.features.ground_truth import AtomTargets, align_ground_truth, drop_long_bonds
@@ -20,7 +21,7 @@ from foldray.features.templates import template_features
 from foldray.features.tokenize import DEFAULT_MAX_TOKENS, TokenizedStructure, select_tokens, tokenize
 from foldray.inputs.a3m import A3m, check_query, parse_a3m
 from foldray.inputs.job import Job, PolymerChain
-from foldray.residues import GAP, UNKNOWN_RESTYPE
+from foldray.residues import GAP, ONE_TO_CCD, RESTYPE_INDEX, UNKNOWN_RESTYPE
 
 MAX_MSA_ROWS = 16384
 MAX_PAIRED_ROWS = 8191   # SI 2.3: up to 8,191 paired rows after the query
@@ -79,8 +80,22 @@ def parse_entity_msas(job: Job, max_rows: int = MAX_MSA_ROWS) -> list[tuple[A3m 
     return [_entity_msas(job, i, max_rows) for i in range(len(job.entities))]
 
 
+def input_letters_query(entity, mol_type: str, query: np.ndarray) -> np.ndarray:
+    """A polymer chain's MSA query from its sequence letters as written in the input (a
+    modified residue shows the letter the user wrote, e.g. N for GTP), as Protenix builds it
+    (ptx:protenix/data/msa/msa_featurizer.py:633-635); AF3 uses the residue's CCD one-letter
+    code (af3:src/alphafold3/model/features.py:462). Unknown letters: the chain's unknown."""
+    letters = getattr(entity, "sequence", None)
+    if letters is None or len(letters) != len(query):
+        return query
+    table = ONE_TO_CCD[mol_type]
+    unknown = UNKNOWN_RESTYPE[mol_type]
+    return np.array([RESTYPE_INDEX[table[c]] if c in table else unknown for c in letters], np.int64)
+
+
 def msa_inputs(job: Job, tokens: TokenizedStructure, max_rows: int = MAX_MSA_ROWS,
                entity_msas: list[tuple[A3m | None, A3m | None]] | None = None,
+               featurization: FeaturizationConfig = DEFAULT_FEATURIZATION,
                ) -> tuple[list[ChainMsaInput], np.ndarray]:
     """Per-chain MSA inputs and, per token, the MSA column it reads ([N_token] int64).
 
@@ -100,6 +115,8 @@ def msa_inputs(job: Job, tokens: TokenizedStructure, max_rows: int = MAX_MSA_ROW
             n_res = len(chain.residue_names)
             query = np.full(n_res, UNKNOWN_RESTYPE[chain.mol_type], np.int64)
             query[residue] = tokens.restype[start:end]
+            if featurization.msa_query_letters == "input":    # Protenix: the letters as written
+                query = input_letters_query(job.entities[chain.entity_index], chain.mol_type, query)
             column[start:end] = offset + residue
         unpaired, paired = per_entity[chain.entity_index]
         inputs.append(ChainMsaInput(chain_id=chain.chain_id, entity_id=chain.entity_id,
@@ -141,7 +158,7 @@ def featurize_job(job: Job, *, seed: int = 0, max_tokens: int | None = DEFAULT_M
     featurization = featurization or DEFAULT_FEATURIZATION
     rng = np.random.default_rng(seed)
     tokens = tokenize(job, max_tokens=max_tokens if crop is None else None, featurization=featurization)
-    chain_msas, column = msa_inputs(job, tokens, max_msa_rows)
+    chain_msas, column = msa_inputs(job, tokens, max_msa_rows, featurization=featurization)
     msa: MsaFeatures = build_msa(chain_msas, max_rows=max_msa_rows,
                                  max_paired_rows=min(MAX_PAIRED_ROWS, max_msa_rows // 2),
                                  featurization=featurization)
@@ -166,6 +183,7 @@ def featurize_job(job: Job, *, seed: int = 0, max_tokens: int | None = DEFAULT_M
     # templates after the crop; a training crop draws which templates to show (SI 2.4)
     templates = template_features(job, tokens, rng=rng if crop is not None else None)
     features = featurize(tokens, msa, column, rng=rng, templates=templates)
+    add_constraint_features(features, job, tokens)     # restraints (Protenix constraint features)
     return FeaturizedJob(job=job, tokens=tokens, features=features, targets=targets,
                          crop_strategy=strategy)
 

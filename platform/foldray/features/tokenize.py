@@ -26,6 +26,7 @@ from foldray.errors import InputError
 from foldray.features.config import DEFAULT_FEATURIZATION, FeaturizationConfig
 from foldray.inputs.job import Entity, Job, LigandChain, PolymerChain
 from foldray.inputs.size import check_token_budget
+from foldray.limits import DEFAULT_MAX_TOKENS  # noqa: F401  (defined where `--help` can import it fast)
 from foldray.residues import (
     CENTRE_ATOM,
     MOL_TYPES,
@@ -36,8 +37,6 @@ from foldray.residues import (
     MolType,
     representative_atom,
 )
-
-DEFAULT_MAX_TOKENS = 8192
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -167,8 +166,92 @@ def entity_components(job: Job, entity_index: int, user_ccd: Mapping | None) -> 
         raise err.located(source=job.source, job=job.name, field_prefix=base) from None
 
 
+def is_glycan(component: Component) -> bool:
+    """AF3's glycans: _chem_comp.type contains "saccharide" (its GLYCAN_LINKING_LIGANDS and
+    GLYCAN_OTHER_LIGANDS, af3:src/alphafold3/constants/chemical_component_sets.py)."""
+    return "SACCHARIDE" in component.chem_type.upper()
+
+
+def leaving_groups(component: Component, atom: str) -> list[frozenset[str]]:
+    """The CCD leaving groups hanging off `atom`: each leaving heavy atom bonded to it with
+    the leaving atoms connected to that one (ptx:protenix/data/core/ccd.py:50-72)."""
+    names = component.atom_names
+    if atom not in names or not len(component.bonds):
+        return []
+    neighbours: dict[int, list[int]] = {}
+    for i, j in component.bonds.tolist():
+        neighbours.setdefault(i, []).append(j)
+        neighbours.setdefault(j, []).append(i)
+    centre = names.index(atom)
+    groups = []
+    for start in neighbours.get(centre, []):
+        if not component.leaving[start]:
+            continue
+        group, todo = {start}, [start]
+        while todo:
+            for k in neighbours.get(todo.pop(), []):
+                if k != centre and component.leaving[k] and k not in group:
+                    group.add(k)
+                    todo.append(k)
+        groups.append(frozenset(names[k] for k in group))
+    return groups
+
+
+def bond_leaving_atoms(job: Job, components: list[list[Component]],
+                       featurization: FeaturizationConfig) -> dict[tuple[str, int], frozenset[str]]:
+    """Atoms that leave because of covalent bonds, per (chain id, residue number).
+
+    "glycan_o1" (AF3): O1 of every glycan residue of a ligand chain, bonded or not, unless a
+    bondedAtomPairs entry names that O1 (af3:src/alphafold3/model/pipeline/
+    structure_cleaning.py:134-163 with fix_standalone_glycans=False, pipeline.py:151,159;
+    atom_layout.py get_link_drop_atoms). "bonded" (Protenix): for each bondedAtomPairs atom,
+    one CCD leaving group of that atom per bond, the first ones (Protenix draws them at
+    random; a glycan C1 has one: O1) (ptx:protenix/data/inference/json_parser.py:181-234)."""
+    mode = featurization.ligand_leaving_atoms
+    chains = {chain_id: (entity, comps) for entity, comps in zip(job.entities, components, strict=True)
+              for chain_id in entity.ids}
+    bonded: dict[tuple[str, int], list[str]] = {}
+    for pair in job.bonded_atom_pairs:
+        for ref in pair:
+            bonded.setdefault((ref.chain_id, ref.residue), []).append(ref.atom_name)
+    dropped: dict[tuple[str, int], frozenset[str]] = {}
+    if mode == "glycan_o1":
+        for chain_id, (entity, comps) in chains.items():
+            if entity.mol_type != "ligand":
+                continue
+            for number, component in enumerate(comps, start=1):
+                if is_glycan(component) and "O1" in component.atom_names \
+                        and "O1" not in bonded.get((chain_id, number), ()):
+                    dropped[(chain_id, number)] = frozenset({"O1"})
+    elif mode == "bonded":
+        for (chain_id, number), atoms in bonded.items():
+            comps = chains.get(chain_id, (None, []))[1]
+            if not 1 <= number <= len(comps):
+                continue                          # reported by add_user_bonds
+            names: set[str] = set()
+            for atom in set(atoms):
+                groups = leaving_groups(comps[number - 1], atom)
+                for group in groups[:atoms.count(atom)]:
+                    names |= group
+            if names:
+                dropped[(chain_id, number)] = frozenset(names)
+    return dropped
+
+
 def _is_per_atom(mol_type: MolType, code: str) -> bool:
     return mol_type == "ligand" or code not in STANDARD_RESIDUES[mol_type]
+
+
+def ccd_kind(chem_type: str) -> MolType:
+    """Molecule kind of a CCD _chem_comp.type, as Protenix reads it
+    (ptx:protenix/data/core/ccd.py:150-179 get_mol_type): peptide linking (not PEPTIDE-LIKE)
+    is protein, then DNA, then RNA; anything else a ligand."""
+    kind = chem_type.upper()
+    if "PEPTIDE" in kind and kind != "PEPTIDE-LIKE":
+        return "protein"
+    if "DNA" in kind:
+        return "dna"
+    return "rna" if "RNA" in kind else "ligand"
 
 
 def _restype_of(mol_type: MolType, component: Component,
@@ -177,6 +260,11 @@ def _restype_of(mol_type: MolType, component: Component,
     (AF3; OpenFold3 `protein_unknown`: the residue itself, else the protein UNK)."""
     if mol_type == "ligand":
         return UNKNOWN_RESTYPE["ligand"]
+    by_ccd_type = featurization.modified_residue_restype == "ccd_type"
+    if by_ccd_type and component.name not in STANDARD_RESIDUES[mol_type]:
+        mol_type = ccd_kind(component.chem_type)        # Protenix: the residue's own CCD type decides
+        if mol_type == "ligand":
+            return UNKNOWN_RESTYPE["protein"]
     standard = STANDARD_RESIDUES[mol_type]
     if featurization.modified_residue_restype == "protein_unknown":
         return RESTYPE_INDEX[component.name] if component.name in standard else UNKNOWN_RESTYPE["protein"]
@@ -205,10 +293,11 @@ def tokenize(job: Job, *, max_tokens: int | None = DEFAULT_MAX_TOKENS,
              featurization: FeaturizationConfig = DEFAULT_FEATURIZATION) -> TokenizedStructure:
     """Build atoms and tokens of every chain copy, in the order the job lists them."""
     user_ccd = parse_user_ccd(job.user_ccd, source=job.source) if job.user_ccd else None
-    check_token_budget(job, max_tokens, user_ccd)   # before any conformer is embedded
+    check_token_budget(job, max_tokens, user_ccd, featurization)   # before any conformer is embedded
     components = [entity_components(job, i, user_ccd) for i in range(len(job.entities))]
     entity_ids = entity_keys(job.entities)
     builder = _Builder(featurization)
+    builder.dropped = bond_leaving_atoms(job, components, featurization)
     sym_counter: dict[int, int] = {}
     for entity_index, (entity, comps) in enumerate(zip(job.entities, components, strict=True)):
         entity_id = entity_ids[entity_index]
@@ -244,6 +333,7 @@ class _Builder:
         self.residue_atoms: dict[tuple[int, int], tuple[int, dict[str, int]]] = {}
         self.chain_index: dict[str, int] = {}
         self._kept: dict[tuple[int, frozenset[str]], np.ndarray] = {}  # per (id(component), kept)
+        self.dropped: dict[tuple[str, int], frozenset[str]] = {}      # (chain, residue) -> atom names
 
     def add_chain(self, chain_id: str, entity_index: int, entity_id: int, sym_id: int,
                   mol_type: MolType, comps: list[Component]) -> None:
@@ -260,6 +350,9 @@ class _Builder:
                 if key not in self._kept:
                     self._kept[key] = _polymer_atoms_kept(component, terminal)
                 keep = self._kept[key]
+            drop = self.dropped.get((chain_id, residue_number))
+            if drop:
+                keep = keep[[component.atom_names[i] not in drop for i in keep]]
             self._add_residue(chain_idx, chain_id, residue_number, mol_type, mol_index,
                               entity_id, sym_id, component, keep)
         self.chains.append(ChainInfo(
@@ -291,6 +384,17 @@ class _Builder:
 
         restype = _restype_of(mol_type, component, self.featurization)
         per_atom = _is_per_atom(mol_type, component.name)
+        mse = self.featurization.selenomethionine
+        if mol_type == "protein" and component.name == "MSE" and mse != "atomize":
+            per_atom = False                     # one token with restype MET (its parent)
+            if mse == "as_met":                  # Protenix: SE renamed SD, element S
+                renamed = names == "SE"
+                names = np.where(renamed, "SD", names).astype("<U4")
+                a["name"][-1] = names
+                a["element"][-1] = np.where(renamed, 16, a["element"][-1]).astype(np.int16)
+                a["res_name"][-1] = np.full(n, "MET")
+                name_to_atom = {str(name): first_atom + i for i, name in enumerate(names)}
+                self.residue_atoms[(chain_idx, residue_number)] = (first_atom, name_to_atom)
         if per_atom:
             tokens = np.arange(self.n_tokens, self.n_tokens + n, dtype=np.int32)
             centre = rep = np.arange(first_atom, first_atom + n, dtype=np.int32)

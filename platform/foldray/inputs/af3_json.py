@@ -32,6 +32,7 @@ from foldray.inputs.job import (
     PolymerChain,
     TemplateInput,
 )
+from foldray.inputs.restraints import parse_restraints
 from foldray.io import storage
 from foldray.residues import ONE_TO_CCD
 
@@ -44,7 +45,8 @@ PATH_ROOTS_ENV = "FOLDRAY_INPUT_PATH_ROOTS"
 
 # Keys allowed per object, with the first version that knows them.
 _JOB_KEYS = {"dialect": 1, "version": 1, "name": 1, "modelSeeds": 1, "sequences": 1,
-             "bondedAtomPairs": 1, "userCCD": 1, "userCCDPath": 3}
+             "bondedAtomPairs": 1, "userCCD": 1, "userCCDPath": 3, "restraints": 1,
+             "maxTemplateDate": 1}   # foldray extension: the job's template search cutoff
 _PROTEIN_KEYS = {"id": 1, "sequence": 1, "modifications": 1, "unpairedMsa": 1, "pairedMsa": 1,
                  "templates": 1, "unpairedMsaPath": 2, "pairedMsaPath": 2, "description": 4}
 _RNA_KEYS = {"id": 1, "sequence": 1, "modifications": 1, "unpairedMsa": 1, "unpairedMsaPath": 2,
@@ -308,6 +310,7 @@ def _parse_job(data: dict, base: _Ctx) -> Job:
     attempt(ctx.check_keys, data, _JOB_KEYS, "")
     name = attempt(_parse_name, ctx, data.get("name"), "name" in data)
     seeds = attempt(_parse_seeds, ctx, data.get("modelSeeds"), "modelSeeds" in data)
+    template_date = attempt(_parse_template_date, ctx, data.get("maxTemplateDate"))
 
     sequences = attempt(ctx.required, data, "sequences", "sequences")
     if sequences is not None and (not isinstance(sequences, list) or not sequences):
@@ -327,6 +330,9 @@ def _parse_job(data: dict, base: _Ctx) -> Job:
     bonds: tuple[tuple[AtomRef, AtomRef], ...] = ()
     if sequences is not None:
         bonds = attempt(_parse_bonds, ctx, data.get("bondedAtomPairs"), entities, unknown_chains) or ()
+    # foldray extension (docs/restraints.md); checked only when the chains parsed
+    restraints = attempt(parse_restraints, ctx, data.get("restraints"), entities, unknown_chains) \
+        if sequences is not None else ()
     user_ccd = None
     if data.get("userCCD") is not None and "userCCDPath" in data:
         errors.append(ctx.error("userCCDPath", "give either userCCD or userCCDPath, not both"))
@@ -340,7 +346,25 @@ def _parse_job(data: dict, base: _Ctx) -> Job:
                              tuple(i for i, _ in parsed))
         raise combine_errors(errors, partial=partial)
     return Job(name=name, seeds=seeds, entities=entities, bonded_atom_pairs=bonds,
-               user_ccd=user_ccd or None, source=ctx.source)
+               restraints=restraints or (),
+               user_ccd=user_ccd or None, source=ctx.source, max_template_date=template_date)
+
+
+def _parse_template_date(ctx: _Ctx, value: Any) -> str | None:
+    """foldray's "maxTemplateDate": templates released after it are not searched (AF3 has
+    only the run flag --max_template_date); a real calendar date, YYYY-MM-DD."""
+    import datetime as dt
+
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ctx.error("maxTemplateDate", f"expected a date string YYYY-MM-DD or null, {got(value)}")
+    try:
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+            raise ValueError
+        return dt.date.fromisoformat(value).isoformat()
+    except ValueError:
+        raise ctx.error("maxTemplateDate", f"expected a date YYYY-MM-DD, got {show(value)}") from None
 
 
 class PartialJob(NamedTuple):

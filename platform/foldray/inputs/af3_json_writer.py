@@ -17,6 +17,7 @@ from typing import Any
 
 from foldray.inputs.af3_json import DIALECT
 from foldray.inputs.job import Entity, Job, LigandChain, PolymerChain, TemplateInput
+from foldray.inputs.restraints import restraint_to_json
 
 VERSION = 4
 _MOD_KEYS = {"protein": ("ptmType", "ptmPosition"), "rna": ("modificationType", "basePosition"),
@@ -35,6 +36,7 @@ def job_to_af3_json(job: Job) -> dict[str, Any]:
         "modelSeeds": list(job.seeds),
         "bondedAtomPairs": bonds or None,
         "userCCD": job.user_ccd,
+        **({"restraints": [restraint_to_json(r) for r in job.restraints]} if job.restraints else {}),
     }
 
 

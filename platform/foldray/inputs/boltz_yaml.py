@@ -10,14 +10,19 @@ Boltz's schema (its docs/prediction.md), one job per file, named after the file:
       - ligand: {id, smiles: '...'} or {id, ccd: SAH}
     constraints:
       - bond: {atom1: [A, 12, SG], atom2: [C, 1, C1]}
+      - pocket: {binder: L, contacts: [[A, 12], [A, 45]], max_distance: 6, force: false}
+      - contact: {token1: [A, 30], token2: [L, C5], max_distance: 8}
 
 Mapping: `msa: empty` is single-sequence mode (unpairedMsa and pairedMsa ""), a path becomes
 `unpairedMsaPath` (read relative to the YAML file and inside the input roots, like any AF3
-path), no msa leaves it to the MSA search; `bond` constraints become `bondedAtomPairs`; a
+path), no msa leaves it to the MSA search; `bond` constraints become `bondedAtomPairs`,
+`pocket` and `contact` ones foldray `restraints` (docs/restraints.md: a token is [chain,
+residue number] or, on a ligand, [chain, atom name] = residue 1's atom; max_distance defaults
+to Boltz's 6 Å; `force: true`, Boltz's steering potentials, is refused); a
 ligand's `ccd` may be one code or a list. Seeds are not part of Boltz's file (its CLI gives
 them): the job gets seed 1 unless the file has `modelSeeds`.
 
-Refused by name, never dropped silently: `pocket` and `contact` constraints, `templates`,
+Refused by name, never dropped silently: `templates`,
 `properties` (affinity), `cyclic: true` and MSAs given as Boltz CSV files.
 """
 
@@ -41,10 +46,7 @@ _UNSUPPORTED = {
     "properties": "Boltz properties (affinity) are not supported: foldray predicts structures "
                   "and confidences only",
 }
-_UNSUPPORTED_CONSTRAINTS = {
-    "pocket": "pocket constraints are not supported yet; predict without them",
-    "contact": "contact constraints are not supported yet; predict without them",
-}
+BOLTZ_DEFAULT_DISTANCE = 6.0   # Å, Boltz's max_distance when a pocket / contact gives none
 MAX_YAML_BYTES = 16 << 20
 
 
@@ -96,9 +98,11 @@ def boltz_to_af3(data: Any, *, source: str, name: str) -> dict[str, Any]:
     entities = [_entity(item, f"sequences[{i}]", error) for i, item in enumerate(sequences)]
     job: dict[str, Any] = {"dialect": DIALECT, "version": 3, "name": data.get("name", name),
                            "modelSeeds": data.get("modelSeeds", [1]), "sequences": entities}
-    bonds = _constraints(data.get("constraints"), error)
+    bonds, restraints = _constraints(data.get("constraints"), error)
     if bonds:
         job["bondedAtomPairs"] = bonds
+    if restraints:
+        job["restraints"] = restraints
     return job
 
 
@@ -158,26 +162,62 @@ def _entity(item: Any, field: str, error) -> dict[str, Any]:
     return {kind: out}
 
 
-def _constraints(constraints: Any, error) -> list:
+def _constraints(constraints: Any, error) -> tuple[list, list]:
+    """(bondedAtomPairs, restraints) of Boltz `constraints`."""
     if constraints is None:
-        return []
+        return [], []
     if not isinstance(constraints, list):
         raise error("constraints", f"expected a list, {got(constraints)}")
-    bonds = []
+    bonds: list = []
+    restraints: list = []
     for i, item in enumerate(constraints):
         field = f"constraints[{i}]"
         if not isinstance(item, dict) or len(item) != 1:
             raise error(field, f"expected one of {{bond, pocket, contact}}: {{...}}, {got(item)}")
         kind, body = next(iter(item.items()))
-        if kind in _UNSUPPORTED_CONSTRAINTS:
-            raise error(f"{field}.{kind}", _UNSUPPORTED_CONSTRAINTS[kind])
+        if kind in ("pocket", "contact"):
+            restraints.append(_restraint(kind, body, f"{field}.{kind}", error))
+            continue
         if kind != "bond":
             raise error(field, f"unknown constraint {show(kind)} (expected bond, pocket or contact)")
         if not isinstance(body, dict) or set(body) != {"atom1", "atom2"}:
             raise error(f"{field}.bond",
                         f"expected {{atom1: [chain, residue, atom], atom2: [...]}}, {got(body)}")
         bonds.append([body["atom1"], body["atom2"]])
-    return bonds
+    return bonds, restraints
+
+
+def _restraint(kind: str, body: Any, field: str, error) -> dict[str, Any]:
+    """A Boltz pocket / contact as a foldray restraint (ranges are checked by af3_json)."""
+    keys = ("binder", "contacts", "max_distance", "force") if kind == "pocket" else \
+        ("token1", "token2", "max_distance", "force")
+    if not isinstance(body, dict):
+        raise error(field, f"expected a mapping, {got(body)}")
+    for key in body:
+        if key not in keys:
+            raise error(f"{field}.{str(key)[:60]}", f"unknown key {show(key)} (allowed: {', '.join(keys)})")
+    if body.get("force"):
+        raise error(f"{field}.force", "force: true (Boltz's steering potentials) is not supported; "
+                                      "foldray conditions the model on the restraint only")
+    distance = body.get("max_distance", BOLTZ_DEFAULT_DISTANCE)
+    if kind == "pocket":
+        contacts = body.get("contacts")
+        if not isinstance(contacts, list) or not contacts:
+            raise error(f"{field}.contacts",
+                        f"expected a non-empty list of [chain, residue], {got(contacts)}")
+        residues = [_token(c, f"{field}.contacts[{j}]", error) for j, c in enumerate(contacts)]
+        return {"type": "pocket", "binder": body.get("binder"), "residues": residues,
+                "maxDistance": distance}
+    residues = [_token(body.get(k), f"{field}.{k}", error) for k in ("token1", "token2")]
+    return {"type": "contact", "residues": residues, "maxDistance": distance}
+
+
+def _token(token: Any, field: str, error) -> list:
+    """Boltz [chain, residue number] or, on a ligand, [chain, atom name] -> [chain, n(, atom)]."""
+    if not isinstance(token, list) or len(token) != 2:
+        raise error(field, f"expected [chain, residue number or atom name], {got(token)}")
+    chain, where = token
+    return [chain, 1, where] if isinstance(where, str) else [chain, where]
 
 
 def _stem(source: str) -> str:

@@ -14,6 +14,7 @@ from typing import Literal
 
 import numpy as np
 
+from foldray.inputs.restraints import Restraint
 from foldray.residues import ONE_TO_CCD, MolType
 
 PolymerType = Literal["protein", "rna", "dna"]
@@ -106,9 +107,13 @@ class Job:
     seeds: tuple[int, ...]
     entities: tuple[Entity, ...]
     bonded_atom_pairs: tuple[tuple[AtomRef, AtomRef], ...] = ()
+    restraints: tuple[Restraint, ...] = ()      # pocket / contact (inputs/restraints.py)
     user_ccd: str | None = None
     source: str = ""
     ground_truth: GroundTruth | None = None
+    # foldray extension "maxTemplateDate" (YYYY-MM-DD): this job's template search cutoff,
+    # overriding the run's (foldray.msa); None: the run's
+    max_template_date: str | None = None
 
     @property
     def chain_ids(self) -> tuple[str, ...]:

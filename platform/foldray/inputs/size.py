@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from foldray.chem.ccd import component_heavy_atoms
+from foldray.chem.ccd import component_heavy_atoms, glycan_with_o1
 from foldray.chem.component import CcdEntry
 from foldray.chem.smiles import smiles_heavy_atoms
 from foldray.errors import InputError
+from foldray.features.config import DEFAULT_FEATURIZATION, FeaturizationConfig
 from foldray.inputs.job import Job, LigandChain
 from foldray.residues import STANDARD_RESIDUES
 
@@ -41,18 +42,38 @@ def entity_tokens(job: Job, entity_index: int, user_ccd: Mapping[str, CcdEntry] 
     return total
 
 
-def count_tokens(job: Job, user_ccd: Mapping[str, CcdEntry] | None = None) -> int:
-    """Tokens of the whole job (every chain copy), without building conformers."""
-    return sum(entity_tokens(job, i, user_ccd) * len(entity.ids)
-               for i, entity in enumerate(job.entities))
+def count_tokens(job: Job, user_ccd: Mapping[str, CcdEntry] | None = None,
+                 featurization: FeaturizationConfig = DEFAULT_FEATURIZATION) -> int:
+    """Tokens of the whole job (every chain copy), without building conformers. With
+    Protenix's "bonded" leaving atoms the atoms leaving at bondedAtomPairs are not subtracted
+    (an upper bound by those few atoms)."""
+    total = sum(entity_tokens(job, i, user_ccd) * len(entity.ids) for i, entity in enumerate(job.entities))
+    if featurization.ligand_leaving_atoms == "glycan_o1":
+        total -= _glycan_o1_dropped(job, user_ccd)
+    return total
+
+
+def _glycan_o1_dropped(job: Job, user_ccd: Mapping[str, CcdEntry] | None) -> int:
+    """O1 atoms the tokenizer drops from ligand glycans (AF3), unless a bond names the O1."""
+    named = {(ref.chain_id, ref.residue) for pair in job.bonded_atom_pairs for ref in pair
+             if ref.atom_name == "O1"}
+    dropped = 0
+    for entity in job.entities:
+        if not isinstance(entity, LigandChain) or not entity.ccd_codes:
+            continue
+        for number, code in enumerate(entity.ccd_codes, start=1):
+            if glycan_with_o1(code, user_ccd=user_ccd):
+                dropped += sum((chain_id, number) not in named for chain_id in entity.ids)
+    return dropped
 
 
 def check_token_budget(job: Job, max_tokens: int | None,
-                       user_ccd: Mapping[str, CcdEntry] | None = None) -> None:
+                       user_ccd: Mapping[str, CcdEntry] | None = None,
+                       featurization: FeaturizationConfig = DEFAULT_FEATURIZATION) -> None:
     """InputError (the tokenizer's message) if the job is over `max_tokens` tokens."""
     if max_tokens is None:
         return
-    n_tokens = count_tokens(job, user_ccd)
+    n_tokens = count_tokens(job, user_ccd, featurization)
     if n_tokens > max_tokens:
         raise InputError(f"the job has {n_tokens} tokens, above the limit of {max_tokens} "
                          "(raise --max-tokens if the hardware allows)",

@@ -215,11 +215,52 @@ def _check_distance_bins(m: _Mapper, config: ModelConfig) -> None:
         raise WeightsError("confidence_head.upper_bins are not the next lower bins")
 
 
+CONSTRAINT = "constraint_embedder"
+
+
+def map_constraints(m: _Mapper, config: ModelConfig) -> None:
+    """Protenix's ConstraintEmbedder (model/constraint_embedder.py). A part the checkpoint
+    leaves disabled (no tensors) adds nothing in Protenix: zeros here. Its substructure
+    transformer runs on an all-"none" feature in foldray: only the value path, output
+    projection, norms and feed-forward enter the result, the rest is read and dropped."""
+    has = [k for k in m.ref if k.startswith(f"{CONSTRAINT}.")]
+    if not config.constraint_embedder:
+        if has:
+            raise WeightsError(f"this protenix checkpoint has a constraint embedder ({len(has)} tensors "
+                               f"under '{CONSTRAINT}.*') but the config has constraint_embedder off; "
+                               "import without --config (the checkpoint's own is read) or switch it on")
+        return
+    for ours, theirs in (("pocket", "pocket_z_embedder"), ("contact", "contact_z_embedder"),
+                         ("contact_atom", "contact_atom_z_embedder")):
+        if f"{CONSTRAINT}.{theirs}.weight" in m.ref:
+            m.linear(f"{CONSTRAINT}.{ours}", f"{CONSTRAINT}.{theirs}")
+        else:
+            m.put(f"{CONSTRAINT}.{ours}.weight", torch.zeros(m.expected[f"{CONSTRAINT}.{ours}.weight"]))
+    r = f"{CONSTRAINT}.substructure_z_embedder"
+    for k in has:
+        if k.startswith(f"{r}.network.") or k == f"{r}.input_proj.weight":
+            m.take(k)     # MLP variant (no biases: zero in, zero out) / projection of a zero input
+    h = config.constraint_substructure_hidden
+    if not h:
+        return
+    f, rl = f"{CONSTRAINT}.substructure", f"{r}.transformer.layers.0"
+    in_w, in_b = m.take(f"{rl}.self_attn.in_proj_weight"), m.take(f"{rl}.self_attn.in_proj_bias")
+    if in_w.shape == (3 * h, h) and in_b.shape == (3 * h,):
+        m.put(f"{f}.layers.0.attn_v.weight", in_w[2 * h:])
+        m.put(f"{f}.layers.0.attn_v.bias", in_b[2 * h:])
+    for ours, theirs in (("attn_out", "self_attn.out_proj"), ("ff_in", "linear1"), ("ff_out", "linear2")):
+        m.linear(f"{f}.layers.0.{ours}", f"{rl}.{theirs}")
+    for norm in ("norm1", "norm2"):
+        m.norm(f"{f}.layers.0.{norm}", f"{rl}.{norm}")
+    m.linear(f"{f}.out", f"{r}.output_proj")
+
+
 def map_protenix(ref: Mapping[str, Tensor], config: ModelConfig,
                  expected: Mapping[str, torch.Size]) -> tuple[dict[str, Tensor], _Mapper]:
     """Protenix state dict -> foldray state dict (for a `with_protenix_behaviour` config)."""
     m = _Mapper(ref, expected)
     _trunk(m, config)
+    map_constraints(m, config)
     _diffusion(m, config)
     _heads(m, config)
     return m.out, m

@@ -31,10 +31,8 @@ PROTENIX_PRESETS = {
 }
 # Reference modules foldray has no counterpart for: refused by name, not as a tensor list.
 UNSUPPORTED = {
-    "protenix": (("constraint_embedder.", "its constraint embedder (pocket / contact / substructure "
-                  "constraints); foldray has no constraint inputs"),
-                 ("input_embedder.linear_esm.", "its ESM embedding input (an ESM-2 language model "
-                  "feeds s_inputs); foldray does not compute ESM embeddings")),
+    "protenix": (("input_embedder.linear_esm.", "its ESM embedding input (an ESM-2 language model "
+                  "feeds s_inputs); foldray does not compute ESM embeddings"),),
     "openfold3": (),
 }
 
@@ -228,9 +226,25 @@ def infer_config(source: str, ref: Mapping[str, Tensor]) -> Inferred:
     confidence = _confidence_details(source, s, ref, confidence)
 
     config = _set(base, c_s=c_s, c_z=c_z, c_s_inputs=c_s_inputs)
+    config = _constraint_switch(source, s, config)
     config = dataclasses.replace(config, atom=atom, pairformer=pairformer, msa=msa, template=template,
                                  diffusion=diffusion, confidence=confidence)
     return _recognise(source, config)
+
+
+def _constraint_switch(source: str, s: _Shapes, config: ModelConfig) -> ModelConfig:
+    """Protenix's constraint embedder: on when the checkpoint has it; the width of its
+    substructure transformer (one layer, as Protenix's constraint model) from its projection."""
+    prefix = "constraint_embedder."
+    if source != "protenix" or not any(k.startswith(prefix) for k in s.shapes):
+        return config
+    sub = f"{prefix}substructure_z_embedder."
+    hidden = s.dim(f"{sub}transformer.layers.0.linear1.weight", 1) or 0
+    layers = {k.split(".")[4] for k in s.shapes if k.startswith(f"{sub}transformer.layers.")}
+    if len(layers) > 1:
+        raise WeightsError(f"this protenix checkpoint's substructure constraint transformer has "
+                           f"{len(layers)} layers; foldray imports the released one-layer form only")
+    return dataclasses.replace(config, constraint_embedder=True, constraint_substructure_hidden=hidden)
 
 
 def _confidence_details(source: str, s: _Shapes, ref: Mapping[str, Tensor], confidence):

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from foldray import kernels
+from foldray.features.constraints import CONSTRAINT_FEATURES
 from foldray.model.confidence import (
     ConfidenceHead,
     ConfidenceOutput,
@@ -22,6 +23,7 @@ from foldray.model.confidence import (
     atoms_per_token,
 )
 from foldray.model.config import ModelConfig, RuntimeConfig
+from foldray.model.constraint_embedder import ConstraintEmbedder
 from foldray.model.diffusion import DiffusionModule, Progress, sample_diffusion
 from foldray.model.embedders import InputFeatureEmbedder, RelativePositionEncoding
 from foldray.model.msa import MsaModule
@@ -77,6 +79,8 @@ class AlphaFold3(nn.Module):
         self.z_init_j = LinearNoBias(c_zin, c_z)
         self.relative_position = RelativePositionEncoding.from_config(config)  # line 4
         self.token_bonds = LinearNoBias(1, c_z)                                # line 5
+        self.constraint_embedder = (ConstraintEmbedder(c_z, config.constraint_substructure_hidden)
+                                    if config.constraint_embedder else None)   # Protenix restraints
         self.z_recycle_norm = LayerNorm(c_z)                                # line 8
         self.z_recycle = LinearNoBias(c_z, c_z)
         self.template_embedder = TemplateEmbedder(                             # line 9
@@ -112,6 +116,11 @@ class AlphaFold3(nn.Module):
         z_init = self.z_init_i(z_in)[..., :, None, :] + self.z_init_j(z_in)[..., None, :, :]
         z_init = z_init + self.relative_position(features)
         z_init = z_init + self.token_bonds(features["token_bonds"][..., None].to(z_init.dtype))
+        if self.constraint_embedder is not None:        # where Protenix adds its z_constraint
+            z_init = self.constraint_embedder(features, z_init)
+        elif any(bool(features[k].any()) for k in CONSTRAINT_FEATURES if k in features):
+            raise ValueError("the features carry restraints but this model has no constraint embedder "
+                             "(ModelConfig.constraint_embedder); they would be ignored")
         s_hat, z_hat = torch.zeros_like(s_init), torch.zeros_like(z_init)      # line 6
         grad = torch.is_grad_enabled()
         for cycle in range(n_cycle):

@@ -284,13 +284,16 @@ class AtomAttentionEncoder(nn.Module):
         self.to_token = LinearNoBias(c_atom, c_token)                             # line 16
 
     def conditioning(self, features: dict[str, Tensor], s_trunk: Tensor | None = None,
-                     z_trunk: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                     z_trunk: Tensor | None = None, *,
+                     z_pairs: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Lines 1-10, 13-14: c [*, N_atom, c_atom] and blocked p [*, n_block, n_q, n_k, c_atompair].
 
         They do not depend on r_noisy, so a sampler may compute them once per trunk output
-        and pass them to every denoising step (`forward(..., conditioning=...)`).
+        and pass them to every denoising step (`forward(..., conditioning=...)`). `z_pairs`:
+        line 10's term (blocked, from `trunk_pair_tokens`) given instead of z_trunk, by a
+        caller that never holds z whole (foldray.parallel: z sharded by rows).
         """
-        self._check_trunk(s_trunk, z_trunk)
+        self._check_trunk(s_trunk, z_trunk if z_pairs is None else z_pairs)
         ref_pos = features["ref_pos"]
         atom_mask = features["atom_mask"]
         atom_to_token = features["atom_to_token"].long()
@@ -313,16 +316,24 @@ class AtomAttentionEncoder(nn.Module):
         p = p + self.embed_valid(v) * v                                          # line 6
 
         if self.has_trunk:
-            assert s_trunk is not None and z_trunk is not None
+            assert s_trunk is not None
             s = self.embed_s(self.norm_s(s_trunk))                              # [*, N_token, c_atom]
             c = c + tokens_to_atoms(s, atom_to_token, atom_mask)                # line 9
-            z = self.embed_z(self.norm_z(z_trunk))                              # [*, N_tok, N_tok, c_p]
-            p = p + gather_token_pairs(z, windows.queries(atom_to_token, -1),   # line 10
-                                       windows.keys(atom_to_token, -1))
+            if z_pairs is None:
+                assert z_trunk is not None
+                z = self.embed_z(self.norm_z(z_trunk))                          # [*, N_tok, N_tok, c_p]
+                z_pairs = gather_token_pairs(z, *self.trunk_pair_tokens(features))
+            p = p + z_pairs                                                      # line 10
         relu_c = F.relu(c)
         p = (p + windows.queries(self.single_to_pair_row(relu_c))[..., :, None, :]   # line 13
              + windows.keys(self.single_to_pair_col(relu_c))[..., None, :, :])
         return c, p + self.pair_mlp(p)                                           # line 14
+
+    def trunk_pair_tokens(self, features: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """The token pairs line 10 reads, (tok(l) [*, n_block, n_q], tok(m) [*, n_block, n_k])."""
+        atom_to_token = features["atom_to_token"].long()
+        windows = self.transformer.windows(atom_to_token.shape[-1], atom_to_token.device)
+        return windows.queries(atom_to_token, -1), windows.keys(atom_to_token, -1)
 
     def forward(self, features: dict[str, Tensor], r_noisy: Tensor | None = None,
                 s_trunk: Tensor | None = None, z_trunk: Tensor | None = None,

@@ -206,6 +206,11 @@ class ModelConfig:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     confidence: ConfidenceConfig = field(default_factory=ConfidenceConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    # Protenix's constraint embedder: restraints (pocket / contact) as a z_init update
+    # (model/constraint_embedder.py, docs/restraints.md); off except for imported constraint
+    # checkpoints, which also give the width of its substructure transformer (0: none)
+    constraint_embedder: bool = False
+    constraint_substructure_hidden: int = 0
     # How jobs are featurized for this model (AF3 by default; imported weights carry their
     # reference's featurization: foldray.features.config, docs/parity.md)
     featurization: FeaturizationConfig = field(default_factory=FeaturizationConfig)
@@ -294,6 +299,7 @@ class ModelConfig:
                                               empty_slot_restype_pad=0))
             if not _saved(data, "confidence", "nucleotide_slot_shift"):
                 config = r(config, confidence=r(config.confidence, nucleotide_slot_shift=1))
+            config = r(config, featurization=_protenix_switches_since(data, config.featurization))
         return config
 
     @classmethod
@@ -312,6 +318,24 @@ def _saved(data: Mapping[str, Any], section: str, key: str) -> bool:
     """Whether a saved config mapping sets `section.key` (nested or as a dotted key)."""
     nested = data.get(section)
     return f"{section}.{key}" in data or (isinstance(nested, Mapping) and key in nested)
+
+
+# Protenix featurization switches added after the first Protenix imports (docs/parity.md D1-D3,
+# D8): a checkpoint saved without them gets Protenix's values, not AF3's defaults.
+LATER_PROTENIX_SWITCHES = ("msa_query_letters", "ligand_leaving_atoms", "selenomethionine")
+
+
+def _protenix_switches_since(data: Mapping[str, Any], saved: FeaturizationConfig) -> FeaturizationConfig:
+    """`saved` with the later Protenix switches filled where the saved config predates them; a
+    config that predates all of them also predates `modified_residue_restype="ccd_type"`."""
+    missing = [key for key in LATER_PROTENIX_SWITCHES if not _saved(data, "featurization", key)]
+    if not missing:
+        return saved
+    protenix = FeaturizationConfig.protenix()
+    fill = {key: getattr(protenix, key) for key in missing}
+    if len(missing) == len(LATER_PROTENIX_SWITCHES):
+        fill["modified_residue_restype"] = protenix.modified_residue_restype
+    return dataclasses.replace(saved, **fill)
 
 
 def with_openfold3_behaviour(config: ModelConfig) -> ModelConfig:

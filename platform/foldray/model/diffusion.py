@@ -50,6 +50,8 @@ def _randn(shape: tuple[int, ...], generator: torch.Generator | None, like: Tens
     Drawn on the generator's device (CPU generators work for CUDA tensors), in fp32, so a
     seed gives the same numbers whatever device or dtype the model runs in.
     """
+    if hasattr(generator, "draw_normal"):   # one generator per batch element (foldray.predictor)
+        return generator.draw_normal(shape, like)
     device = generator.device if generator is not None else like.device
     out = torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
     return out.to(device=like.device, dtype=like.dtype)

@@ -7,8 +7,11 @@ cache), the results are stacked in config order and deduplicated into the main M
 the query alone and a `NoHitsWarning`. Chains that already carry an MSA are left alone.
 With a `templates` section, protein chains then get templates searched with their main MSA
 (SI 2.4), cached like the MSAs; without one, templates stay empty as in AF3's data
-pipeline when no template search runs. Databases with `tool: mmseqs2` are searched with
-MMseqs2 (ColabFold's route) instead of HMMER.
+pipeline when no template search runs. A job's own ``maxTemplateDate`` overrides the
+run's cutoff for its chains. Databases with `tool: mmseqs2` are searched with MMseqs2
+(ColabFold's route) instead of HMMER, through an `MmseqsRunner`: in this process
+(`LocalMmseqs`) or as Ray CPU tasks (foldray.actors.msa_stage.RayMmseqs), which
+`ChainSearcher.prefetch` hands every MMseqs2 search of a job at once.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ import dataclasses
 import hashlib
 import json
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from foldray.inputs.job import Job, PolymerChain, TemplateInput
 from foldray.msa.cache import MsaCache, cache_key
@@ -48,21 +52,67 @@ class SearchCounts:
     cached: int = 0
 
 
+class MmseqsRunner(Protocol):
+    """Runs MMseqs2 searches: one a3m per (chain sequence, database), in request order."""
+
+    def run(self, requests: Sequence[tuple[str, DatabaseConfig]], shards: int) -> list[str]:
+        """`mmseqs_search` of every request (`shards`: MMseqs2's own exact target split)."""
+
+
+class LocalMmseqs:
+    """`MmseqsRunner` in this process, one search after the other."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def run(self, requests: Sequence[tuple[str, DatabaseConfig]], shards: int) -> list[str]:
+        self.calls += len(requests)
+        return [mmseqs_search(sequence, db, shards) for sequence, db in requests]
+
+
 class ChainSearcher:
     """Searches chains against the config's databases through the cache."""
 
-    def __init__(self, config: MsaConfig, shards: ShardSearch, cache: MsaCache | None) -> None:
+    def __init__(self, config: MsaConfig, shards: ShardSearch, cache: MsaCache | None,
+                 mmseqs: MmseqsRunner | None = None) -> None:
         self.config, self.shards, self.cache = config, shards, cache
+        self.mmseqs = mmseqs if mmseqs is not None else LocalMmseqs()
         self.counts = SearchCounts()
         self._identity = {db.name: database_identity(db) for db in config.databases}
+        self._prefetched: dict[str, str] = {}   # cache key -> a3m, until `database_a3m` takes it
+
+    def prefetch(self, chains: Iterable[tuple[str, str]]) -> None:
+        """Run the MMseqs2 searches of these (sequence, mol_type) chains that the cache does
+        not hold, all in one `MmseqsRunner.run` (Ray runs them at once); `chain` then reads
+        them. Counted here, as searched or cached, once each."""
+        todo: dict[str, tuple[str, DatabaseConfig]] = {}
+        for sequence, mol_type in chains:
+            for db in self.config.for_mol_type(mol_type):
+                key = cache_key(sequence, mol_type, db, self._identity[db.name])
+                if db.tool != "mmseqs2" or key in todo or key in self._prefetched:
+                    continue
+                if self.cache is not None and (text := self.cache.get(key)) is not None:
+                    self.counts.cached += 1
+                    self._prefetched[key] = text
+                else:
+                    todo[key] = (sequence.upper(), db)
+        if not todo:
+            return
+        for key, a3m in zip(todo, self.mmseqs.run(list(todo.values()), self.config.shards), strict=True):
+            self.counts.searched += 1
+            if self.cache is not None:
+                self.cache.put(key, a3m)
+            self._prefetched[key] = a3m
 
     def database_a3m(self, sequence: str, mol_type: str, db: DatabaseConfig) -> str:
         key = cache_key(sequence, mol_type, db, self._identity[db.name])
+        if (text := self._prefetched.pop(key, None)) is not None:
+            return text
         if self.cache is not None and (text := self.cache.get(key)) is not None:
             self.counts.cached += 1
             return text
         if db.tool == "mmseqs2":
-            a3m = _mmseqs_a3m(sequence, db, self.config.shards)
+            (a3m,) = self.mmseqs.run([(sequence.upper(), db)], self.config.shards)
         else:
             a3m = iterative_search(sequence, db, self.shards).a3m
         self.counts.searched += 1
@@ -70,7 +120,9 @@ class ChainSearcher:
             self.cache.put(key, a3m)
         return a3m
 
-    def chain(self, sequence: str, mol_type: str) -> ChainMsas:
+    def chain(self, sequence: str, mol_type: str, max_template_date: str | None = None) -> ChainMsas:
+        """The chain's MSAs (and templates, searched with the cutoff `max_template_date`
+        when given, else the run's)."""
         dbs = self.config.for_mol_type(mol_type)
         unpaired = [self.database_a3m(sequence, mol_type, db) for db in dbs if db.role == "unpaired"]
         paired = [self.database_a3m(sequence, mol_type, db) for db in dbs if db.role == "paired"]
@@ -79,17 +131,21 @@ class ChainSearcher:
             warnings.warn(f"{mol_type} chain {sequence[:20]}... ({len(sequence)} residues) has no "
                           f"hits in {[db.name for db in dbs]}: single-sequence MSA",
                           NoHitsWarning, stacklevel=2)
-        templates = self.templates(sequence, main) if mol_type == "protein" else None
+        templates = self.templates(sequence, main, max_template_date) if mol_type == "protein" else None
         return ChainMsas(unpaired=main, paired=paired[0] if paired and mol_type == "protein" else None,
                          templates=templates)
 
-    def templates(self, sequence: str, msa: str) -> tuple[TemplateInput, ...] | None:
-        """SI 2.4 templates of one protein chain (None without a `templates` section)."""
+    def templates(self, sequence: str, msa: str,
+                  max_template_date: str | None = None) -> tuple[TemplateInput, ...] | None:
+        """SI 2.4 templates of one protein chain (None without a `templates` section); a
+        job's `max_template_date` replaces the run's cutoff, and is part of the cache key."""
         config = self.config.templates
         if config is None:
             return None
         from foldray.msa.template_search import search_templates
 
+        if max_template_date is not None:
+            config = dataclasses.replace(config, max_template_date=str(max_template_date))
         settings = config.settings()
         key = "templates-" + hashlib.sha256(json.dumps(
             [sequence, dataclasses.asdict(config), msa], sort_keys=True, default=str).encode()).hexdigest()
@@ -103,9 +159,11 @@ class ChainSearcher:
         return found
 
 
-def _mmseqs_a3m(sequence: str, db: DatabaseConfig, shards: int) -> str:
+def mmseqs_search(sequence: str, db: DatabaseConfig, shards: int) -> str:
     """One MMseqs2 search of `db` (a local copy of a remote database is made once per process);
-    `shards` becomes MMseqs2's own target split, which keeps results exact."""
+    `shards` becomes MMseqs2's own target split, which keeps results exact (a search per
+    FASTA shard would not be: MMseqs2's E-values scale with the searched database's size,
+    and its profile iterations would each see one shard's hits)."""
     from foldray.msa.mmseqs import search_shard
 
     settings = dataclasses.replace(db.mmseqs, split=shards if shards > 1 else db.mmseqs.split)
@@ -168,12 +226,13 @@ def _needs_search(chain: PolymerChain) -> bool:
     return chain.mol_type in SEARCHED_TYPES and chain.unpaired_msa is None
 
 
-def fill_job(job: Job, msas: Callable[[str, str], ChainMsas]) -> Job:
-    """The job with ``unpairedMsa`` / ``pairedMsa`` set for every chain that had none."""
+def fill_job(job: Job, msas: Callable[[str, str, str | None], ChainMsas]) -> Job:
+    """The job with ``unpairedMsa`` / ``pairedMsa`` set for every chain that had none;
+    `msas(sequence, mol_type, job.max_template_date)` gives a chain's."""
     entities = []
     for entity in job.entities:
         if isinstance(entity, PolymerChain) and _needs_search(entity):
-            found = msas(entity.sequence.upper(), entity.mol_type)
+            found = msas(entity.sequence.upper(), entity.mol_type, job.max_template_date)
             changes = {"unpaired_msa": found.unpaired}
             if entity.mol_type == "protein":
                 # AF3 data pipeline: pairedMsa "" when there is nothing to pair; no template search.
@@ -188,10 +247,22 @@ def fill_job(job: Job, msas: Callable[[str, str], ChainMsas]) -> Job:
 
 def fill_jobs(jobs: list[Job], searcher: ChainSearcher,
               on_chain: Callable[[], None] | None = None) -> list[Job]:
-    """Search every chain that needs it once (chains shared by jobs too), then fill all jobs."""
-    found: dict[tuple[str, str], ChainMsas] = {}
-    for sequence, mol_type in chains_to_search(jobs):
-        found[(sequence, mol_type)] = searcher.chain(sequence, mol_type)
-        if on_chain is not None:
-            on_chain()
-    return [fill_job(job, lambda sequence, mol_type: found[(sequence, mol_type)]) for job in jobs]
+    """Search every chain that needs it once (chains shared by jobs too; per template cutoff
+    when jobs set their own), then fill all jobs."""
+    found: dict[tuple[str, str, str | None], ChainMsas] = {}
+    done: set[tuple[str, str]] = set()
+    for sequence, mol_type, date in _chains_and_dates(jobs):
+        found[(sequence, mol_type, date)] = searcher.chain(sequence, mol_type, date)
+        if on_chain is not None and (sequence, mol_type) not in done:
+            on_chain()                      # progress counts chains, as chains_to_search does
+        done.add((sequence, mol_type))
+    return [fill_job(job, lambda *chain: found[chain]) for job in jobs]
+
+
+def _chains_and_dates(jobs: Iterable[Job]) -> list[tuple[str, str, str | None]]:
+    """`chains_to_search`, once per distinct job template cutoff of each chain."""
+    found: dict[tuple[str, str, str | None], None] = {}
+    for job in jobs:
+        for sequence, mol_type in chains_to_search([job]):
+            found.setdefault((sequence, mol_type, job.max_template_date), None)
+    return list(found)

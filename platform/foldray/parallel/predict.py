@@ -21,12 +21,8 @@ import torch
 from foldray.model.alphafold3 import AlphaFold3, Prediction, TrunkOutput
 from foldray.model.confidence import ConfidenceOutput
 from foldray.model.config import ModelConfig, RuntimeConfig
-from foldray.parallel.heads import (
-    confidence_sharded,
-    distogram_sharded,
-    gather_rows_to_root,
-    sample_sharded,
-)
+from foldray.parallel.diffusion import sample_sharded
+from foldray.parallel.heads import confidence_sharded, distogram_sharded, gather_rows_to_root
 from foldray.parallel.local import run_local
 from foldray.parallel.shard import PairShard, padded_size
 from foldray.parallel.trunk import local_rows, run_trunk_sharded
@@ -43,7 +39,8 @@ def predict_sharded(model: AlphaFold3, features: Features, shard: PairShard, *, 
     """`AlphaFold3.predict` on this rank: the Prediction on rank 0 (its trunk's z gathered
     there), None on the others. Features padded to shard.n_token tokens."""
     trunk = run_trunk_sharded(model, features, shard, n_cycle=n_cycle, chunk_size=chunk_size)
-    x = sample_sharded(model, features, trunk, shard, n_sample=n_sample, n_step=n_step, generator=generator)
+    x = sample_sharded(model, features, trunk, shard, n_sample=n_sample, n_step=n_step, generator=generator,
+                       chunk_size=chunk_size)
     confidence = confidence_sharded(model, features, trunk, x, shard, chunk_size=chunk_size)
     distogram = distogram_sharded(model, trunk, shard)
     z = gather_rows_to_root(trunk.z_rows, shard)
@@ -61,6 +58,15 @@ def _worker(rank: int, world: int, config: ModelConfig, state: dict[str, torch.T
     model = AlphaFold3(config)
     model.load_state_dict(state)
     model = model.to(device).eval()
+    return rank_forward(model, rank, world, batch, seed, n_sample, n_cycle, n_step, chunk_size, bf16)
+
+
+def rank_forward(model: AlphaFold3, rank: int, world: int, batch: Features, seed: int, n_sample: int,
+                 n_cycle: int | None, n_step: int | None, chunk_size: int | None,
+                 bf16: bool) -> dict[str, Any]:
+    """One rank's share of one prediction with a model already on its device (workers that
+    keep the model across jobs call this per job): rank 0's outputs on CPU, {} elsewhere."""
+    device = next(model.parameters()).device
     shard = PairShard(rank=rank, world=world, n_token=batch["token_mask"].shape[-1])
     batch = {k: v.to(device) for k, v in local_rows(batch, shard).items()}   # pair features: own rows
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -105,24 +111,20 @@ class ShardedPredictor(Predictor):
         return cls(predictor.model, devices=devices, runtime=predictor.runtime, device=predictor.device,
                    random_weights=predictor.random_weights)
 
-    def _forward(self, features: Sequence[dict[str, np.ndarray]], seed: int, settings: PredictSettings,
-                 trunk: TrunkOutput | None = None) -> tuple[Prediction, dict[str, torch.Tensor]]:
+    def _forward(self, features: Sequence[dict[str, np.ndarray]], seeds: int | Sequence[int],
+                 settings: PredictSettings, trunk: TrunkOutput | None = None,
+                 ) -> tuple[Prediction, dict[str, torch.Tensor]]:
         from foldray.features.batch import collate
 
         if trunk is not None or len(features) != 1:
             raise ValueError("--devices runs one job and one trunk per seed (no --share-trunk, no batching)")
+        seed = seeds if isinstance(seeds, int) else int(seeds[0])   # Predictor passes [seed]
         check_devices(self.devices, str(self.device), settings.n_sample)
         batch = collate(list(features), token_buckets=None, atom_buckets=None)
         padded = collate(list(features), token_buckets=(padded_size(batch["token_mask"].shape[-1],
                                                                      self.devices),),
                          atom_buckets=None)
-        state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
-        cuda = self.device.type == "cuda"
-        bf16 = self.runtime.precision == "bf16" and cuda
-        root = run_local(_worker, self.devices, self.model.config, state, padded, seed, settings.n_sample,
-                         settings.n_cycle, settings.n_step, self.runtime.chunk_size, self.device.type, bf16,
-                         backend="nccl" if cuda else "gloo",
-                         threads_per_worker=max(1, (os.cpu_count() or 1) // self.devices))[0]
+        root = self._run_ranks(padded, seed, settings)
         n = batch["token_mask"].shape[-1]
         cut = {k: v.to(self.device) for k, v in root.items()}
         confidence = ConfidenceOutput(plddt_logits=cut["plddt"], pae_logits=cut["pae"][..., :n, :n, :],
@@ -133,3 +135,14 @@ class ShardedPredictor(Predictor):
                                 trunk=TrunkOutput(s_inputs=cut["s_inputs"][..., :n, :],
                                                   s=cut["s"][..., :n, :], z=cut["z"][..., :n, :n, :]))
         return prediction, {k: v.to(self.device) for k, v in batch.items()}
+
+    def _run_ranks(self, padded: Features, seed: int, settings: PredictSettings) -> dict[str, torch.Tensor]:
+        """Rank 0's outputs for the padded batch: here `devices` spawned local processes
+        (foldray.actors.sharded_predict_stage runs the same on Ray workers kept across jobs)."""
+        state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        cuda = self.device.type == "cuda"
+        bf16 = self.runtime.precision == "bf16" and cuda
+        return run_local(_worker, self.devices, self.model.config, state, padded, seed, settings.n_sample,
+                         settings.n_cycle, settings.n_step, self.runtime.chunk_size, self.device.type, bf16,
+                         backend="nccl" if cuda else "gloo",
+                         threads_per_worker=max(1, (os.cpu_count() or 1) // self.devices))[0]

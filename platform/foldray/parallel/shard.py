@@ -57,10 +57,12 @@ class PairShard:
         """Rows of z [*, R, N, c] -> the same rows of z^T [*, R, N, c] (z^T_ij = z_ji)."""
         if self.world == 1:
             return z_rows.transpose(-2, -3).contiguous()
-        blocks = [b.contiguous() for b in z_rows.split(self.rows, dim=-2)]   # [*, R, R, c] per rank
-        received = [torch.empty_like(b) for b in blocks]
-        dist.all_to_all(received, blocks, group=self.group)   # block from rank r: z[rows_r, my cols]
-        return torch.cat(received, dim=-3).transpose(-2, -3).contiguous()
+        # [P, *, R, R, c]: block r (columns of rank r) goes to rank r. all_to_all_single, not
+        # all_to_all: gloo lacks the list form before PyTorch 2.12.
+        blocks = torch.stack(z_rows.split(self.rows, dim=-2))
+        received = torch.empty_like(blocks)
+        dist.all_to_all_single(received, blocks, group=self.group)   # from rank r: z[rows_r, my cols]
+        return torch.cat(received.unbind(0), dim=-3).transpose(-2, -3).contiguous()
 
     def ring(self, x: Tensor) -> Iterator[tuple[int, Tensor]]:
         """(source rank, its `x`) for every rank in turn; `x` must have one shape everywhere."""

@@ -17,7 +17,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from foldray.config_loader import ConfigError, load_config_file, load_dataclass, merge, to_plain
+from foldray.config_loader import (
+    ConfigError,
+    apply_overrides,
+    load_dataclass,
+    merge,
+    read_mapping,
+    to_plain,
+)
 from foldray.model.config import NAMED_CONFIGS, LossConfig, ModelConfig, RuntimeConfig, is_preset
 
 StageName = Literal["initial", "finetune1", "finetune2", "finetune3"]
@@ -186,10 +193,11 @@ class RunSpec:
     validate_every: int | None = None
     keep_checkpoints: int = 3
     max_failures: int = 2
-    precision: Literal["fp32", "bf16"] = "bf16"   # bf16 autocast applies on GPU only
+    # how the model runs, the same RuntimeConfig (and keys) as predict and serve: precision
+    # (bf16 autocast applies on GPU only), kernels, compile, chunk_size, diffusion_chunk,
+    # checkpoint_activations
+    runtime: RuntimeConfig = field(default_factory=lambda: RuntimeConfig(precision="bf16"))
     n_cycle: int | None = None                    # None: U{1..model n_cycle} per step
-    chunk_size: int | None = None
-    checkpoint_activations: bool = False
     validation_n_sample: int = 1
     validation_n_step: int | None = None          # sampler steps (None: the model's)
     callbacks: tuple[CallbackSpec, ...] = ()      # extra TrainCallbacks (CallbackSpec)
@@ -211,15 +219,15 @@ class TrainConfig:
         return self.stage.loss_config(model.loss)
 
     def runtime(self) -> RuntimeConfig:
-        return RuntimeConfig(precision=self.run.precision, chunk_size=self.run.chunk_size,
-                             checkpoint_activations=self.run.checkpoint_activations)
+        return self.run.runtime
 
     def to_dict(self) -> dict[str, Any]:
         return to_plain(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
-        config = load_dataclass(cls, data)
+        """From a mapping; configs (and checkpoints) written before `run.runtime` still load."""
+        config = load_dataclass(cls, upgrade(data))
         config.validate()
         return config
 
@@ -241,13 +249,51 @@ class TrainConfig:
         self.stage.loss_config(LossConfig())  # stage.loss names real LossConfig fields
 
 
+# run.<key> before the runtime section existed -> run.runtime.<key> (same names)
+MOVED_TO_RUNTIME = ("precision", "chunk_size", "checkpoint_activations")
+
+
+def upgrade(data: Mapping[str, Any]) -> dict[str, Any]:
+    """`data` with the pre-`run.runtime` keys moved into it: `run.precision`, `run.chunk_size`
+    and `run.checkpoint_activations` keep meaning what they meant. Giving one both ways is a
+    ConfigError naming the old key."""
+    out = dict(data)
+    for key in MOVED_TO_RUNTIME:          # top-level dotted spelling (`run.precision: bf16`)
+        if f"run.{key}" in out:
+            out[f"run.runtime.{key}"] = out.pop(f"run.{key}")
+    run = out.get("run")
+    if not isinstance(run, Mapping) or not any(key in run for key in MOVED_TO_RUNTIME):
+        return out
+    run = dict(run)
+    runtime = run.get("runtime") or {}
+    if not isinstance(runtime, Mapping):
+        return out                        # the loader reports the bad run.runtime
+    runtime = dict(runtime)
+    for key in MOVED_TO_RUNTIME:
+        if key not in run:
+            continue
+        if key in runtime or f"run.runtime.{key}" in out:
+            raise ConfigError(f"given twice: also as run.runtime.{key}; keep that one", key=f"run.{key}")
+        runtime[key] = run.pop(key)
+    run["runtime"] = runtime
+    return out | {"run": run}
+
+
+def _upgrade_override(item: str) -> str:
+    key, sep, value = item.partition("=")
+    name = key.strip().removeprefix("run.")
+    moved = key.strip() == f"run.{name}" and name in MOVED_TO_RUNTIME
+    return f"run.runtime.{name}{sep}{value}" if moved else item
+
+
 def load_train_config(text_or_path: str, overrides: Sequence[str] = ()) -> TrainConfig:
     """A TrainConfig from YAML text or a local/URL path, with `key=value` overrides applied
     (dotted keys, YAML values); errors are ConfigErrors naming the key (and the file)."""
-    config = load_config_file(TrainConfig, text_or_path, overrides, kind="training config")
-    try:
-        config.validate()
+    source = text_or_path.strip() if "\n" not in text_or_path else ""
+    data = read_mapping(text_or_path, kind="training config")
+    try:   # an old-spelling override (`run.precision=fp32`) still overrides the file's runtime
+        data = upgrade(data)
+        apply_overrides(data, [_upgrade_override(item) for item in overrides])
+        return TrainConfig.from_dict(data)
     except ConfigError as err:
-        source = text_or_path if "\n" not in text_or_path else ""
-        raise err.located(source=source if source.endswith((".yaml", ".yml")) else "") from None
-    return config
+        raise err.located(source=source if source.endswith((".yaml", ".yml", ".json")) else "") from None

@@ -102,6 +102,8 @@ def build_parts(config: TrainConfig, model_config: ModelConfig, *, device: torch
     trainable = select_trainable(model, freeze_trunk=config.finetune.freeze_trunk,
                                  train_modules=config.finetune.train_modules)
     model.to(device).train()
+    if config.run.runtime.compile:   # the same switch as predict/serve (RuntimeConfig.compile)
+        model.compile_blocks()
     ema = Ema(model, config.optimizer.ema_decay)
     opt_config = config.optimizer
     if config.finetune.lr is not None:

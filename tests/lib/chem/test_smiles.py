@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from rdkit import Chem
 
+from foldray.chem import conformer
 from foldray.chem.component import BOND_DOUBLE, BOND_SINGLE
 from foldray.chem.smiles import component_from_smiles
 from foldray.errors import InputError
@@ -30,11 +30,15 @@ def _bond_problems(comp) -> list[str]:
             for (i, j), x in zip(comp.bonds.tolist(), d, strict=True) if not 1.0 <= x <= 2.5]
 
 
-def test_every_screening_ligand_gets_a_conformer():
+def test_every_screening_ligand_gets_a_conformer(monkeypatch):
+    # RDKit's per-round timeout (2 s) is a wall-clock backstop for hopeless molecules; these
+    # ligands embed in <= 0.3 s on an idle core, but on a 2-core machine running the suite
+    # beside other work one can pass 2 s wall and fall back (issue 23). This test is about
+    # whether ETKDG embeds them, not how fast: speed is measured by benchmarks/featurize.py.
+    monkeypatch.setattr(conformer, "EMBED_TIMEOUT_S", 60)
     screen = _screen()
     assert len(screen) == 100
     component_from_smiles.cache_clear()
-    start = time.perf_counter()
     for smiles, ligand_id in screen:
         comp = component_from_smiles(smiles, name="LIG")
         assert comp.ref_pos_source == "etkdg", ligand_id
@@ -44,8 +48,7 @@ def test_every_screening_ligand_gets_a_conformer():
         assert _bond_problems(comp) == [], ligand_id
         assert len(set(comp.atom_names)) == comp.n_atoms
         assert max(len(n) for n in comp.atom_names) <= 4
-    elapsed = time.perf_counter() - start
-    assert elapsed < 120, f"100 ligands took {elapsed:.1f} s"
+    component_from_smiles.cache_clear()   # no conformer made under the raised timeout stays cached
 
 
 def test_af3_atom_names_element_and_counter():

@@ -34,8 +34,13 @@ FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "feature_parity" /
 SEED = 1
 PROTENIX = FeaturizationConfig.protenix()
 
-# Each difference: what differs, where Protenix decides it, what AF3 (SI / released code) does.
-DIFFERENCES: dict[str, dict[str, str]] = {
+# Each open difference: what differs, where Protenix decides it, what AF3 (SI / released code)
+# does. None is open: every one became a switch (RESOLVED).
+DIFFERENCES: dict[str, dict[str, str]] = {}
+
+# Differences a Protenix switch of FeaturizationConfig.protenix() now accounts for (evidence kept;
+# SWITCHED below proves each switch is needed).
+RESOLVED: dict[str, dict[str, str]] = {
     "mse_as_met": {
         "what": "MSE: Protenix renames the residue MET, atom SE -> SD, element Se -> S: one standard "
                 "token (restype MET); foldray atomizes MSE (one token per atom)",
@@ -47,7 +52,7 @@ DIFFERENCES: dict[str, dict[str, str]] = {
     },
     "bonded_leaving_atoms": {
         "what": "bondedAtomPairs: Protenix removes one CCD leaving group of each bonded atom "
-                "(glycan C1 -> O1); foldray keeps every O1",
+                "(glycan C1 -> O1); foldray kept every O1",
         "protenix": "ptx:data/inference/json_to_feature.py:210-284 -> "
                     "ptx:data/inference/json_parser.py:181-234 (remove_leaving_atoms), "
                     "ptx:data/core/ccd.py:50-72",
@@ -91,13 +96,13 @@ LIGAND_MSA = {"msa", "profile"}
 KNOWN: dict[str, tuple[set[str], tuple[str, ...]]] = {
     "102m": (set(), ()),
     "1bna": (set(), ()),
-    "1igy": (ATOMS | SHIFTED_TOKENS, ("bonded_leaving_atoms",)),
+    "1igy": (set(), ()),
     "1k6p": (set(), ()),
     "1l2y": (set(), ()),
-    "1qgi": (ATOMS | SHIFTED_TOKENS, ("bonded_leaving_atoms",)),
+    "1qgi": (set(), ()),
     "2q2k": (set(), ()),
-    "4gxy": ({"restype", "msa", "profile"}, ("non_polymer_ccd_restype", "msa_query_from_input_letters")),
-    "4zey": ((ATOMS | SHIFTED_TOKENS) - {"n_atoms"}, ("mse_as_met",)),
+    "4gxy": (set(), ()),
+    "4zey": (set(), ()),
     "5ugo": (set(), ()),
     "5zyh": (set(), ()),
     "tiny_protein_dna": (set(), ()),
@@ -112,11 +117,18 @@ KNOWN: dict[str, tuple[set[str], tuple[str, ...]]] = {
 #   (ptx:data/msa/msa_featurizer.py:654-657, configs/configs_inference.py:35; AF3 ignores them
 #   for one distinct protein sequence, af3:model/features.py:447-448, 498-505). Unpaired-row
 #   deduplication (ptx:data/msa/msa_featurizer.py:205-213) needs no switch: foldray dedups too.
-SWITCHED: list[tuple[str, str, set[str]]] = [
-    ("1k6p", "fill_non_protein_msa_rows", LIGAND_MSA),
-    ("2q2k", "fill_non_protein_msa_rows", {"msa"}),
-    ("102m", "paired_msa_as_unpaired", MSA_ROWS),
-    ("5zyh", "paired_msa_as_unpaired", MSA_ROWS),
+# modified_residue_restype "ccd_type" and msa_query_letters "input": RESOLVED above (4gxy's GTP);
+# ligand_leaving_atoms "bonded": RESOLVED (1igy, 1qgi glycans); selenomethionine "as_met" (4zey).
+# (input, switch, foldray's default value, the differences it brings back)
+SWITCHED: list[tuple[str, str, object, set[str]]] = [
+    ("1k6p", "fill_non_protein_msa_rows", False, LIGAND_MSA),
+    ("2q2k", "fill_non_protein_msa_rows", False, {"msa"}),
+    ("102m", "paired_msa_as_unpaired", False, MSA_ROWS),
+    ("5zyh", "paired_msa_as_unpaired", False, MSA_ROWS),
+    ("4gxy", "modified_residue_restype", "parent", {"restype"}),
+    ("4gxy", "msa_query_letters", "ccd", {"msa", "profile"}),
+    ("1qgi", "ligand_leaving_atoms", "glycan_o1", ATOMS | SHIFTED_TOKENS),   # AF3 drops NAG 1's O1 too
+    ("4zey", "selenomethionine", "atomize", (ATOMS | SHIFTED_TOKENS) - {"n_atoms"}),
 ]
 
 
@@ -146,15 +158,15 @@ def test_every_fixture_replayed_and_every_difference_explained() -> None:
     assert causes == set(DIFFERENCES)
     for name, (features, names) in KNOWN.items():
         assert bool(features) == bool(names), name
-    for entry in DIFFERENCES.values():
+    for entry in (*DIFFERENCES.values(), *RESOLVED.values()):
         assert entry["protenix"].startswith("ptx:") and entry["af3"].startswith("af3:")
 
 
-@pytest.mark.parametrize(("name", "switch", "features"), SWITCHED)
-def test_each_protenix_switch_is_needed(name: str, switch: str, features: set[str]) -> None:
-    assert getattr(PROTENIX, switch) is True
+@pytest.mark.parametrize(("name", "switch", "default", "features"), SWITCHED)
+def test_each_protenix_switch_is_needed(name: str, switch: str, default: object, features: set[str]) -> None:
+    assert getattr(PROTENIX, switch) != default and getattr(FeaturizationConfig(), switch) == default
     ref = dict(np.load(FIXTURES / f"{name}.npz"))
-    ours = _foldray(name, ref["msa"].shape[0], dataclasses.replace(PROTENIX, **{switch: False}))
+    ours = _foldray(name, ref["msa"].shape[0], dataclasses.replace(PROTENIX, **{switch: default}))
     assert differing(compare(ref, ours)) == KNOWN[name][0] | features
 
 

@@ -175,3 +175,30 @@ def test_import_writes_the_family_featurization_and_predict_uses_it(tmp_path):
     tokens, _ = predictor.predict_job(job("1l2y"), settings)
     assert "OXT" not in tokens.atom_name.tolist()
     assert tokens.n_atoms == tokenize(job("1l2y"), featurization=OPENFOLD3).n_atoms
+
+
+@pytest.mark.parametrize("mode, names, element", [("one_token", "SE", 34), ("as_met", "SD", 16)])
+def test_selenomethionine_as_one_token(mode, names, element):
+    """AF3's released tokenizer (one_token) and Protenix (as_met) keep 4zey's three MSE as one
+    restype-MET token each; Protenix also renames SE -> SD with element S. SI 2.6 atomizes."""
+    atomized = tokenize(job("4zey"))
+    tokens = tokenize(job("4zey"), featurization=FeaturizationConfig(selenomethionine=mode))
+    assert atomized.n_tokens - tokens.n_tokens == 3 * 7 and tokens.n_atoms == atomized.n_atoms
+    mse = np.flatnonzero(np.isin(tokens.atom_residue, [2, 43, 63]) & (tokens.atom_chain == 0))
+    tok = np.unique(tokens.atom_to_token[mse])
+    assert len(tok) == 3 and tokens.is_standard[tok].all()
+    assert set(tokens.restype[tok].tolist()) == {RESTYPE_INDEX["MET"]}
+    chalcogen = mse[np.isin(tokens.atom_name[mse], ["SE", "SD"])]
+    assert set(tokens.atom_name[chalcogen].tolist()) == {names}
+    assert set(tokens.atom_element[chalcogen].tolist()) == {element}
+
+
+def test_glycan_o1_leaves_as_in_alphafold3():
+    """AF3 drops O1 of every ligand glycan residue (bonded or standalone); Protenix only where
+    a bondedAtomPairs entry bonds C1 (1qgi: NAG 1's C1 is free, so its O1 stays); "keep" none."""
+    counts = {mode: tokenize(job("1qgi"), featurization=FeaturizationConfig(ligand_leaving_atoms=mode))
+              for mode in ("glycan_o1", "bonded", "keep")}
+    o1 = {mode: int(((t.atom_name == "O1") & (t.mol_type[t.atom_to_token] == 3)).sum())
+          for mode, t in counts.items()}
+    assert o1["glycan_o1"] == 0 and o1["keep"] == o1["bonded"] + 2 > 2
+    assert counts["keep"].n_atoms - counts["glycan_o1"].n_atoms == o1["keep"]

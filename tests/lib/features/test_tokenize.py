@@ -38,6 +38,13 @@ def ccd_atoms():
     return out
 
 
+def glycans(ccd_atoms) -> frozenset[str]:
+    """CCD codes whose _chem_comp.type names a saccharide (AF3's glycan sets)."""
+    table = ccd_info.get_ccd()["chem_comp"]
+    return frozenset(code for code, kind in zip(table["id"].as_array(), table["type"].as_array(), strict=True)
+                     if "SACCHARIDE" in str(kind).upper())
+
+
 def independent_counts(path, ccd_atoms):
     """(n_tokens, n_atoms) by the SI 2.6 rule, from gemmi's view of the file."""
     st = gemmi.read_structure(str(path))
@@ -67,6 +74,8 @@ def independent_counts(path, ccd_atoms):
                 if crystal and residue.name in AIDS:
                     continue
                 n = sum(heavy for _, heavy, _ in ccd_atoms[residue.name])
+                if residue.name in glycans(ccd_atoms) and any(a[0] == "O1" for a in ccd_atoms[residue.name]):
+                    n -= 1      # AF3 drops a glycan's O1 (FeaturizationConfig.ligand_leaving_atoms)
                 atoms += n
                 tokens += n
     return tokens, atoms

@@ -141,14 +141,15 @@ def test_a_converted_job_featurizes_like_the_af3_json_written_by_hand():
     for name in got:
         if name != "ref_pos":                    # conformers are generated
             assert (got[name] == expected[name]).all(), name
-    # MLY is atomized (12 heavy atoms), ibuprofen 15 atoms, NAG 15 atoms each minus the O1
-    # that leaves where the bond forms
-    assert got["restype"].shape[0] == 19 + 12 + 15 + 15 + 14
+    # MLY atomized (11 heavy atoms mid-chain: its OXT leaves), ibuprofen 15 atoms, each NAG 14:
+    # AF3 drops O1 of every glycan (the bonded one's O1 also leaves where the bond forms)
+    assert got["restype"].shape[0] == 19 + 11 + 15 + 14 + 14
 
 
 @pytest.mark.parametrize(("suffix", "text", "field", "words"), [
     (".yaml", "sequences:\n  - protein: {id: A, sequence: MKV}\nconstraints:\n"
-              "  - pocket: {binder: A, contacts: [[A, 1]]}\n", "constraints[0].pocket", "pocket"),
+              "  - pocket: {binder: A, contacts: [[A, 1]], force: true}\n", "constraints[0].pocket.force",
+     "steering"),
     (".yaml", "sequences:\n  - protein: {id: A, sequence: MKV, cyclic: true}\n",
      "sequences[0].protein.cyclic", "cyclic"),
     (".yaml", "sequences:\n  - protein: {id: A, sequence: MKV, msa: x.csv}\n",

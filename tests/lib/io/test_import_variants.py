@@ -42,7 +42,7 @@ EXPECTED = {
                                          msa=(1, 64), diffusion=(8, 768, 16), n_cycle=4, n_step=5,
                                          matches="protenix_tiny_default_v0.5.0 sizes"),
 }
-REFUSED = {"protenix_base_constraint_v0.5.0": "constraint embedder"}
+REFUSED = {"protenix_base_constraint_v0.5.0": "ESM"}   # its constraint embedder imports (restraints)
 
 
 @functools.cache

@@ -97,3 +97,20 @@ def test_a_protenix_config_saved_before_the_empty_slot_and_slot_shift_switches_g
     plain = ModelConfig.preset("tiny").to_dict()          # other families keep their defaults
     del plain["confidence"]["nucleotide_slot_shift"]
     assert ModelConfig.from_dict(plain) == ModelConfig.preset("tiny")
+
+
+def test_a_protenix_config_saved_before_the_later_featurization_switches_gets_protenix_values():
+    """A Protenix checkpoint imported before the MSE / glycan O1 / query-letter switches (and
+    ccd_type restypes) existed featurizes as Protenix does, not with AF3's defaults."""
+    current = ModelConfig.preset("tiny-protenix")
+    saved = current.to_dict()
+    for key in ("msa_query_letters", "ligand_leaving_atoms", "selenomethionine"):
+        del saved["featurization"][key]
+    saved["featurization"]["modified_residue_restype"] = "parent"   # the value saved back then
+    assert ModelConfig.from_dict(saved).featurization == current.featurization
+    chosen = current.to_dict()                               # a saved choice is kept as saved
+    chosen["featurization"]["selenomethionine"] = "atomize"
+    assert ModelConfig.from_dict(chosen).featurization.selenomethionine == "atomize"
+    plain = ModelConfig.preset("tiny").to_dict()             # AF3-family configs are untouched
+    del plain["featurization"]["ligand_leaving_atoms"]
+    assert ModelConfig.from_dict(plain) == ModelConfig.preset("tiny")

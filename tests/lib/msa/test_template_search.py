@@ -177,3 +177,63 @@ def test_a_config_with_templates_fails_at_start_when_the_mirror_is_missing(mini_
                                              "mirror": str(tmp_path / "no_such_mirror")}})
     with pytest.raises(InputError, match="no_such_mirror"):
         check_databases(config)
+
+
+def _has_hml(templates) -> bool:
+    """Whether α-lactalbumin (1HML) is among the templates (matched by its sequence)."""
+    hml = dict(_chains("1hml"))["1hml_A"]
+    for template in templates or ():
+        chain = gemmi.make_structure_from_block(gemmi.cif.read_string(template.mmcif).sole_block())
+        if hml[20:60] in gemmi.one_letter_code([r.name for r in chain[0][0]]):
+            return True
+    return False
+
+
+def test_a_jobs_own_cutoff_overrides_the_runs_and_keys_the_cache(mini_pdb, tmp_path):
+    """`maxTemplateDate` in the AF3 JSON job (foldray extension): before 1HML's release
+    (1995-01-26) it drops the homolog, after it a job gets it despite an earlier run
+    cutoff; each effective cutoff is its own cache entry, and a rerun reads them back."""
+    from foldray.msa.cache import MsaCache
+    from foldray.msa.config import config_from_dict
+    from foldray.msa.fill import ChainSearcher, fill_jobs
+    from foldray.msa.search import LocalShards
+
+    def job(name: str, date: str | None):
+        extra = {"maxTemplateDate": date} if date else {}
+        return parse_job({"dialect": "alphafold3", "version": 1, "name": name, "modelSeeds": [1],
+                          "sequences": [{"protein": {"id": "A", "sequence": _lysozyme()}}], **extra})
+
+    def run(run_cutoff: str | None, jobs, cache):
+        templates = {"database": mini_pdb.database, "mirror": mini_pdb.mirror}
+        config = config_from_dict({"databases": [{"name": "pdb", "url": mini_pdb.database}],
+                                   "templates": templates | ({"max_template_date": run_cutoff}
+                                                             if run_cutoff else {})})
+        return [_has_hml(j.entities[0].templates)
+                for j in fill_jobs(jobs, ChainSearcher(config, LocalShards(1), cache))]
+
+    cache = MsaCache(str(tmp_path / "cache"))
+    jobs = [job("early", "1995-01-01"), job("late", "1995-02-01"), job("run", None)]
+    assert jobs[0].max_template_date == "1995-01-01"
+    assert run(None, jobs, cache) == [False, True, True]         # the job's cutoff, else none
+    assert run("1990-01-01", jobs, cache) == [False, True, False]    # the job's beats the run's
+    keys = {p.name for p in (tmp_path / "cache").rglob("templates-*")}
+    assert len(keys) == 4                    # one per effective cutoff: 1995-01-01, 1995-02-01, none, 1990
+    hits_before = cache.hits
+    assert run(None, jobs, cache) == [False, True, True] and cache.hits > hits_before
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    (19950101, "expected a date string YYYY-MM-DD or null, got an integer 19950101"),
+    ("1995-13-01", "expected a date YYYY-MM-DD, got '1995-13-01'"),
+    ("26/01/1995", "expected a date YYYY-MM-DD, got '26/01/1995'"),
+    ("1995-W04-4", "expected a date YYYY-MM-DD, got '1995-W04-4'"),
+])
+def test_a_bad_job_cutoff_is_a_located_input_error(value, message):
+    from foldray.errors import InputError
+
+    with pytest.raises(InputError) as caught:
+        parse_job({"dialect": "alphafold3", "version": 1, "name": "lyso", "modelSeeds": [1],
+                   "maxTemplateDate": value, "sequences": [{"protein": {"id": "A", "sequence": "MKV"}}]},
+                  source="jobs/lyso.json")
+    text = str(caught.value)
+    assert message in text and "maxTemplateDate" in text and "jobs/lyso.json" in text and "lyso" in text

@@ -26,10 +26,11 @@ from foldray.model.alphafold3 import AlphaFold3
 from foldray.model.confidence import token_frames
 from foldray.model.config import ModelConfig, RuntimeConfig
 from foldray.model.ranking import expected_error, expected_plddt, predicted_tm_score
-from foldray.parallel.heads import confidence_sharded, distogram_sharded, sample_sharded
+from foldray.parallel.diffusion import denoise_sharded, sample_sharded, trunk_conditioning
+from foldray.parallel.heads import confidence_sharded, distogram_sharded
 from foldray.parallel.local import run_local
 from foldray.parallel.shard import PairShard
-from foldray.parallel.trunk import local_rows, pad_tokens, run_trunk_sharded
+from foldray.parallel.trunk import ShardedTrunk, local_rows, pad_tokens, run_trunk_sharded
 from tests.data_paths import INPUTS, MSAS, STRUCTURES
 
 N_RESIDUE, N_MSA_ROWS, N_SAMPLE, N_STEP, N_CYCLE, SEED = 20, 12, 4, 3, 2, 7
@@ -87,14 +88,19 @@ def features():
     return features
 
 
-def _reference(features, padded_templates: bool):
-    batch = collate([features], token_buckets=None, atom_buckets=None)
-    assert batch["token_mask"].shape[-1] == 63 and batch["msa"].shape[-2] > 5
-    assert batch["is_ligand"].sum() == 43 and batch["template_mask"].all()
+def _random_model(padded_templates: bool) -> AlphaFold3:
     torch.manual_seed(0)
     model = AlphaFold3(_config(padded_templates)).eval()
     for p in model.parameters():          # zero-initialised output layers would hide errors
         torch.nn.init.normal_(p, std=0.2)
+    return model
+
+
+def _reference(features, padded_templates: bool):
+    batch = collate([features], token_buckets=None, atom_buckets=None)
+    assert batch["token_mask"].shape[-1] == 63 and batch["msa"].shape[-2] > 5
+    assert batch["is_ligand"].sum() == 43 and batch["template_mask"].all()
+    model = _random_model(padded_templates)
     state = model.state_dict()
     with torch.no_grad():
         trunk = model.run_trunk(batch, n_cycle=N_CYCLE, runtime=RuntimeConfig(chunk_size=16))
@@ -187,3 +193,51 @@ def test_sharded_model_through_ray_workers_in_a_placement_group(features, ray_se
         _close(out["x"], x, "x")
     _close(results[0]["pae"][:, :, :n, :n], confidence.pae_logits, "pae logits")
     _close(results[0]["plddt"], confidence.plddt_logits, "plddt logits")
+
+
+def _denoise_sharded(rank: int, world: int, features: dict, state: dict, s: torch.Tensor, z: torch.Tensor,
+                     x_noisy: torch.Tensor, t: torch.Tensor):
+    """One denoising step of all samples from this rank's rows of the trunk's z: with the
+    cached bias rows (all samples at once) and with per-block biases from z's rows, one
+    sample at a time (the path of inputs above the cache budget)."""
+    torch.set_num_threads(1)
+    batch = collate([pad_tokens(features, world)], token_buckets=None, atom_buckets=None)
+    model = _model(state, False)
+    module = model.diffusion_module
+    shard = PairShard(rank=rank, world=world, n_token=batch["token_mask"].shape[-1])
+    pad = shard.n_token - s.shape[-2]                         # masked tokens, zero trunk output
+    s = torch.nn.functional.pad(s, (0, 0, 0, pad))
+    z_rows = torch.nn.functional.pad(z, (0, 0, 0, pad, 0, pad))[:, shard.row_slice]
+    with torch.no_grad():
+        trunk = ShardedTrunk(model.input_embedder(batch), s, z_rows)
+        cond = trunk_conditioning(module, batch, trunk.s, trunk.z_rows, shard, chunk_size=8)
+        cached = denoise_sharded(module, x_noisy, t, batch, trunk.s_inputs, trunk.s, cond, shard)
+        uncached = denoise_sharded(module, x_noisy, t, batch, trunk.s_inputs, trunk.s,
+                                   cond._replace(token_bias_rows=None), shard, diffusion_chunk=1)
+    return {"cached": cached, "uncached": uncached, "pair_rows": cond.z_rows.shape[-3],
+            "bias_shapes": [tuple(b.shape[-3:]) for b in cond.token_bias_rows]}
+
+
+def test_sharded_diffusion_holds_pair_rows_and_equals_single_device(features):
+    """The diffusion module's pair conditioning and attention biases exist only as this rank's
+    rows (no N x N tensor per worker), and a denoising step (samples at different noise
+    levels) equals one device's, with and without the per-trunk bias cache."""
+    batch = collate([features], token_buckets=None, atom_buckets=None)
+    model = _random_model(False)
+    state = model.state_dict()
+    g = torch.Generator().manual_seed(11)
+    n, c = batch["token_mask"].shape[-1], model.config
+    s = torch.randn(1, n, c.c_s, generator=g)
+    z = torch.randn(1, n, n, c.c_z, generator=g)
+    x_noisy = torch.randn(1, N_SAMPLE, batch["atom_mask"].shape[-1], 3, generator=g) * 10.0
+    t = torch.tensor([[0.5, 2.0, 8.0, 30.0]])
+    with torch.no_grad():
+        expected = model.diffusion_module(x_noisy, t, batch, model.input_embedder(batch), s, z)
+    results = run_local(_denoise_sharded, 2, features, state, s, z, x_noisy, t, threads_per_worker=1)
+    heads = [block.n_head for block in model.diffusion_module.transformer.attention]
+    for out in results:
+        assert out["pair_rows"] == 32                         # 64 padded tokens / 2 workers
+        assert out["bias_shapes"] == [(h, 32, 64) for h in heads]
+        _close(out["cached"], expected, "denoised, cached biases")
+        _close(out["uncached"], expected, "denoised, per-step biases, one sample at a time")
+    assert expected.std() > 0.1

@@ -101,3 +101,50 @@ def test_stage_loss_values_keep_their_loss_config_types():
         ModelConfig.tiny())
     assert loss.mini_rollout_steps == 4 and isinstance(loss.mini_rollout_steps, int)   # a step count
     assert loss.alpha_pae == 1.0 and isinstance(loss.alpha_pae, float)
+
+
+def test_run_runtime_is_the_predict_and_serve_runtime_config():
+    """Training runs the model through the same RuntimeConfig (same keys) as predict/serve;
+    configs and checkpoints written with run.precision / chunk_size / checkpoint_activations
+    keep loading into it (issue 18)."""
+    from foldray.model.config import RuntimeConfig
+
+    assert TrainConfig().run.runtime == RuntimeConfig(precision="bf16") == TrainConfig().runtime()
+    new = load_train_config("run: {runtime: {precision: fp32, chunk_size: 8, checkpoint_activations: true, "
+                            "kernels: torch, compile: true, diffusion_chunk: 2}}\n")
+    assert new.runtime() == RuntimeConfig(precision="fp32", chunk_size=8, checkpoint_activations=True,
+                                          kernels="torch", compile=True, diffusion_chunk=2)
+    old = load_train_config("run: {precision: fp32, chunk_size: 8, checkpoint_activations: true}\n")
+    assert old.runtime() == RuntimeConfig(precision="fp32", chunk_size=8, checkpoint_activations=True)
+    saved = old.to_dict()                              # a checkpoint's config from before
+    saved["run"] = {**{k: v for k, v in saved["run"].items() if k != "runtime"},
+                    "precision": "fp32", "chunk_size": 8, "checkpoint_activations": True}
+    assert TrainConfig.from_dict(saved) == old
+    overridden = load_train_config(str(CONFIGS / "initial_training.yaml"), ["run.precision=fp32"])
+    assert overridden.runtime() == RuntimeConfig(precision="fp32", checkpoint_activations=True)
+    with pytest.raises(ConfigError, match="given twice") as err:
+        load_train_config("run: {precision: bf16, runtime: {precision: fp32}}\n")
+    assert err.value.key == "run.precision"
+    with pytest.raises(ConfigError, match="did you mean 'precision'") as err:
+        load_train_config("run: {runtime: {precison: fp32}}\n")
+    assert err.value.key == "run.runtime.precison"
+
+
+def test_train_runtime_flags_and_compile_reach_the_model(capsys):
+    import copy
+    import json
+
+    import torch
+
+    from foldray.jobs import cli
+    from foldray.training.loop import build_parts
+
+    assert cli.main(["train", "--config", str(CONFIGS / "tiny_cpu.yaml"), "--precision", "bf16",
+                     "--chunk-size", "8", "--compile", "--print-config"]) == 0
+    runtime = json.loads(capsys.readouterr().out)["run"]["runtime"]
+    assert (runtime["precision"], runtime["chunk_size"], runtime["compile"]) == ("bf16", 8, True)
+    config = load_train_config(str(CONFIGS / "tiny_cpu.yaml"), ["run.runtime.compile=true"])
+    parts = build_parts(config, ModelConfig.tiny(), device=torch.device("cpu"))
+    blocks = [m for m in parts.model.modules() if type(m).__name__ == "PairformerBlock"]
+    assert blocks and all(b._compiled_call_impl is not None for b in blocks)
+    copy.deepcopy(parts.model)    # the EMA validation copy still works

@@ -1,0 +1,50 @@
+"""Fused stages (issue 18, overhead): for CPU inference one actor featurizes, predicts and
+writes each job; the outputs and rows equal the separate featurize/model/write pools'."""
+
+import dataclasses
+import json
+
+from foldray.actors.batch import BatchSettings, Resources, fused_stages
+from foldray.parallel.plan import ShardSettings
+
+ROW_KEYS = ("name", "status", "n_tokens", "n_atoms", "ranking_score", "ptm", "mean_plddt", "error")
+
+
+def test_auto_fuses_only_cpu_inference_on_undivided_nodes():
+    cpu = BatchSettings(inputs=(), out="/x")
+    assert fused_stages(cpu, separate_nodes=False)
+    assert not fused_stages(cpu, separate_nodes=True)            # featurization nodes of their own
+    assert not fused_stages(dataclasses.replace(cpu, resources=Resources(num_gpus_per_actor=1.0)),
+                            separate_nodes=False)               # a GPU never waits for featurization
+    assert not fused_stages(dataclasses.replace(cpu, model_batch_size=4), separate_nodes=False)
+    assert not fused_stages(dataclasses.replace(cpu, stages="separate"), separate_nodes=False)
+    assert not fused_stages(dataclasses.replace(cpu, screen=object()), separate_nodes=False)
+    assert fused_stages(dataclasses.replace(cpu, stages="fused", resources=Resources(num_gpus_per_actor=1.0)),
+                        separate_nodes=True)
+    assert ShardSettings().enabled is False
+
+
+def test_fused_and_separate_stages_give_the_same_outputs_and_rows(ray_session, tmp_path):
+    from foldray.actors.batch import run_batch
+    from foldray.jobs import predict_batch
+
+    jobs = [{"dialect": "alphafold3", "version": 2, "name": f"trp_{i}", "modelSeeds": [1],
+             "sequences": [{"protein": {"id": "A", "sequence": seq}}]}
+            for i, seq in enumerate(["NLYIQWLKDGGPSSGRPPPS", "GRPPPSNLYIQW"])]
+    (tmp_path / "jobs.json").write_text(json.dumps(jobs))
+    rows = {}
+    for stages in ("fused", "separate"):
+        flags = predict_batch.build_parser().parse_args([
+            "--inputs", str(tmp_path / "jobs.json"), "--out", str(tmp_path / stages), "--samples", "1",
+            "--steps", "2", "--recycles", "1", "--num-cpus-per-actor", "0.5", "--num-cpus-per-worker",
+            "0.5", "--cpu-workers", "1-1", "--actors", "1-1", "--quiet", "--stages", stages])
+        result = run_batch(predict_batch.settings_from(flags))
+        assert result.problem is None
+        rows[stages] = [{key: row[key] for key in ROW_KEYS} for row in result.rows]
+        assert all(row["featurize_seconds"] > 0 and row["model_seconds"] > 0 and row["write_seconds"] > 0
+                   for row in result.rows)
+    assert rows["fused"] == rows["separate"] and {r["status"] for r in rows["fused"]} == {"ok"}
+    for job in jobs:
+        name = job["name"]
+        fused = (tmp_path / "fused" / name / f"{name}_model.cif").read_text()
+        assert fused == (tmp_path / "separate" / name / f"{name}_model.cif").read_text()
