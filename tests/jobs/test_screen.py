@@ -167,7 +167,8 @@ def test_killed_driver_then_rerun_skips_finished_ligands(ray_session, tmp_path, 
     (tmp_path / "lib.smi").write_text("".join(f"{s} {n}\n" for s, n in picked))
     out = tmp_path / "out"
     args = ["--target", TARGET, "--ligands", str(tmp_path / "lib.smi"), "--out", str(out),
-            "--actors", "1-1", *FAST[:2], "--steps", "10", *FAST[4:]]
+            "--actors", "1-1", *FAST[:2], "--steps", "10", *FAST[4:],
+            "--model-batch-size", "2"]   # batched, yet small batches: a kill lands mid-screen
     env = {**ray_session.env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     gcs = "127.0.0.1:" + ray_session.address.rsplit(":", 1)[1]
     log = tmp_path / "driver.log"
