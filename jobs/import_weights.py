@@ -20,8 +20,7 @@ import json
 import sys
 
 from foldray.config_loader import ConfigError
-from foldray.io.import_weights import DEFAULT_CONFIGS, SOURCES, ImportMismatch, import_checkpoint
-from foldray.io.weights import WeightsError
+from foldray.io.families import FAMILY_CONFIGS, SOURCES
 from foldray.jobs.options import add_model_config_argument, add_set_argument, deprecated_config_alias
 from foldray.model.config import ModelConfig, is_preset, model_config_from
 
@@ -36,7 +35,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     add_model_config_argument(parser, default=None, help_text=(
         "a model preset or YAML/JSON model config file to import into instead of reading the sizes "
         "from SRC (family switches come from "
-        + ", ".join(f"{k}: {v}" for k, v in DEFAULT_CONFIGS.items()) + ")"))
+        + ", ".join(f"{k}: {v}" for k, v in FAMILY_CONFIGS.items()) + ")"))
     deprecated_config_alias(parser, "model_config")
     add_set_argument(parser, "override a setting of --model-config, e.g. --set n_cycle=10")
     parser.add_argument("--verbose", action="store_true",
@@ -56,6 +55,9 @@ def model_config(args: argparse.Namespace) -> str | ModelConfig | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from foldray.io.import_weights import ImportMismatch, import_checkpoint  # torch: not for --help
+    from foldray.io.weights import WeightsError
+
     try:
         summary = import_checkpoint(args.source, args.src, args.out, model_config(args))
     except ConfigError as err:

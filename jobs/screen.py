@@ -27,14 +27,8 @@ import collections
 import dataclasses
 import math
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from foldray.actors.batch import (
-    BatchError,
-    BatchResult,
-    BatchSettings,
-    run_batch,
-)
 from foldray.config_loader import ConfigError
 from foldray.errors import InputError, error_line
 from foldray.jobs.msa import add_msa_arguments
@@ -42,6 +36,9 @@ from foldray.jobs.options import resolve_model_and_runtime
 from foldray.jobs.predict import add_model_arguments, random_weights_warning, settings_from_args
 from foldray.jobs.predict_batch import add_cluster_arguments, add_engine_arguments, engine_settings
 from foldray.jobs.ray_setup import absolute_local, connect_ray
+
+if TYPE_CHECKING:   # the engine (Ray, torch) is imported when a screen runs, not for --help
+    from foldray.actors.batch import BatchResult, BatchSettings
 
 # metric -> True when higher is better
 FUNNEL_METRICS = {"ranking_score": True, "iptm": True, "ptm": True, "ligand_plddt": True,
@@ -124,6 +121,7 @@ def read_target(location: str) -> Any:
 
 
 def settings_from(args: argparse.Namespace, target: Any) -> BatchSettings:
+    from foldray.actors.batch import BatchSettings
     from foldray.actors.screen_stage import ScreenSettings
 
     model_config, runtime = resolve_model_and_runtime(args)
@@ -174,6 +172,7 @@ def search_target(args: argparse.Namespace, settings: BatchSettings) -> BatchSet
     """`--msa search`: the target's chains searched once (the engine's MSA stage and its
     cache), before any ligand; every ligand complex then uses the target's MSAs. The
     searched target is kept as `<out>/target/<name>_data.json`. Ray is connected."""
+    from foldray.actors.batch import BatchError
     from foldray.actors.msa_stage import search_and_write
     from foldray.io import storage
     from foldray.jobs.ray_setup import worker_remote_args
@@ -212,6 +211,7 @@ def run_screen(args: argparse.Namespace, settings: BatchSettings) -> int:
 
 
 def _run_stages(args: argparse.Namespace, settings: BatchSettings) -> int:
+    from foldray.actors.batch import run_batch
     from foldray.io.results import SCREEN_SCHEMA, write_results_table
 
     results: list[tuple[str, BatchResult]] = []
@@ -253,6 +253,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.checkpoint is None:
         print(random_weights_warning(args.model_config), file=sys.stderr)
+    from foldray.actors.batch import BatchError
+
     try:
         return run_screen(args, settings)
     except BatchError as err:

@@ -23,6 +23,7 @@ from foldray.chem.ccd import is_known_ccd
 from foldray.chem.smiles import parse_smiles
 from foldray.errors import InputError
 from foldray.features.config import FeaturizationConfig
+from foldray.features.constraints import add_constraint_features
 from foldray.features.featurize import featurize
 from foldray.features.msa import build_msa
 from foldray.features.pipeline import (
@@ -142,6 +143,7 @@ def featurize_screen_job(job: Job, target: PreparedTarget, *, seed: int = 0,
                     max_paired_rows=min(MAX_PAIRED_ROWS, max_msa_rows // 2), featurization=featurization)
     templates = template_features(job, tokens, rng=None)
     features = featurize(tokens, msa, column, rng=rng, templates=templates)
+    add_constraint_features(features, job, tokens)      # the target's restraints, as featurize_job
     return FeaturizedJob(job=job, tokens=tokens, features=features)
 
 

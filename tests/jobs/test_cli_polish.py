@@ -19,10 +19,9 @@ from foldray.progress import RunProgress
 from tests.data_paths import REPO
 
 HEAVY = ("torch", "ray", "rdkit", "gemmi", "pyarrow")
-# Subcommands whose module and parser builder import none of HEAVY; screen and import-weights
-# still do at module level (actors.batch; io.import_weights' SOURCES / FAMILY_CONFIGS).
-LIGHT_COMMANDS = ("convert", "example", "featurize", "msa", "predict", "predict-batch", "report", "serve",
-                  "train", "validate")
+# Every subcommand: its module and parser builder import none of HEAVY (they load in `run`).
+LIGHT_COMMANDS = ("convert", "example", "featurize", "import-weights", "msa", "predict", "predict-batch",
+                  "report", "screen", "serve", "train", "validate")
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

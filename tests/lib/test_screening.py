@@ -47,6 +47,22 @@ def test_screen_featurization_equals_featurize_job_and_parses_msa_once(monkeypat
     assert target_key(_target("5zyh.json")) != target_key(target)
 
 
+def test_screen_featurization_keeps_the_targets_restraints():
+    """A target's restraints (here: a heme pocket) reach every ligand complex's features, as
+    featurize_job gives them; dropping them would silently ignore the user's restraints."""
+    data = json.loads((INPUTS / "102m.json").read_text())
+    data["restraints"] = [{"type": "pocket", "binder": "B", "residues": [["A", 94], ["A", 98]],
+                           "maxDistance": 6.0}]
+    target = parse_af3_json(json.dumps(data), source=str(INPUTS / "102m.json"))[0]
+    job = ligand_job(target, LigandSpec(id="ethanol", smiles="CCO"))
+    cached = featurize_screen_job(job, TargetCache().get(target), seed=3)
+    direct = featurize_job(job, seed=3, with_targets=False)
+    assert cached.features["constraint_pocket"].sum() > 0
+    for name, value in direct.features.items():
+        if name.startswith("constraint_"):
+            np.testing.assert_array_equal(cached.features[name], value, err_msg=name)
+
+
 def test_check_ligand_reports_rdkit_reason_and_field():
     with pytest.raises(InputError) as err:
         check_ligand(LigandSpec(id="bad", smiles="C1CC(N"), field="sequences[1].ligand")

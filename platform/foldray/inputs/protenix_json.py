@@ -43,7 +43,7 @@ from foldray.inputs.af_server_json import chain_id
 from foldray.inputs.job import Job
 from foldray.io import storage
 
-_JOB_KEYS = ("name", "modelSeeds", "sequences", "covalent_bonds")
+_JOB_KEYS = ("name", "modelSeeds", "sequences", "covalent_bonds", "constraint")
 _POLYMERS = {"proteinChain": "protein", "dnaSequence": "dna", "rnaSequence": "rna"}
 _POLYMER_KEYS = {
     "proteinChain": ("sequence", "count", "modifications", "glycans", "unpairedMsa", "pairedMsa",
@@ -152,6 +152,9 @@ def protenix_to_af3(data: Any, *, source: str, error, paths: _PathPolicy | None 
     bonds = _bonds(data.get("covalent_bonds"), chains_of, error)
     if bonds:
         job["bondedAtomPairs"] = bonds
+    restraints = _constraint(data.get("constraint"), chains_of, error)
+    if restraints:
+        job["restraints"] = restraints
     return job
 
 
@@ -289,6 +292,102 @@ def _bond_atoms(bond: dict, side: tuple[str, ...], chains_of: list[list[str]], w
     if not isinstance(atom, str) or not atom.strip():
         raise error(f"{where}.{atom_key}", f"expected an atom name, {got(atom)}")
     return [(chain, position, atom) for chain in chains]
+
+
+_CONTACT_SIDES = (("entity1", "copy1", "position1", "atom1"), ("entity2", "copy2", "position2", "atom2"))
+
+
+def _constraint(constraint: Any, chains_of: list[list[str]], error) -> list[dict[str, Any]]:
+    """Protenix's `constraint` ({"contact": [...], "pocket": {...}}) as foldray restraints
+    (docs/restraints.md); foldray's checks then run on them like on any AF3 JSON job."""
+    if constraint is None or constraint == {}:
+        return []
+    if not isinstance(constraint, dict):
+        raise error("constraint", f"expected an object with contact / pocket, {got(constraint)}")
+    for key in constraint:
+        if key == "substructure":
+            raise error("constraint.substructure", "substructure constraints are not supported "
+                                                   "(contact and pocket are)")
+        if key not in ("contact", "pocket"):
+            raise error(f"constraint.{str(key)[:60]}", f"unknown key {show(key)} (allowed: contact, pocket)")
+    restraints = []
+    contacts = constraint.get("contact") or []
+    if not isinstance(contacts, list):
+        raise error("constraint.contact", f"expected a list of contacts, {got(contacts)}")
+    for i, contact in enumerate(contacts):
+        where = f"constraint.contact[{i}]"
+        if not isinstance(contact, dict):
+            raise error(where, f"expected a contact object, {got(contact)}")
+        allowed = {key for side in _CONTACT_SIDES for key in side} | {"max_distance", "min_distance"}
+        for key in contact:
+            if key not in allowed:
+                raise error(f"{where}.{str(key)[:60]}", f"unknown key {show(key)} "
+                                                        f"(allowed: {', '.join(sorted(allowed))})")
+        minimum = contact.get("min_distance", 0)
+        if minimum not in (0, 0.0) or isinstance(minimum, bool):
+            raise error(f"{where}.min_distance", f"only 0 is supported (foldray's contacts have a maximum "
+                                                 f"distance only), {got(minimum)}")
+        sides = [_residue(contact, side, chains_of, where, error) for side in _CONTACT_SIDES]
+        restraints.append({"type": "contact", "residues": sides, "maxDistance": contact.get("max_distance")})
+    pocket = constraint.get("pocket")
+    if pocket:
+        where = "constraint.pocket"
+        if not isinstance(pocket, dict):
+            raise error(where, f"expected a pocket object, {got(pocket)}")
+        for key in pocket:
+            if key not in ("binder_chain", "contact_residues", "max_distance"):
+                raise error(f"{where}.{str(key)[:60]}", f"unknown key {show(key)} (allowed: "
+                                                        "binder_chain, contact_residues, max_distance)")
+        binder = pocket.get("binder_chain")
+        if not isinstance(binder, dict):
+            raise error(f"{where}.binder_chain", f"expected {{entity, copy}}, {got(binder)}")
+        binder_chain = _chain(binder, "entity", "copy", chains_of, f"{where}.binder_chain", error)
+        residues = pocket.get("contact_residues")
+        if not isinstance(residues, list) or not residues:
+            raise error(f"{where}.contact_residues", f"expected a non-empty list, {got(residues)}")
+        refs = []
+        for j, residue in enumerate(residues):
+            field = f"{where}.contact_residues[{j}]"
+            if not isinstance(residue, dict):
+                raise error(field, f"expected {{entity, copy, position}}, {got(residue)}")
+            refs.append(_residue(residue, ("entity", "copy", "position", None), chains_of, field, error))
+        restraints.append({"type": "pocket", "binder": binder_chain, "residues": refs,
+                           "maxDistance": pocket.get("max_distance")})
+    return restraints
+
+
+def _chain(item: dict, entity_key: str, copy_key: str, chains_of: list[list[str]], where: str, error) -> str:
+    """The chain id of Protenix's (entity, copy) numbers, both 1-based and required."""
+    entity = _int_like(item.get(entity_key))
+    if entity is None or not 1 <= entity <= len(chains_of):
+        raise error(f"{where}.{entity_key}", f"expected an entity number 1..{len(chains_of)}, "
+                                             f"{got(item.get(entity_key))}")
+    chains = chains_of[entity - 1]
+    copy = _int_like(item.get(copy_key))
+    if copy is None or not 1 <= copy <= len(chains):
+        raise error(f"{where}.{copy_key}",
+                    f"expected a copy number 1..{len(chains)}, {got(item.get(copy_key))}")
+    return chains[copy - 1]
+
+
+def _residue(item: dict, keys: tuple[str, str, str, str | None], chains_of: list[list[str]], where: str,
+             error) -> list[Any]:
+    """[chain, residue number(, atom name)] of one Protenix residue / atom reference."""
+    entity_key, copy_key, position_key, atom_key = keys
+    ref: list[Any] = [_chain(item, entity_key, copy_key, chains_of, where, error)]
+    position = _int_like(item.get(position_key))
+    if position is None:
+        raise error(f"{where}.{position_key}", f"expected a residue number, {got(item.get(position_key))}")
+    ref.append(position)
+    atom = item.get(atom_key) if atom_key else None
+    if atom is not None:
+        if isinstance(atom, int) or (isinstance(atom, str) and atom.isdigit()):
+            raise error(f"{where}.{atom_key}", "SMILES atom-map numbers are not supported; name the atom "
+                                               "(e.g. 'C1')")
+        if not isinstance(atom, str) or not atom.strip():
+            raise error(f"{where}.{atom_key}", f"expected an atom name, {got(atom)}")
+        ref.append(atom)
+    return ref
 
 
 def _int_like(value: Any) -> int | None:

@@ -26,11 +26,11 @@ from torch import Tensor
 
 from foldray.features.config import FeaturizationConfig
 from foldray.io import storage
+from foldray.io.families import SOURCES
 from foldray.io.infer_config import FAMILY_CONFIGS, describe, infer_config, refuse_unsupported
 from foldray.io.weights import WeightsError, save_weights
 from foldray.model.config import NAMED_CONFIGS, ModelConfig
 
-SOURCES = ("openfold3", "protenix")
 # The featurization each family's weights were trained on (foldray.features.config,
 # docs/parity.md): written into every imported checkpoint, whatever config was chosen.
 FAMILY_FEATURIZATION: dict[str, Callable[[], FeaturizationConfig]] = {

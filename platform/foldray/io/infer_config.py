@@ -18,10 +18,10 @@ from typing import NamedTuple
 
 from torch import Tensor
 
+from foldray.io.families import FAMILY_CONFIGS
 from foldray.io.weights import WeightsError
 from foldray.model.config import NAMED_CONFIGS, ModelConfig
 
-FAMILY_CONFIGS = {"openfold3": "full-openfold3", "protenix": "full-protenix"}
 # Protenix's few-step presets (configs_model_type.py): recognised by their depths (pairformer,
 # diffusion transformer, diffusion atom blocks, input-embedder atom blocks), they bring the
 # recycling and sampler settings the reference runs them with.

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from foldray.features.constraints import CONSTRAINT_FEATURES
 from foldray.kernels import mask_to_bias
 from foldray.model.alphafold3 import AlphaFold3
 from foldray.model.msa import MsaBlock, MsaModule, MSAPairWeightedAveraging, OuterProductMean
@@ -58,7 +59,8 @@ def pad_tokens(features: Mapping[str, np.ndarray], world: int) -> dict[str, np.n
 
 
 # Token-pair input features, [.., N_token (i), N_token (j), ..]: the row axis counted from the end.
-PAIR_FEATURES = {"token_bonds": -2, "template_distogram": -3, "template_unit_vector": -3}
+PAIR_FEATURES = {"token_bonds": -2, "template_distogram": -3, "template_unit_vector": -3,
+                 **{name: -3 for name in CONSTRAINT_FEATURES}}
 
 
 def local_rows(features: Features, shard: PairShard) -> dict[str, Tensor]:
@@ -223,7 +225,15 @@ def z_init_rows(model: AlphaFold3, features: Features, s_inputs: Tensor, s_init:
     z = model.z_init_i(z_in[..., rows, :])[..., :, None, :] + model.z_init_j(z_in)[..., None, :, :]
     z = z + model.relative_position(features, rows=rows)
     bonds = _rows_of("token_bonds", features["token_bonds"], shard)
-    return z + model.token_bonds(bonds[..., None].to(z.dtype))
+    z = z + model.token_bonds(bonds[..., None].to(z.dtype))
+    restraints = {name: _rows_of(name, features[name], shard)
+                  for name in CONSTRAINT_FEATURES if name in features}
+    if model.constraint_embedder is not None:          # as AlphaFold3.run_trunk, on this rank's rows
+        return model.constraint_embedder(restraints, z)
+    if any(bool(x.any()) for x in restraints.values()):
+        raise ValueError("the features carry restraints but this model has no constraint embedder "
+                         "(ModelConfig.constraint_embedder); they would be ignored")
+    return z
 
 
 @torch.no_grad()

@@ -13,6 +13,7 @@ from foldray.features.pipeline import featurize_job
 from foldray.inputs.af3_json import parse_af3_json
 from foldray.inputs.af3_json_writer import job_to_af3_json_text
 from foldray.inputs.boltz_yaml import parse_boltz_yaml
+from foldray.inputs.load import read_jobs
 from foldray.inputs.restraints import ContactRestraint, PocketRestraint, ResidueRef
 from tests.data_paths import INPUTS, REPO
 
@@ -170,3 +171,43 @@ def test_features_equal_protenix_featurizer():
     for name in ("constraint_pocket", "constraint_contact", "constraint_contact_atom"):
         np.testing.assert_array_equal(ours[name], reference[name], err_msg=name)
     assert all(np.count_nonzero(reference[name]) for name in reference)
+
+
+def test_protenix_constraint_field_maps_to_the_same_restraints_and_features():
+    """Protenix's own JSON form of the fixture job (its `constraint` field, written from its
+    documented format) converts to the restraints of the AF3 JSON form, and featurizes to the
+    features Protenix's featurizer gave for them."""
+    folder = REPO / "tests" / "fixtures" / "restraints"
+    af3 = parse_af3_json((folder / "tiny_pocket_contact.json").read_text(), source="af3.json")[0]
+    (converted,) = read_jobs(str(folder / "tiny_pocket_contact_protenix.json"))
+    assert not isinstance(converted, InputError), converted
+    assert sorted(map(repr, converted.restraints)) == sorted(map(repr, af3.restraints))   # unordered
+    reference = np.load(folder / "protenix_features.npz")
+    ours = featurize_job(converted).features
+    for name in ("constraint_pocket", "constraint_contact", "constraint_contact_atom"):
+        np.testing.assert_array_equal(ours[name], reference[name], err_msg=name)
+
+
+@pytest.mark.parametrize(("constraint", "field", "words"), [
+    ({"substructure": {}}, "constraint.substructure", "not supported"),
+    ({"distance": []}, "constraint.distance", "unknown key"),
+    ({"contact": [{"entity1": 1, "copy1": 1, "position1": 2, "entity2": 2, "copy2": 1, "position2": 1,
+                   "max_distance": 8, "min_distance": 2}]}, "constraint.contact[0].min_distance", "only 0"),
+    ({"contact": [{"entity1": 1, "copy1": 2, "position1": 2, "entity2": 2, "copy2": 1, "position2": 1,
+                   "max_distance": 8}]}, "constraint.contact[0].copy1", "copy number 1..1"),
+    ({"contact": [{"entity1": 1, "copy1": 1, "position1": 2, "entity2": 2, "copy2": 1, "position2": 1,
+                   "atom2": 3, "max_distance": 8}]}, "constraint.contact[0].atom2", "atom-map"),
+    ({"pocket": {"binder_chain": {"entity": 9, "copy": 1}, "contact_residues": [], "max_distance": 6}},
+     "constraint.pocket.binder_chain.entity", "entity number"),
+    ({"pocket": {"binder_chain": {"entity": 2, "copy": 1}, "contact_residues": [
+        {"entity": 1, "copy": 1, "position": 99}], "max_distance": 6}}, "restraints[0].residues[0][1]",
+     "out of range"),
+])
+def test_bad_protenix_constraints_are_located(tmp_path, constraint, field, words):
+    path = REPO / "tests" / "fixtures" / "restraints" / "tiny_pocket_contact_protenix.json"
+    data = json.loads(path.read_text())
+    data[0]["constraint"] = constraint
+    (tmp_path / "p.json").write_text(json.dumps(data))
+    (result,) = read_jobs(str(tmp_path / "p.json"))
+    assert isinstance(result, InputError) and result.field.endswith(field), result
+    assert words in str(result)

@@ -3,6 +3,7 @@ gloo CPU processes here), and clear errors for what cannot run sharded."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -12,6 +13,7 @@ import torch
 from foldray.features.pipeline import featurize_seeds
 from foldray.inputs.af3_json import parse_af3_json
 from foldray.jobs.cli import main
+from foldray.model.config import ModelConfig
 from foldray.parallel.predict import ShardedPredictor
 from foldray.predictor import Predictor, PredictSettings
 from tests.data_paths import INPUTS
@@ -20,9 +22,18 @@ JOB = INPUTS / "tiny_protein_ligand_smiles.json"     # 35 tokens: padded to 36 f
 FAST = ["--samples", "2", "--steps", "2", "--recycles", "1", "--quiet"]
 
 
-def test_sharded_predictor_equals_one_device():
-    (job,) = parse_af3_json(JOB.read_text(), source=str(JOB))
-    predictor = Predictor.load(config="tiny")
+@pytest.mark.parametrize("restraints", [False, True])
+def test_sharded_predictor_equals_one_device(restraints):
+    """Also for a model with Protenix's constraint embedder and a job with a pocket and a
+    contact: the sharded trunk adds the restraints on each rank's rows of z."""
+    data = json.loads(JOB.read_text())
+    if restraints:
+        data["restraints"] = [{"type": "pocket", "binder": "B", "residues": [["A", 2], ["A", 6]],
+                               "maxDistance": 6.0},
+                              {"type": "contact", "residues": [["A", 19], ["B", 1]], "maxDistance": 9.0}]
+    (job,) = parse_af3_json(json.dumps(data), source=str(JOB))
+    config = dataclasses.replace(ModelConfig.tiny(), constraint_embedder=restraints)
+    predictor = Predictor.load(config=config)
     for p in predictor.model.parameters():          # random, non-zero heads: confidences vary
         torch.nn.init.normal_(p, std=0.2, generator=torch.Generator().manual_seed(p.numel()))
     settings = PredictSettings(n_sample=2, n_cycle=1, n_step=2)
@@ -38,6 +49,11 @@ def test_sharded_predictor_equals_one_device():
         for name in ("ptm", "iptm", "ranking_score"):
             assert getattr(ours, name) == pytest.approx(getattr(ref, name), rel=1e-5, abs=1e-6), name
     assert np.std(expected[0].pae) > 0.1
+    if restraints:     # the restraints reach the model (its embedder's weights are not zero)
+        unrestrained = featurize_seeds(dataclasses.replace(job, restraints=()), (3,),
+                                       featurization=predictor.config.featurization)
+        _, plain = predictor.predict_featurized(unrestrained, settings)
+        assert np.abs(plain[0].coords - expected[0].coords).max() > 1e-3
 
 
 @pytest.mark.parametrize(("flags", "message"), [
