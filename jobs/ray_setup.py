@@ -139,7 +139,10 @@ class _RayLogsToFile:
                 if console and not isinstance(handler, logging.FileHandler):
                     handler.addFilter(self.drop)
                     self.muted.append(handler)
-        logging.getLogger("ray").addHandler(self.handler)
+        # Ray's records, and foldray's own diagnostics (e.g. the traceback of a stopped batch
+        # run, logged by foldray.batch): to the driver log, not the terminal
+        for name in ("ray", "foldray"):
+            logging.getLogger(name).addHandler(self.handler)
         return self
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -185,7 +188,8 @@ class _RayLogsToFile:
                 replaced.close()
             os.dup2(self.saved_fd, 2)
             os.close(self.saved_fd)
-        logging.getLogger("ray").removeHandler(self.handler)
+        for name in ("ray", "foldray"):
+            logging.getLogger(name).removeHandler(self.handler)
         for handler in self.muted:
             handler.removeFilter(self.drop)
         if self.file is not None:

@@ -89,6 +89,7 @@ def test_ray_lines_go_to_the_session_log_not_the_terminal(tmp_path, capfd):
         ray_logger.warning("early ray warning")              # before ray.init has a session
         quiet.open(str(tmp_path))
         ray_logger.info("late ray info")
+        logging.getLogger("foldray.batch").error("batch run stopped", exc_info=ValueError("boom"))
         os.write(2, b"[E core_worker.cc] straight to fd 2\n")
         print("error: our own line", file=sys.stderr)
     captured = capfd.readouterr()
@@ -96,8 +97,9 @@ def test_ray_lines_go_to_the_session_log_not_the_terminal(tmp_path, capfd):
     assert "ray" not in (captured.out + captured.err).replace("our own line", "")
     (log,) = tmp_path.glob("foldray-driver-*.log")
     text = log.read_text()
-    for line in ("early ray warning", "late ray info", "straight to fd 2"):
+    for line in ("early ray warning", "late ray info", "straight to fd 2", "batch run stopped"):
         assert line in text
+    assert "ValueError: boom" in text and "boom" not in captured.err   # no traceback on the terminal
     os.write(2, b"fd 2 is back\n")
     assert "fd 2 is back" in capfd.readouterr().err
 
