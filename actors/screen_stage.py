@@ -29,10 +29,13 @@ class ScreenSettings:
     library: str
     stage: int = 2                          # the results' `stage` column (funnel: 1 first)
     ligand_ids: frozenset[str] | None = None   # only these ligands (funnel stage two)
+    pocket: tuple[Any, ...] = ()            # ResidueRefs of the target: each ligand's pocket
+    pocket_distance: float = 6.0
 
 
 def screen_row(record: dict[str, Any], *, target: Job, out_url: str, max_tokens: int | None,
-               overwrite: bool, stage: int = 2) -> dict[str, Any]:
+               overwrite: bool, stage: int = 2, pocket: tuple[Any, ...] = (),
+               pocket_distance: float = 6.0) -> dict[str, Any]:
     """One library record -> one engine row (pending, skipped or error)."""
     from foldray.actors.prepare_stage import _check_done
     from foldray.chem.ccd import parse_user_ccd
@@ -47,7 +50,8 @@ def screen_row(record: dict[str, Any], *, target: Job, out_url: str, max_tokens:
     try:
         if record.get("error"):
             raise InputError(record["error"], job=ligand_id)
-        spec = LigandSpec(id=ligand_id, smiles=smiles, ccd=ccd)
+        spec = LigandSpec(id=ligand_id, smiles=smiles, ccd=ccd, pocket=pocket,
+                          pocket_distance=pocket_distance)
         check_ligand(spec)
         job = ligand_job(target, spec)
         base.update(safe_name=job.safe_name, input_sha256=input_sha256(job),
@@ -163,4 +167,5 @@ def screen_dataset(screen: ScreenSettings, by_suffix: dict[str, list[str]], *, o
         records = records.filter(expr=col("ligand_id").is_in(sorted(screen.ligand_ids)))
     return records.map(screen_row, fn_kwargs={
         "target": screen.target, "out_url": out_url, "max_tokens": max_tokens,
-        "overwrite": overwrite, "stage": screen.stage}, **remote).materialize()
+        "overwrite": overwrite, "stage": screen.stage, "pocket": screen.pocket,
+        "pocket_distance": screen.pocket_distance}, **remote).materialize()

@@ -85,6 +85,12 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                              "s3:// prefix of such files")
     parser.add_argument("--out", required=True, help="output folder or URL (s3://bucket/prefix)")
     add_model_arguments(parser)
+    pocket = parser.add_argument_group("pocket (needs a model with Protenix's constraint embedder)")
+    pocket.add_argument("--pocket", action="append", metavar="CHAIN:RES[,RES...]",
+                        help="target residues every ligand binds near, as a pocket restraint with the "
+                             "ligand as the binder (docs/restraints.md); repeatable; default: none")
+    pocket.add_argument("--pocket-distance", type=float, default=6.0, metavar="ANGSTROM",
+                        help="the pocket restraint's maximum distance (default %(default)s Å)")
     funnel = parser.add_argument_group("two-stage funnel")
     funnel.add_argument("--funnel", type=parse_funnel, default=None, metavar="fraction:F|top-k:N",
                         help="stage one for every ligand, stage two for the best of them")
@@ -123,6 +129,7 @@ def read_target(location: str) -> Any:
 def settings_from(args: argparse.Namespace, target: Any) -> BatchSettings:
     from foldray.actors.batch import BatchSettings
     from foldray.actors.screen_stage import ScreenSettings
+    from foldray.screening import parse_pocket
 
     model_config, runtime = resolve_model_and_runtime(args)
     predict = settings_from_args(args)
@@ -134,7 +141,9 @@ def settings_from(args: argparse.Namespace, target: Any) -> BatchSettings:
         predict=predict, seeds=args.seeds, max_tokens=args.max_tokens, share_trunk=args.share_trunk,
         overwrite=args.overwrite, quiet=args.quiet, **engine_settings(args),
         model_batch_size=args.model_batch_size,
-        screen=ScreenSettings(target=target, library=absolute_local(args.ligands)))
+        screen=ScreenSettings(target=target, library=absolute_local(args.ligands),
+                              pocket=parse_pocket(args.pocket or (), target, distance=args.pocket_distance)
+                              if args.pocket else (), pocket_distance=args.pocket_distance))
 
 
 def stage_settings(settings: BatchSettings, args: argparse.Namespace, stage: int,
@@ -238,6 +247,16 @@ def _run_stages(args: argparse.Namespace, settings: BatchSettings) -> int:
     return 2 if failed else 0
 
 
+def _has_constraint_embedder(settings: BatchSettings) -> bool:
+    """From the checkpoint's header (or the config without one): checked before any ligand runs."""
+    from foldray.features.model_featurization import model_config_header
+
+    try:
+        return bool(model_config_header(settings.checkpoint, settings.config).constraint_embedder)
+    except Exception:   # an unreadable checkpoint: the model stage reports it, as without --pocket
+        return True
+
+
 def run(args: argparse.Namespace) -> int:
     if args.samples < 1 or args.stage1_samples < 1 or args.model_batch_size < 1:
         print("error: --samples, --stage1-samples and --model-batch-size must be >= 1", file=sys.stderr)
@@ -250,6 +269,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    if settings.screen is not None and settings.screen.pocket and not _has_constraint_embedder(settings):
+        print(f"error: --pocket: the model ({settings.checkpoint or 'random weights'}) has no constraint "
+              "embedder; use a checkpoint imported from a Protenix constraint model (docs/restraints.md)",
+              file=sys.stderr)
         return 2
     if args.checkpoint is None:
         print(random_weights_warning(args.model_config), file=sys.stderr)

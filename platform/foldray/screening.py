@@ -37,16 +37,54 @@ from foldray.features.templates import template_features
 from foldray.features.tokenize import DEFAULT_MAX_TOKENS, TokenizedStructure, tokenize
 from foldray.inputs.a3m import A3m
 from foldray.inputs.job import Job, LigandChain, sanitize_name
+from foldray.inputs.restraints import (
+    MAX_DISTANCE,
+    MAX_POCKET_RESIDUES,
+    PocketRestraint,
+    ResidueRef,
+    chain_lengths,
+)
 from foldray.io.confidences import SamplePrediction, token_chain_index
+
+DEFAULT_POCKET_DISTANCE = 6.0   # Å, Boltz's default pocket distance (Protenix trained on 3-15 Å)
 
 
 @dataclass(frozen=True, kw_only=True)
 class LigandSpec:
-    """One ligand of a screen: an id (row key) and a SMILES or a CCD code."""
+    """One ligand of a screen: an id (row key) and a SMILES or a CCD code; `pocket`: target
+    residues the ligand binds near (a pocket restraint with the ligand as the binder)."""
 
     id: str
     smiles: str | None = None
     ccd: str | None = None
+    pocket: tuple[ResidueRef, ...] = ()
+    pocket_distance: float = DEFAULT_POCKET_DISTANCE
+
+
+def parse_pocket(specs: Sequence[str], target: Job, *, distance: float = DEFAULT_POCKET_DISTANCE,
+                 field: str = "--pocket") -> tuple[ResidueRef, ...]:
+    """`CHAIN:RES[,RES...]` strings (e.g. `A:12,45,88`) -> the target's residues, checked
+    against its chains (InputError naming `field`)."""
+    if not 0 < distance <= MAX_DISTANCE:
+        raise InputError(f"the pocket distance must be in (0, {MAX_DISTANCE:g}] Å, got {distance:g}",
+                         field=f"{field}-distance")
+    lengths = chain_lengths(target.entities)
+    refs: list[ResidueRef] = []
+    for spec in specs:
+        chain, _, numbers = spec.partition(":")
+        if chain not in lengths or not numbers:
+            raise InputError(f"expected CHAIN:RES[,RES...] with a chain of the target "
+                             f"({', '.join(sorted(lengths))}), got {spec[:40]!r}", field=field)
+        for text in numbers.split(","):
+            if not (text.isascii() and text.isdigit() and 1 <= int(text) <= lengths[chain]):
+                raise InputError(f"residue {text[:12]!r} of chain {chain} is not in 1..{lengths[chain]}",
+                                 field=field)
+            ref = ResidueRef(chain_id=chain, residue=int(text))
+            if ref not in refs:
+                refs.append(ref)
+    if len(refs) > MAX_POCKET_RESIDUES:
+        raise InputError(f"{len(refs)} pocket residues; at most {MAX_POCKET_RESIDUES}", field=field)
+    return tuple(refs)
 
 
 def check_ligand(ligand: LigandSpec, *, field: str = "ligand") -> None:
@@ -81,8 +119,12 @@ def ligand_job(target: Job, ligand: LigandSpec, *, seeds: Sequence[int] | None =
     chain_id = next(c for c in _chain_ids() if c not in used)
     entity = LigandChain(ids=(chain_id,), smiles=ligand.smiles,
                          ccd_codes=(ligand.ccd,) if ligand.ccd else None)
+    restraints = target.restraints
+    if ligand.pocket:
+        restraints += (PocketRestraint(binder=chain_id, residues=ligand.pocket,
+                                       max_distance=ligand.pocket_distance),)
     return dataclasses.replace(target, name=sanitize_name(ligand.id), entities=target.entities + (entity,),
-                               seeds=tuple(seeds) if seeds else target.seeds)
+                               seeds=tuple(seeds) if seeds else target.seeds, restraints=restraints)
 
 
 @dataclass(frozen=True)

@@ -201,3 +201,17 @@ def test_killed_driver_then_rerun_skips_finished_ligands(ray_session, tmp_path, 
         assert rows[name]["min_target_ligand_pae"] == pytest.approx(
             parted[name]["min_target_ligand_pae"])
     assert f"skipped {len(skipped)}" in capsys.readouterr().out
+
+
+def test_pocket_is_checked_before_any_ligand_runs(tmp_path, capsys):
+    """`--pocket` naming residues the target lacks, or a model without the constraint
+    embedder: one error line and exit 2 before Ray starts or any ligand is predicted."""
+    (tmp_path / "lib.smi").write_text("CCO ethanol\n")
+    base = ["screen", "--target", TARGET, "--ligands", str(tmp_path / "lib.smi"),
+            "--out", str(tmp_path / "o")]
+    assert main([*base, "--pocket", "A:2,99"]) == 2
+    assert "--pocket: residue '99' of chain A is not in 1..20" in capsys.readouterr().err
+    assert main([*base, "--pocket", "A:2,6"]) == 2
+    err = capsys.readouterr().err
+    assert "--pocket: the model (random weights) has no constraint embedder" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()

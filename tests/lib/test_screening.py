@@ -1,6 +1,7 @@
 """Screen jobs, the target cache and batched prediction (foldray.screening, Predictor.predict_batch)."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -104,3 +105,25 @@ def test_batched_prediction_matches_single_and_pads_mixed_sizes():
     # grouping: different sizes are separate groups, order is kept
     assert group_by_size([small, large, small], max_group=8) == [[0, 2], [1]]
     assert len(predictor.predict_batch([(small, 1), (large, 1), (small, 1)], SETTINGS)) == 3
+
+
+def test_a_screen_pocket_binds_each_ligand_near_the_target_residues():
+    """`foldray screen --pocket A:64,68`: every ligand complex carries a pocket restraint with
+    the ligand as the binder, featurized on the ligand's tokens; bad pockets are located."""
+    from foldray.features.constraints import constraint_features
+    from foldray.screening import parse_pocket
+
+    target = _target()
+    pocket = parse_pocket(["A:64,68", "A:68"], target, distance=7.0)
+    assert [(r.chain_id, r.residue) for r in pocket] == [("A", 64), ("A", 68)]
+    job = ligand_job(target, LigandSpec(id="ethanol", smiles="CCO", pocket=pocket, pocket_distance=7.0))
+    (restraint,) = job.restraints
+    assert restraint.binder == "B" and restraint.max_distance == 7.0
+    featurized = featurize_job(job, with_targets=False)
+    values = constraint_features(job, featurized.tokens)["constraint_pocket"][..., 0]
+    assert (values[154:, [63, 67]] == 7.0).all() and values.sum() == 7.0 * 3 * 2   # 3 ligand atoms
+    for specs, distance, words in ((["B:1"], 6.0, "chain of the target"), (["A:0"], 6.0, "1..154"),
+                                   (["A:x"], 6.0, "1..154"), (["A:5"], 0.0, "(0, 100]")):
+        with pytest.raises(InputError, match=re.escape(words)) as err:
+            parse_pocket(specs, target, distance=distance)
+        assert err.value.field.startswith("--pocket")

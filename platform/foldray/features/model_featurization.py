@@ -19,12 +19,17 @@ MAX_HEADER_BYTES = 100 * 2**20   # a safetensors header of a full model is ~1 Mi
 
 def model_featurization(checkpoint: str | None, config: str | ModelConfig = "tiny") -> FeaturizationConfig:
     """`checkpoint`'s featurization; without one (random weights), the named `config`'s."""
+    return model_config_header(checkpoint, config).featurization
+
+
+def model_config_header(checkpoint: str | None, config: str | ModelConfig = "tiny") -> ModelConfig:
+    """`checkpoint`'s model config from its header; without one (random weights), `config`."""
     if checkpoint is None:
         if isinstance(config, ModelConfig):
-            return config.featurization
+            return config
         if config not in NAMED_CONFIGS:
             raise ValueError(f"unknown model config {config!r} (choose from {', '.join(NAMED_CONFIGS)})")
-        return NAMED_CONFIGS[config]().featurization
+        return NAMED_CONFIGS[config]()
     fs, path = storage.filesystem(checkpoint)
     try:
         with fs.open(path, "rb") as handle:
@@ -39,4 +44,4 @@ def model_featurization(checkpoint: str | None, config: str | ModelConfig = "tin
         raise WeightsError(f"{checkpoint}: {err}") from None
     if CONFIG_KEY not in metadata:
         raise WeightsError(f"{checkpoint}: not a foldray checkpoint (no model config in its metadata)")
-    return ModelConfig.from_dict(json.loads(metadata[CONFIG_KEY])).featurization
+    return ModelConfig.from_dict(json.loads(metadata[CONFIG_KEY]))
