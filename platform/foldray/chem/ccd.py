@@ -189,13 +189,19 @@ def component_heavy_atoms(code: str, *, user_ccd: Mapping[str, CcdEntry] | None 
     return int(heavy.sum()), int((heavy & ~entry.leaving).sum())
 
 
+def is_glycan_type(chem_type: str) -> bool:
+    """AF3's glycans: _chem_comp.type contains "saccharide" (its GLYCAN_LINKING_LIGANDS and
+    GLYCAN_OTHER_LIGANDS, af3:src/alphafold3/constants/chemical_component_sets.py)."""
+    return "SACCHARIDE" in chem_type.upper()
+
+
 def glycan_with_o1(code: str, *, user_ccd: Mapping[str, CcdEntry] | None = None) -> bool:
     """Whether a CCD code is a glycan (_chem_comp.type contains "saccharide") with a heavy O1:
     the atom AF3 drops from ligand glycans (foldray.features.tokenize.bond_leaving_atoms)."""
     entry = user_ccd.get(code) if user_ccd is not None else None
     if entry is None and isinstance(code, str) and code.strip():
         entry = _bundled_entry(code)
-    return entry is not None and "SACCHARIDE" in entry.chem_type.upper() and "O1" in entry.atom_names \
+    return entry is not None and is_glycan_type(entry.chem_type) and "O1" in entry.atom_names \
         and bool(entry.heavy[entry.atom_names.index("O1")])
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from foldray.chem.ccd import get_component, parse_user_ccd
+from foldray.chem.ccd import get_component, is_glycan_type, parse_user_ccd
 from foldray.chem.component import Component
 from foldray.chem.smiles import component_from_smiles, smiles_component_name
 from foldray.errors import InputError
@@ -167,9 +167,8 @@ def entity_components(job: Job, entity_index: int, user_ccd: Mapping | None) -> 
 
 
 def is_glycan(component: Component) -> bool:
-    """AF3's glycans: _chem_comp.type contains "saccharide" (its GLYCAN_LINKING_LIGANDS and
-    GLYCAN_OTHER_LIGANDS, af3:src/alphafold3/constants/chemical_component_sets.py)."""
-    return "SACCHARIDE" in component.chem_type.upper()
+    """AF3's glycans (foldray.chem.ccd.is_glycan_type)."""
+    return is_glycan_type(component.chem_type)
 
 
 def leaving_groups(component: Component, atom: str) -> list[frozenset[str]]:
