@@ -9,10 +9,10 @@
     -> predict (model actor pool, model loaded once per actor)
     -> write (CPU actors: AF3 layout per job, summary last as the completion marker)
 
-For CPU inference of jobs (`BatchSettings.stages` "auto"; `fused_stages`) featurize, predict
-and write run in one actor per job (actors/fused_stage.py): one kind of process to start and no
-features or samples through the object store; with GPUs, stage node types, batched forward
-passes or sharding they stay separate pools.
+For CPU inference (`BatchSettings.stages` "auto"; `fused_stages`) featurize, predict and
+write run in one actor (actors/fused_stage.py; batched forward passes too, screens included):
+one kind of process to start and no features or samples through the object store; with
+GPUs, stage node types or sharding they stay separate pools.
 
 One row schema (`foldray.io.results.RESULTS_SCHEMA`) and one status vocabulary (ok /
 error / skipped) for both. An exception for one job, in any stage, is that job's error
@@ -408,18 +408,19 @@ def _run_pipeline(settings: BatchSettings, entries: list[dict[str, Any]], clock:
             return finished, None
         # Largest first: similar sizes run back to back and the longest jobs do not straggle
         # at the end. Materialized before the actor pools start, so sort tasks never wait for
-        # CPUs the pools hold. One job per block: jobs spread evenly over the actors.
+        # CPUs the pools hold. Small blocks spread jobs evenly over the actors (_block_rows).
+        per_block = _block_rows(settings, len(pending))
         if local:
             todo_rows = sorted((row for row in read_rows if row["status"] == PENDING
                                 and row["safe_name"] not in duplicates),
                                key=lambda row: row["n_tokens"], reverse=True)
-            todo = ray.data.from_items(todo_rows, override_num_blocks=len(todo_rows))
+            todo = ray.data.from_items(todo_rows, override_num_blocks=-(-len(todo_rows) // per_block))
         else:
             keep = col("status") == PENDING
             if duplicates:
                 keep = keep & col("safe_name").not_in(sorted(duplicates))
             todo = (read.filter(expr=keep).sort("n_tokens", descending=True)
-                    .repartition(target_num_rows_per_block=1).materialize())
+                    .repartition(target_num_rows_per_block=per_block).materialize())
         clock.lap("sort")
         problem = _probe_placement(settings)
         clock.lap("placement_probe")
@@ -432,6 +433,26 @@ def _run_pipeline(settings: BatchSettings, entries: list[dict[str, Any]], clock:
             for name, row in pending.items() if name not in done]
     parts.write(lost)
     return finished + list(done.values()) + lost, problem
+
+
+def _block_rows(settings: BatchSettings, n_jobs: int) -> int:
+    """Jobs per block of the stream. Separate stage pools: one, so every job moves to the
+    next free actor on its own. Fused actors (one per CPU share, featurize to write): up to
+    8, keeping 4 blocks per actor so the actors finish together; each block is one task, so
+    200 small jobs cost 25-50 scheduling round trips instead of 200."""
+    if not fused_stages(settings, separate_nodes=_separate_nodes(settings)):
+        return 1
+    _, high = _pool_sizes(settings)[0]
+    return max(1, min(8, n_jobs // (4 * high)))
+
+
+def _separate_nodes(settings: BatchSettings) -> bool:
+    """Whether stage node types set CPU stages and model actors apart (cluster.yaml)."""
+    from foldray.actors.placement import stage_resources
+
+    res = settings.resources
+    return bool(stage_resources("featurize", res.num_cpus_per_worker)
+                or stage_resources("model", res.num_gpus_per_actor or 1.0))
 
 
 def _carry_previous(rows: list[dict[str, Any]], previous: dict[str, dict[str, Any]]) -> None:
@@ -556,14 +577,17 @@ def _stages(settings: BatchSettings, todo: ray.data.Dataset,
                    "num_gpus": res.num_gpus_per_actor, "num_cpus": res.num_cpus_per_actor,
                    "max_restarts": settings.pools.actor_restarts, "max_task_retries": -1, **remote,
                    **({"resources": model_place} if model_place else {})}
-    if fused_stages(settings, separate_nodes=bool(cpu_place or model_place)):
-        from foldray.actors.fused_stage import FusedStage
+    batched = settings.model_batch_size > 1    # jobs of similar size share forward passes
+    by_batch = {"batch_size": settings.model_batch_size, "batch_format": "numpy"} if batched else {}
+    if fused_stages(settings, separate_nodes=_separate_nodes(settings)):
+        from foldray.actors.fused_stage import FusedBatchStage, FusedStage
 
         with warnings.catch_warnings():   # max_restarts: see below
             warnings.simplefilter("ignore", RayDeprecationWarning)
-            return todo.map(FusedStage, fn_constructor_kwargs={
-                "featurize": featurize_kwargs, "predict": model_kwargs, "write": write_kwargs},
-                **model_actor)
+            return (todo.map_batches if batched else todo.map)(
+                FusedBatchStage if batched else FusedStage, fn_constructor_kwargs={
+                    "featurize": featurize_kwargs, "predict": model_kwargs, "write": write_kwargs},
+                **by_batch, **model_actor)
     if settings.sharding.enabled:   # jobs above --shard-above: N kept workers (sharded_predict_stage)
         from foldray.actors.sharded_predict_stage import restore_stage, sharded_stage
 
@@ -572,32 +596,27 @@ def _stages(settings: BatchSettings, todo: ray.data.Dataset,
         # Ray 2.60 flags every extra remote arg as deprecated but has no named parameter for
         # restarts; its default (-1) would retry an actor that dies on every record forever.
         warnings.simplefilter("ignore", RayDeprecationWarning)
-        # model_batch_size > 1: jobs of similar size share forward passes (PredictBatchStage)
-        batched = settings.model_batch_size > 1
         predicted = (featurized.map_batches if batched else featurized.map)(
             PredictBatchStage if batched else PredictStage, fn_constructor_kwargs=model_kwargs,
-            **({"batch_size": settings.model_batch_size, "batch_format": "numpy"} if batched else {}),
-            **model_actor)
+            **by_batch, **model_actor)
     if settings.sharding.enabled:
         predicted = restore_stage(predicted, settings, remote)
     return predicted.map(WriteStage, fn_constructor_kwargs=write_kwargs, **cpu_stage)
 
 
 def fused_stages(settings: BatchSettings, *, separate_nodes: bool) -> bool:
-    """Whether featurize, predict and write run in one actor per job (`FusedStage`).
+    """Whether featurize, predict and write run in one actor per job (`FusedStage`, or
+    `FusedBatchStage` for batched forward passes: screens, `--model-batch-size`).
 
     `auto`: when the model runs on CPUs and no node types are set apart for stages. Then a
     separate featurize/write pool only adds processes to start (each importing the stack
     and decoding the CCD), two object-store hops per job and CPU contention with the model,
     and parallelism comes from more model actors. With GPUs the CPU stages stay separate, so
-    a GPU never waits for featurization or writes. Batched forward passes and sharded jobs
-    keep the separate stages, and so do screens for now (their model stage is being
-    batched; `--stages fused` still fuses them)."""
+    a GPU never waits for featurization or writes; sharded jobs keep them too."""
     if settings.stages != "auto":
         return settings.stages == "fused"
     return (settings.resources.num_gpus_per_actor == 0 and not separate_nodes
-            and settings.model_batch_size == 1 and not settings.sharding.enabled
-            and settings.screen is None)
+            and not settings.sharding.enabled)
 
 
 def _default_predict() -> PredictSettings:

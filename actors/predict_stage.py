@@ -39,6 +39,18 @@ def _release_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def _match_threads_to_cpus(assigned: dict[str, float]) -> None:
+    """torch's intra-op threads = the CPUs Ray gave this actor (at least 1). Ray sets
+    OMP_NUM_THREADS for a worker it starts for the actor, but a reused idle worker (one that
+    preloaded torch, `foldray.actors.worker_preload`) keeps the thread pool it started with:
+    more threads than CPUs oversubscribe the node and slow every actor on it."""
+    import torch
+
+    cpus = assigned.get("CPU", 0.0)
+    if cpus > 0:
+        torch.set_num_threads(max(1, int(cpus)))
+
+
 def _screen_metrics(tokens: Any, best: SamplePrediction) -> dict[str, float | None]:
     """`foldray screen` rows: the ligand (last chain) pLDDT and the target-ligand PAE."""
     from foldray.screening import screen_metrics
@@ -54,6 +66,7 @@ class PredictStage:
                  device: str, settings: PredictSettings, batch_size: int = 1) -> None:
         import ray  # the actor's identity, for the results table
 
+        _match_threads_to_cpus(ray.get_runtime_context().get_assigned_resources())
         self.predictor = Predictor.load(checkpoint, config=config, runtime=runtime,
                                         device=device)
         self.settings = settings
@@ -105,17 +118,17 @@ class PredictBatchStage(PredictStage):
     """
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:   # type: ignore[override]
-        rows = _rows(batch)
+        rows = batch_rows(batch)
         pending = [i for i, row in enumerate(rows) if row["status"] == PENDING]
         if len(pending) > 1 and not self.settings.share_trunk:
             try:
                 for i, done in zip(pending, self._predict_together([rows[i] for i in pending]),
                                    strict=True):
                     rows[i] = done
-                return _columns(rows)
+                return batch_columns(rows)
             except Exception:   # retried one by one below: each job's own outcome
                 _release_memory()
-        return _columns([super(PredictBatchStage, self).__call__(row) for row in rows])
+        return batch_columns([super(PredictBatchStage, self).__call__(row) for row in rows])
 
     def _predict_together(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         items, owners = [], []
@@ -133,14 +146,14 @@ class PredictBatchStage(PredictStage):
                 for row, samples in zip(rows, by_row, strict=True)]
 
 
-def _rows(batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+def batch_rows(batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
     """A numpy batch as rows of Python values (numpy scalars unwrapped)."""
     n = len(next(iter(batch.values()))) if batch else 0
     return [{key: value.item() if isinstance(value := column[i], np.generic) else value
              for key, column in batch.items()} for i in range(n)]
 
 
-def _columns(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+def batch_columns(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     """Rows back to a numpy batch; object arrays, so payloads stay Python objects."""
     keys = list(dict.fromkeys(key for row in rows for key in row))
     out = {}

@@ -76,6 +76,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                         help="output folder or URL (s3://bucket/prefix; default %(default)s)")
     add_model_arguments(parser)
     add_engine_arguments(parser)
+    add_model_batch_argument(parser, 1, "jobs")
     add_sharding_arguments(parser)
     add_msa_arguments(parser)
     add_cluster_arguments(parser)
@@ -106,6 +107,14 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stop the run when the actor pools cannot start within this time "
                              f"(default {DEFAULT_PLACEMENT_TIMEOUT_S:g})")
     add_featurize_time_limit(parser)
+
+
+def add_model_batch_argument(parser: argparse.ArgumentParser, default: int, what: str) -> None:
+    """`--model-batch-size`: jobs per model-actor call, run in shared forward passes."""
+    parser.add_argument("--model-batch-size", type=int, default=default, metavar="N",
+                        help=f"{what} per model-actor call; those of the same padded size run in one "
+                             "forward pass, each with the samples it gets alone (fp32 rounding apart) "
+                             f"(default {default}; 1: one a call)")
 
 
 def add_sharding_arguments(parser: argparse.ArgumentParser) -> None:
@@ -174,12 +183,16 @@ def settings_from(args: argparse.Namespace) -> BatchSettings:
         msa=MsaSettings(mode=args.msa, config=absolute_local(args.msa_config),
                         cache=absolute_local(args.msa_cache), workers=args.msa_workers),
         overwrite=args.overwrite, quiet=args.quiet, sharding=sharding_settings(args),
-        **engine_settings(args))
+        model_batch_size=args.model_batch_size, **engine_settings(args))
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.samples < 1:
-        print("error: --samples must be >= 1", file=sys.stderr)
+    if args.samples < 1 or args.model_batch_size < 1:
+        print("error: --samples and --model-batch-size must be >= 1", file=sys.stderr)
+        return 2
+    if args.model_batch_size > 1 and args.devices_per_job != 1:
+        print("error: --model-batch-size > 1 and --devices-per-job are exclusive (a sharded job "
+              "runs alone)", file=sys.stderr)
         return 2
     if args.placement_timeout <= 0:
         print("error: --placement-timeout must be > 0", file=sys.stderr)

@@ -34,7 +34,12 @@ from foldray.errors import InputError, error_line
 from foldray.jobs.msa import add_msa_arguments
 from foldray.jobs.options import resolve_model_and_runtime
 from foldray.jobs.predict import add_model_arguments, random_weights_warning, settings_from_args
-from foldray.jobs.predict_batch import add_cluster_arguments, add_engine_arguments, engine_settings
+from foldray.jobs.predict_batch import (
+    add_cluster_arguments,
+    add_engine_arguments,
+    add_model_batch_argument,
+    engine_settings,
+)
 from foldray.jobs.ray_setup import absolute_local, connect_ray
 
 if TYPE_CHECKING:   # the engine (Ray, torch) is imported when a screen runs, not for --help
@@ -103,10 +108,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                         help=f"stage one: diffusion steps (default {DEFAULT_STAGE1_STEPS})")
     funnel.add_argument("--stage1-recycles", type=int, default=None,
                         help="stage one: trunk cycles (default: as --recycles)")
-    parser.add_argument("--model-batch-size", type=int, default=DEFAULT_MODEL_BATCH_SIZE, metavar="N",
-                        help="ligand complexes per model-actor call; those of the same padded size "
-                             "run in one forward pass, each with the samples it gets alone "
-                             f"(default {DEFAULT_MODEL_BATCH_SIZE}; 1: one complex a call)")
+    add_model_batch_argument(parser, DEFAULT_MODEL_BATCH_SIZE, "ligand complexes")
     add_engine_arguments(parser)
     add_msa_arguments(parser)
     add_cluster_arguments(parser)

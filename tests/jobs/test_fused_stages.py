@@ -16,9 +16,11 @@ def test_auto_fuses_only_cpu_inference_on_undivided_nodes():
     assert not fused_stages(cpu, separate_nodes=True)            # featurization nodes of their own
     assert not fused_stages(dataclasses.replace(cpu, resources=Resources(num_gpus_per_actor=1.0)),
                             separate_nodes=False)               # a GPU never waits for featurization
-    assert not fused_stages(dataclasses.replace(cpu, model_batch_size=4), separate_nodes=False)
+    assert fused_stages(dataclasses.replace(cpu, model_batch_size=4), separate_nodes=False)  # batched
     assert not fused_stages(dataclasses.replace(cpu, stages="separate"), separate_nodes=False)
-    assert not fused_stages(dataclasses.replace(cpu, screen=object()), separate_nodes=False)
+    assert fused_stages(dataclasses.replace(cpu, screen=object()), separate_nodes=False)
+    assert not fused_stages(dataclasses.replace(cpu, sharding=ShardSettings(devices_per_job=2)),
+                            separate_nodes=False)
     assert fused_stages(dataclasses.replace(cpu, stages="fused", resources=Resources(num_gpus_per_actor=1.0)),
                         separate_nodes=True)
     assert ShardSettings().enabled is False
@@ -33,17 +35,23 @@ def test_fused_and_separate_stages_give_the_same_outputs_and_rows(ray_session, t
             for i, seq in enumerate(["NLYIQWLKDGGPSSGRPPPS", "GRPPPSNLYIQW"])]
     (tmp_path / "jobs.json").write_text(json.dumps(jobs))
     rows = {}
-    for stages in ("fused", "separate"):
+    for stages in ("fused", "separate", "fused-batched"):
         flags = predict_batch.build_parser().parse_args([
             "--inputs", str(tmp_path / "jobs.json"), "--out", str(tmp_path / stages), "--samples", "1",
             "--steps", "2", "--recycles", "1", "--num-cpus-per-actor", "0.5", "--num-cpus-per-worker",
-            "0.5", "--cpu-workers", "1-1", "--actors", "1-1", "--quiet", "--stages", stages])
+            "0.5", "--cpu-workers", "1-1", "--actors", "1-1", "--quiet", "--stages", stages.split("-")[0],
+            "--model-batch-size", "2" if stages.endswith("batched") else "1"])
         result = run_batch(predict_batch.settings_from(flags))
         assert result.problem is None
         rows[stages] = [{key: row[key] for key in ROW_KEYS} for row in result.rows]
         assert all(row["featurize_seconds"] > 0 and row["model_seconds"] > 0 and row["write_seconds"] > 0
                    for row in result.rows)
     assert rows["fused"] == rows["separate"] and {r["status"] for r in rows["fused"]} == {"ok"}
+    # both jobs in one forward pass (FusedBatchStage): the same results to fp32 rounding
+    for batched, alone in zip(rows["fused-batched"], rows["fused"], strict=True):
+        assert batched["status"] == "ok" and batched["n_tokens"] == alone["n_tokens"]
+        assert abs(batched["ranking_score"] - alone["ranking_score"]) < 1e-4
+        assert abs(batched["mean_plddt"] - alone["mean_plddt"]) < 1e-3
     for job in jobs:
         name = job["name"]
         fused = (tmp_path / "fused" / name / f"{name}_model.cif").read_text()

@@ -1,8 +1,9 @@
 """Chemical Component Dictionary lookups (SI 2.8 reference features).
 
 The bundled CCD is biotite's offline copy (~49k components, no download). Only the columns
-we use are decoded, once per process (~2 s; ~100 MB of arrays kept, ~360 MB peak RSS;
-`warm_up()` does it ahead of the first job), then each component is
+we use are decoded (~2 s; ~100 MB of arrays kept, ~360 MB peak RSS), once per machine: later
+processes load the decoded arrays from the local cache in ~0.1 s (`foldray.chem.ccd_cache`;
+`warm_up()` does either ahead of the first job). Then each component is
 built and conformed once and cached, so a 1,000-residue protein costs 20 component builds.
 A user CCD (AF3 `userCCD` / `userCCDPath`: one or more CCD-format data blocks) overrides
 or extends the bundled one, component by component.
@@ -14,6 +15,7 @@ import functools
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import gemmi
 import numpy as np
@@ -51,14 +53,13 @@ class _BundledCcd:
     bond_order: np.ndarray               # [N_bond] int8
 
 
-def _spans(ids: np.ndarray) -> dict[str, tuple[int, int]]:
-    """Contiguous runs of equal ids (the CCD is grouped by component) -> (start, stop)."""
+def _span_arrays(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Contiguous runs of equal ids (the CCD is grouped by component): (id, start, stop)."""
     if ids.size == 0:
-        return {}
+        return ids, np.zeros(0, np.int64), np.zeros(0, np.int64)
     starts = np.concatenate(([0], np.flatnonzero(ids[1:] != ids[:-1]) + 1))
     stops = np.concatenate((starts[1:], [ids.size]))
-    return dict(zip(ids[starts].tolist(), zip(starts.tolist(), stops.tolist(), strict=True),
-                    strict=True))
+    return ids[starts], starts, stops
 
 
 def _take(category, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -90,30 +91,67 @@ def _coords(category, prefix: str, suffix: str = "") -> np.ndarray:
     return out
 
 
+_COMP_KEYS = (("type", "type"), ("parent", "mon_nstd_parent_comp_id"),
+              ("one_letter", "one_letter_code"), ("modified", "pdbx_modified_date"))
+
+
 @functools.cache
 def _bundled() -> _BundledCcd:
+    """The decoded CCD: from the machine's cache (`foldray.chem.ccd_cache`), else decoded."""
+    import importlib.metadata
+    import importlib.util
+
+    from foldray.chem.ccd_cache import cache_key, load_or_decode
+
+    try:   # found without importing biotite (~0.3 s), which only decoding needs
+        package = importlib.util.find_spec("biotite")
+        folder = Path(next(iter(package.submodule_search_locations)))       # type: ignore[union-attr]
+        key = cache_key(folder / "structure" / "info" / "components.bcif",
+                        importlib.metadata.version("biotite"))
+    except (AttributeError, OSError, StopIteration, TypeError, ValueError,
+            importlib.metadata.PackageNotFoundError):   # another layout: decode every time
+        arrays = _decode_arrays()
+    else:
+        arrays = load_or_decode(key, _decode_arrays)
+    return _BundledCcd(
+        comp_row={code: i for i, code in enumerate(arrays["comp_id"].tolist())},
+        atom_span=_span_dict(arrays, "atom"), bond_span=_span_dict(arrays, "bond"),
+        comp_cols={key: arrays[f"comp_{key}"] for key, _ in _COMP_KEYS},
+        comp_missing={key: arrays[f"comp_{key}_missing"] for key, _ in _COMP_KEYS},
+        atom_name=arrays["atom_name"], type_symbol=arrays["type_symbol"], charge=arrays["charge"],
+        leaving=arrays["leaving"], ideal=arrays["ideal"], model=arrays["model"],
+        bond_atoms=arrays["bond_atoms"], bond_order=arrays["bond_order"])
+
+
+def _span_dict(arrays: dict[str, np.ndarray], kind: str) -> dict[str, tuple[int, int]]:
+    return dict(zip(arrays[f"{kind}_span_id"].tolist(),
+                    zip(arrays[f"{kind}_span_start"].tolist(), arrays[f"{kind}_span_stop"].tolist(),
+                        strict=True), strict=True))
+
+
+def _decode_arrays() -> dict[str, np.ndarray]:
+    """The columns foldray uses, decoded from biotite's BinaryCIF CCD, as plain arrays."""
     import biotite.structure.info as info  # ~1 s import: only when the CCD is first needed
 
     # A private, uncached read: biotite's get_ccd() keeps every decoded column alive
     # (~0.5 GB as UCS-4 strings); we keep compact copies of the columns we use.
     block = getattr(info.get_ccd, "__wrapped__", info.get_ccd)()
     comp, atoms, bonds = block["chem_comp"], block["chem_comp_atom"], block["chem_comp_bond"]
-    comp_cols, comp_missing = {}, {}
-    for key, column in (("type", "type"), ("parent", "mon_nstd_parent_comp_id"),
-                        ("one_letter", "one_letter_code"), ("modified", "pdbx_modified_date")):
-        comp_cols[key], comp_missing[key] = _take(comp, column)
-    comp_ids = _take(comp, "id")[0]
+    arrays: dict[str, np.ndarray] = {}
+    for key, column in _COMP_KEYS:
+        arrays[f"comp_{key}"], arrays[f"comp_{key}_missing"] = _take(comp, column)
+    arrays["comp_id"] = _take(comp, "id")[0]
     value_order = _take(bonds, "value_order")[0]
     bond_order = np.full(value_order.shape, BOND_SINGLE, np.int8)
     for key, code in CCD_BOND_ORDERS.items():
         bond_order[value_order == key] = code
     del value_order
     charge, no_charge = _take(atoms, "charge")
-    return _BundledCcd(
-        comp_row={code: i for i, code in enumerate(comp_ids.tolist())},
-        atom_span=_spans(_take(atoms, "comp_id")[0]),
-        bond_span=_spans(_take(bonds, "comp_id")[0]),
-        comp_cols=comp_cols, comp_missing=comp_missing,
+    for kind, category in (("atom", atoms), ("bond", bonds)):
+        ids, starts, stops = _span_arrays(_take(category, "comp_id")[0])
+        arrays.update({f"{kind}_span_id": ids, f"{kind}_span_start": starts,
+                       f"{kind}_span_stop": stops})
+    arrays.update(
         atom_name=_compact(_take(atoms, "atom_id")[0]),
         type_symbol=_compact(_take(atoms, "type_symbol")[0]),
         charge=np.where(no_charge, 0, charge).astype(np.int8),
@@ -122,8 +160,8 @@ def _bundled() -> _BundledCcd:
         model=_coords(atoms, "model_Cartn_"),
         bond_atoms=np.stack([_compact(_take(bonds, "atom_id_1")[0]),
                              _compact(_take(bonds, "atom_id_2")[0])], axis=1),
-        bond_order=bond_order,
-    )
+        bond_order=bond_order)
+    return arrays
 
 
 def _text(values: np.ndarray) -> list[str]:
