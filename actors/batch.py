@@ -409,7 +409,7 @@ def _run_pipeline(settings: BatchSettings, entries: list[dict[str, Any]], clock:
         # Largest first: similar sizes run back to back and the longest jobs do not straggle
         # at the end. Materialized before the actor pools start, so sort tasks never wait for
         # CPUs the pools hold. Small blocks spread jobs evenly over the actors (_block_rows).
-        per_block = _block_rows(settings, len(pending))
+        per_block = _block_rows(settings, len(pending), max(row["n_tokens"] or 1 for row in pending.values()))
         if local:
             todo_rows = sorted((row for row in read_rows if row["status"] == PENDING
                                 and row["safe_name"] not in duplicates),
@@ -435,15 +435,20 @@ def _run_pipeline(settings: BatchSettings, entries: list[dict[str, Any]], clock:
     return finished + list(done.values()) + lost, problem
 
 
-def _block_rows(settings: BatchSettings, n_jobs: int) -> int:
+BLOCK_TOKENS = 512   # fused actors: jobs share a block up to this many tokens
+
+
+def _block_rows(settings: BatchSettings, n_jobs: int, max_tokens: int) -> int:
     """Jobs per block of the stream. Separate stage pools: one, so every job moves to the
-    next free actor on its own. Fused actors (one per CPU share, featurize to write): up to
-    8, keeping 4 blocks per actor so the actors finish together; each block is one task, so
-    200 small jobs cost 25-50 scheduling round trips instead of 200."""
+    next free actor on its own. Fused actors (CPU inference, featurize to write in one
+    actor): small jobs share a block, up to 8 and BLOCK_TOKENS tokens, keeping 4 blocks per
+    actor so the actors finish together. A block is one task, so 200 jobs of ~40 tokens
+    cost 25-50 scheduling round trips instead of 200, while a block of real-size jobs (slow
+    on CPU) stays one job, so progress and the results parts still move job by job."""
     if not fused_stages(settings, separate_nodes=_separate_nodes(settings)):
         return 1
     _, high = _pool_sizes(settings)[0]
-    return max(1, min(8, n_jobs // (4 * high)))
+    return max(1, min(8, n_jobs // (4 * high), BLOCK_TOKENS // max(1, max_tokens)))
 
 
 def _separate_nodes(settings: BatchSettings) -> bool:

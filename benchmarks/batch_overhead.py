@@ -7,7 +7,7 @@ once by the Ray Data pipeline on an embedded local Ray. Writes
 benchmarks/results/batch_overhead.json with both wall times, their ratio, and the model
 time the pipeline's results table reports.
 
-    python benchmarks/batch_overhead.py [--jobs 200] [--steps 10] [--samples 2] [--stages auto]
+    python benchmarks/batch_overhead.py [--jobs 200] [--steps 10] [--samples 2] [--stages auto] [--no-cold]
                                         [--also A:C:W[:S] ...] [--out FILE]
 
 The first layout (--actors / --cpus-per-actor / --cpus-per-worker / --stages: one model
@@ -18,6 +18,10 @@ where predict-batch's time went: `phases_seconds` (reading, sorting, placement p
 pools until the first finished row, the rest of the stream, results table) and
 `breakdown_seconds` (Ray start, driver work, actor start-up, the jobs' own stage work, the
 stream's remaining overhead). `--out` writes the JSON elsewhere (development runs).
+The in-process comparison leaves out what only predict-batch pays once per run (Ray start is
+recorded apart; imports happen before the loop's clock starts). `cold_process_seconds` adds
+the comparison a user sees: a loop script and the `foldray predict-batch` command, each timed
+from a fresh process (interpreter, imports, Ray start, model load, the jobs).
 
 The tiny model takes ~0.1 s a job on CPU, so fixed costs (Ray start, actor start-up,
 scheduling) weigh far more here than with the full model on a GPU; the load average is
@@ -61,6 +65,44 @@ def sequential(inputs: Path, out: Path, args: argparse.Namespace) -> float:
     for job in read_jobs(str(inputs)):
         predictor.predict_to(str(out), job, settings)
     return time.perf_counter() - started
+
+
+LOOP_SCRIPT = """
+import sys, time
+started = time.perf_counter()
+import torch
+from foldray.inputs.load import read_jobs
+from foldray.predictor import Predictor, PredictSettings
+inputs, out, threads, samples, steps, recycles = sys.argv[1:7]
+torch.set_num_threads(int(threads))
+predictor = Predictor.load(None, config="tiny")
+settings = PredictSettings(n_sample=int(samples), n_step=int(steps), n_cycle=int(recycles))
+for job in read_jobs(inputs):
+    predictor.predict_to(out, job, settings)
+"""
+
+
+def cold_runs(inputs: Path, work: Path, args: argparse.Namespace) -> dict[str, float]:
+    """What a user waits for, each from a fresh process: a loop script (interpreter start,
+    imports, model load, the loop) vs the `foldray predict-batch` command (its own embedded
+    Ray, one fused model actor on one CPU as the first layout)."""
+    import subprocess
+
+    timings = {}
+    loop = [sys.executable, "-c", LOOP_SCRIPT, str(inputs), str(work / "cold_loop"), str(args.threads),
+            str(args.samples), str(args.steps), str(args.recycles)]
+    cli = [sys.executable, "-m", "foldray.jobs.cli", "predict-batch", "--inputs", str(inputs),
+           "--out", str(work / "cold_cli"), "--samples", str(args.samples), "--steps", str(args.steps),
+           "--recycles", str(args.recycles), "--quiet", "--actors", args.actors,
+           "--num-cpus-per-actor", str(args.cpus_per_actor), "--num-cpus", str(os.cpu_count())]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    for name, command in (("loop_script", loop), ("predict_batch_cli", cli)):
+        started = time.perf_counter()
+        subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL, timeout=3600)
+        timings[f"{name}_seconds"] = round(time.perf_counter() - started, 2)
+    timings["ratio_cli_over_loop_script"] = round(timings["predict_batch_cli_seconds"]
+                                                  / timings["loop_script_seconds"], 3)
+    return timings
 
 
 def pipeline(inputs: Path, out: Path, args: argparse.Namespace, layout: tuple[str, float, float, str],
@@ -142,6 +184,9 @@ def main() -> None:
                              "actors MIN-MAX : CPUs per model actor : CPUs per featurize/write "
                              "actor [: stages auto|fused|separate, default auto] (default: the "
                              "separate stages at equal CPUs, then 2 model actors)")
+    parser.add_argument("--cold", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time a loop script and the predict-batch command each as a fresh "
+                             "process, imports and Ray start included (default: on)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads of the sequential loop (the actor gets 1 per CPU)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "batch_overhead.json",
@@ -164,6 +209,9 @@ def main() -> None:
             runs.append((layout, *pipeline(inputs, work / f"pipeline{i}", args, layout),
                          os.getloadavg()[0]))
             print(f"predict-batch {layout}: {runs[-1][1]:.1f} s", file=sys.stderr, flush=True)
+        cold = cold_runs(inputs, work, args) if args.cold else None
+        if cold:
+            print(f"cold: {cold}", file=sys.stderr, flush=True)
         (_, pipe_seconds, init_seconds, rows, phases, _) = runs[0]
         load_after = os.getloadavg()
     finally:
@@ -189,6 +237,8 @@ def main() -> None:
         "pipeline_overhead_over_model_time": round((pipe_seconds - model_seconds) / model_seconds, 3),
         "pipeline_stage_sums": stage_sums,
         "pipeline_phases_seconds": phases,   # where predict-batch's wall time went
+        # each from a fresh process, as a user runs them (--cold): imports, Ray start and all
+        "cold_process_seconds": cold,
         "layouts": [{"actors": layout[0], "cpus_per_actor": layout[1], "cpus_per_worker": layout[2],
                      "stages": layout[3], "fused": _fused(layout),
                      "pipeline_seconds": round(seconds, 2), "ray_init_seconds": round(init, 2),

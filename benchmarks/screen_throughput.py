@@ -101,8 +101,8 @@ def _screen_args(target_file: Path, library: Path, out: Path, args: argparse.Nam
     gpu = ["--num-gpus-per-actor", "1"] if args.device == "cuda" else []
     return ["--target", str(target_file), "--ligands", str(library), "--out", str(out),
             "--samples", str(args.samples), "--steps", str(args.steps), "--recycles", str(args.recycles),
-            "--model-batch-size", str(args.model_batch_size), "--actors", "1-1", "--quiet",
-            "--num-cpus-per-actor", "1", "--num-cpus-per-worker", "0.5", *gpu, *extra]
+            "--model-batch-size", str(args.model_batch_size), "--actors", f"{args.actors}-{args.actors}",
+            "--quiet", "--num-cpus-per-actor", "1", "--num-cpus-per-worker", "0.5", *gpu, *extra]
 
 
 def run_screen(target_file: Path, library: Path, out: Path, args: argparse.Namespace,
@@ -153,7 +153,9 @@ def run_serve(target: dict, ligands: list[dict], args: argparse.Namespace) -> di
     from foldray.client import FoldrayClient
 
     model = {"model_config": "tiny", "n_sample": args.samples, "n_step": args.steps,
-             "n_cycle": args.recycles, "featurizer_num_cpus": 0.5, "model_num_cpus": 1,
+             "n_cycle": args.recycles, "featurizer_num_cpus": 0.5,
+             # --actors model replicas beside the featurizer within the 2 CPUs
+             "model_replicas": args.actors, "model_num_cpus": round(1.5 / args.actors, 3),
              "access_log": False, "debug_endpoints": True, "max_batch_size": args.model_batch_size,
              **({"num_gpus": 1, "device": "cuda"} if args.device == "cuda" else {})}
     port = free_port()
@@ -186,6 +188,10 @@ def main() -> None:
     parser.add_argument("--model-batch-size", type=int, default=8,
                         help="complexes per model call, (b) and (c) (default 8)")
     parser.add_argument("--concurrency", type=int, default=8, help="(c) client concurrency (default 8)")
+    parser.add_argument("--actors", type=int, default=2,
+                        help="(b) model actors of 1 CPU each (on CPU: featurize, predict and write "
+                             "fused in each); the loop's torch uses every core (default 2 = this "
+                             "machine's CPUs: equal CPUs)")
     parser.add_argument("--cases", default="a,b,f,c", help="which cases (default a,b,f,c; f = funnel)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "screen_throughput.json"))
@@ -241,7 +247,8 @@ def main() -> None:
         "config": {"model_config": "tiny", "weights": "random (no trained checkpoint yet)",
                    "samples": args.samples, "steps": args.steps, "recycles": args.recycles,
                    "stage1_steps": args.stage1_steps, "model_batch_size": args.model_batch_size,
-                   "target": TARGETS[args.target][1], "n_ligands": len(ligands), "ray_cpus": 2},
+                   "target": TARGETS[args.target][1], "n_ligands": len(ligands), "ray_cpus": 2,
+                   "screen_model_actors": args.actors, "loop_torch_threads": torch.get_num_threads()},
         "peak_mem_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "rows": rows,
     }

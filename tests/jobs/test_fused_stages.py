@@ -56,3 +56,13 @@ def test_fused_and_separate_stages_give_the_same_outputs_and_rows(ray_session, t
         name = job["name"]
         fused = (tmp_path / "fused" / name / f"{name}_model.cif").read_text()
         assert fused == (tmp_path / "separate" / name / f"{name}_model.cif").read_text()
+
+
+def test_fused_actors_take_small_jobs_several_to_a_block(ray_session):
+    from foldray.actors.batch import Pools, _block_rows
+
+    fused = BatchSettings(inputs=(), out="/x", pools=Pools(actors=(1, 2)))
+    assert _block_rows(fused, 200, 40) == 8          # tiny jobs: 25 tasks, not 200
+    assert _block_rows(fused, 200, 300) == 1         # real-size jobs: progress job by job
+    assert _block_rows(fused, 12, 40) == 1           # few jobs: every actor gets several blocks
+    assert _block_rows(dataclasses.replace(fused, stages="separate"), 200, 40) == 1
