@@ -185,8 +185,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="diffusion steps (default 20)")
     parser.add_argument("--recycles", type=int, default=1, help="trunk cycles (default 1)")
     parser.add_argument("--stage1-steps", type=int, default=5, help="funnel stage one steps (default 5)")
-    parser.add_argument("--model-batch-size", type=int, default=8,
-                        help="complexes per model call, (b) and (c) (default 8)")
+    parser.add_argument("--model-batch-size", type=int, default=None,
+                        help="complexes per model call, (b) and (c) (default: as `foldray screen "
+                             "--model-batch-size auto`, 8 on a GPU, 1 on CPU)")
     parser.add_argument("--concurrency", type=int, default=8, help="(c) client concurrency (default 8)")
     parser.add_argument("--actors", type=int, default=2,
                         help="(b) model actors of 1 CPU each (on CPU: featurize, predict and write "
@@ -207,6 +208,10 @@ def main() -> None:
     from foldray.client import load_ligands
 
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.model_batch_size is None:
+        from foldray.jobs.predict_batch import GPU_MODEL_BATCH_SIZE
+
+        args.model_batch_size = GPU_MODEL_BATCH_SIZE if args.device == "cuda" else 1
     cases = set(args.cases.split(","))
     target = _target(args.target)
     ligands = load_ligands(DATA / "ligands" / "screen_100.smi")[:args.n]

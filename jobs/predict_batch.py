@@ -109,12 +109,32 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     add_featurize_time_limit(parser)
 
 
-def add_model_batch_argument(parser: argparse.ArgumentParser, default: int, what: str) -> None:
+GPU_MODEL_BATCH_SIZE = 8   # --model-batch-size auto with GPUs; on CPU auto is 1
+
+
+def parse_model_batch(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--model-batch-size takes N or auto, got {text!r}") from None
+
+
+def add_model_batch_argument(parser: argparse.ArgumentParser, default: int | str, what: str) -> None:
     """`--model-batch-size`: jobs per model-actor call, run in shared forward passes."""
-    parser.add_argument("--model-batch-size", type=int, default=default, metavar="N",
+    parser.add_argument("--model-batch-size", type=parse_model_batch, default=default, metavar="N|auto",
                         help=f"{what} per model-actor call; those of the same padded size run in one "
-                             "forward pass, each with the samples it gets alone (fp32 rounding apart) "
-                             f"(default {default}; 1: one a call)")
+                             "forward pass, each with the samples it gets alone (fp32 rounding apart); "
+                             f"auto: {GPU_MODEL_BATCH_SIZE} with GPUs, 1 on CPU, where a padded batch "
+                             f"costs more per job than jobs one at a time (default {default}; 1: one a call)")
+
+
+def model_batch_size(args: argparse.Namespace) -> int:
+    """--model-batch-size with auto resolved by the model actors' device."""
+    if args.model_batch_size != "auto":
+        return args.model_batch_size
+    return GPU_MODEL_BATCH_SIZE if args.num_gpus_per_actor > 0 else 1
 
 
 def add_sharding_arguments(parser: argparse.ArgumentParser) -> None:
@@ -183,14 +203,14 @@ def settings_from(args: argparse.Namespace) -> BatchSettings:
         msa=MsaSettings(mode=args.msa, config=absolute_local(args.msa_config),
                         cache=absolute_local(args.msa_cache), workers=args.msa_workers),
         overwrite=args.overwrite, quiet=args.quiet, sharding=sharding_settings(args),
-        model_batch_size=args.model_batch_size, **engine_settings(args))
+        model_batch_size=model_batch_size(args), **engine_settings(args))
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.samples < 1 or args.model_batch_size < 1:
+    if args.samples < 1 or model_batch_size(args) < 1:
         print("error: --samples and --model-batch-size must be >= 1", file=sys.stderr)
         return 2
-    if args.model_batch_size > 1 and args.devices_per_job != 1:
+    if model_batch_size(args) > 1 and args.devices_per_job != 1:
         print("error: --model-batch-size > 1 and --devices-per-job are exclusive (a sharded job "
               "runs alone)", file=sys.stderr)
         return 2

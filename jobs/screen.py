@@ -39,6 +39,7 @@ from foldray.jobs.predict_batch import (
     add_engine_arguments,
     add_model_batch_argument,
     engine_settings,
+    model_batch_size,
 )
 from foldray.jobs.ray_setup import absolute_local, connect_ray
 
@@ -50,7 +51,6 @@ FUNNEL_METRICS = {"ranking_score": True, "iptm": True, "ptm": True, "ligand_pldd
                   "min_target_ligand_pae": False}
 DEFAULT_STAGE1_STEPS = 20
 # complexes per model-actor call: those of one padded size share a forward pass
-DEFAULT_MODEL_BATCH_SIZE = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +108,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                         help=f"stage one: diffusion steps (default {DEFAULT_STAGE1_STEPS})")
     funnel.add_argument("--stage1-recycles", type=int, default=None,
                         help="stage one: trunk cycles (default: as --recycles)")
-    add_model_batch_argument(parser, DEFAULT_MODEL_BATCH_SIZE, "ligand complexes")
+    add_model_batch_argument(parser, "auto", "ligand complexes")
     add_engine_arguments(parser)
     add_msa_arguments(parser)
     add_cluster_arguments(parser)
@@ -142,7 +142,7 @@ def settings_from(args: argparse.Namespace, target: Any) -> BatchSettings:
         checkpoint=absolute_local(args.checkpoint), config=model_config, runtime=runtime,
         predict=predict, seeds=args.seeds, max_tokens=args.max_tokens, share_trunk=args.share_trunk,
         overwrite=args.overwrite, quiet=args.quiet, **engine_settings(args),
-        model_batch_size=args.model_batch_size,
+        model_batch_size=model_batch_size(args),
         screen=ScreenSettings(target=target, library=absolute_local(args.ligands),
                               pocket=parse_pocket(args.pocket or (), target, distance=args.pocket_distance)
                               if args.pocket else (), pocket_distance=args.pocket_distance))
@@ -260,7 +260,7 @@ def _has_constraint_embedder(settings: BatchSettings) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.samples < 1 or args.stage1_samples < 1 or args.model_batch_size < 1:
+    if args.samples < 1 or args.stage1_samples < 1 or model_batch_size(args) < 1:
         print("error: --samples, --stage1-samples and --model-batch-size must be >= 1", file=sys.stderr)
         return 2
     try:

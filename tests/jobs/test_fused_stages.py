@@ -66,3 +66,18 @@ def test_fused_actors_take_small_jobs_several_to_a_block(ray_session):
     assert _block_rows(fused, 200, 300) == 1         # real-size jobs: progress job by job
     assert _block_rows(fused, 12, 40) == 1           # few jobs: every actor gets several blocks
     assert _block_rows(dataclasses.replace(fused, stages="separate"), 200, 40) == 1
+
+
+def test_model_batch_size_auto_batches_on_gpus_only():
+    from foldray.jobs import predict_batch, screen
+
+    def resolved(parser, *flags):
+        return predict_batch.model_batch_size(parser.parse_args(list(flags)))
+
+    assert resolved(predict_batch.build_parser()) == 1
+    assert resolved(predict_batch.build_parser(), "--model-batch-size", "auto") == 1
+    assert resolved(predict_batch.build_parser(), "--model-batch-size", "auto", "--num-gpus-per-actor", "1") == 8
+    target = ["--target", "t.json", "--ligands", "l.smi", "--out", "o"]
+    assert resolved(screen.build_parser(), *target) == 1                        # screens: auto
+    assert resolved(screen.build_parser(), *target, "--num-gpus-per-actor", "0.5") == 8
+    assert resolved(screen.build_parser(), *target, "--model-batch-size", "3") == 3
