@@ -46,6 +46,9 @@ if TYPE_CHECKING:
 
 Stage = Literal["featurize", "predict"]
 DEFAULT_DRIVER_READ_MAX_INPUTS = 8
+# pending jobs sorted in the driver up to this many (their rows are small: jobs, or ligand
+# records for screens); larger runs sort with Ray Data, never all in the driver
+DRIVER_SORT_MAX_JOBS = 20_000
 PART_INTERVAL_S = 2.0    # finished rows reach <out>/.results/ at least this often
 # stage metrics of a job finished by an interrupted earlier run, kept for its `skipped` row
 _CARRIED = ("featurize_seconds", "model_seconds", "write_seconds", "actor_id", "node_id",
@@ -419,8 +422,13 @@ def _run_pipeline(settings: BatchSettings, entries: list[dict[str, Any]], clock:
             keep = col("status") == PENDING
             if duplicates:
                 keep = keep & col("safe_name").not_in(sorted(duplicates))
-            todo = (read.filter(expr=keep).sort("n_tokens", descending=True)
-                    .repartition(target_num_rows_per_block=per_block).materialize())
+            todo = read.filter(expr=keep)
+            if len(pending) <= DRIVER_SORT_MAX_JOBS:   # a Ray Data sort is a shuffle: ~4 s here
+                rows = sorted(todo.take_all(), key=lambda row: row["n_tokens"], reverse=True)
+                todo = ray.data.from_items(rows, override_num_blocks=-(-len(rows) // per_block))
+            else:
+                todo = (todo.sort("n_tokens", descending=True)
+                        .repartition(target_num_rows_per_block=per_block).materialize())
         clock.lap("sort")
         problem = _probe_placement(settings)
         clock.lap("placement_probe")
