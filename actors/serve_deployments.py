@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +28,7 @@ from foldray.inputs.job import Job
 from foldray.io.confidences import SamplePrediction
 from foldray.model.config import ModelConfig, RuntimeConfig
 from foldray.predictor import Predictor, PredictSettings, group_by_size
-from foldray.screening import LigandSpec, TargetCache, featurize_screen_job, ligand_job
+from foldray.screening import LigandSpec, PreparedTarget, TargetCache, featurize_screen_job, ligand_job
 from foldray.serving import job_error_line, render_result
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,9 @@ class Featurizer:
                  time_limit_s: float | None = None,
                  featurization: FeaturizationConfig | None = None) -> None:
         self.cache = TargetCache(target_cache_size)
+        # Serve runs sync methods on a thread pool: ligands of one target arrive together, and
+        # only one thread may parse a target the cache lacks (the others then hit the cache)
+        self._cache_lock = threading.Lock()
         self.featurization = featurization   # the model's (ModelConfig.featurization); None: AF3
         self.time_limit_s = time_limit_s or None   # per job: a stalled conformer is an error
         self.msa = None
@@ -99,7 +103,7 @@ class Featurizer:
             seeds = request.seeds or job.seeds
             with featurization_deadline(self.time_limit_s):
                 if target is not None:
-                    prepared = self.cache.get(target)
+                    prepared = self._prepared(target)
                     features = {s: featurize_screen_job(job, prepared, seed=s,
                                                         max_tokens=request.max_tokens,
                                                         featurization=self.featurization)
@@ -113,6 +117,23 @@ class Featurizer:
                 log.warning("featurizing a job failed", exc_info=True)
             return {"error": job_error_line(err, job)}
         return {"features": features}
+
+    def _prepared(self, target: Job) -> PreparedTarget:
+        with self._cache_lock:
+            return self.cache.get(target)
+
+    def prepare_target(self, target: Job) -> bool:
+        """A screen target's MSA search (through the MSA cache) and parsing, done once by the
+        ingress before the target's ligands fan out over the replicas; False if it failed (each
+        ligand's `featurize` then reports why)."""
+        try:
+            filled = self.msa.fill(target) if self.msa is not None else target
+            with featurization_deadline(self.time_limit_s):
+                self._prepared(filled)
+        except Exception:   # noqa: BLE001
+            log.warning("preparing a screen target failed", exc_info=True)
+            return False
+        return True
 
     def render(self, featurized: FeaturizedJob, samples: list[SamplePrediction], out: str | None,
                detail: str, ligand_chain: int | None) -> dict[str, Any]:
@@ -169,6 +190,10 @@ class Model:
             self.largest_batch = max([self.largest_batch] + [len(g) for g in groups])
         self.n_jobs += len(requests)
         return results
+
+    def takes_restraints(self) -> bool:
+        """Whether the loaded network has the constraint embedder (pockets need it)."""
+        return bool(getattr(self.predictor.config, "constraint_embedder", False))
 
     def stats(self) -> dict[str, Any]:
         return {"n_jobs": self.n_jobs, "n_forward": self.n_forward,

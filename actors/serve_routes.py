@@ -46,6 +46,7 @@ from foldray.serving import (
     output_names,
     parse_predict_body,
     parse_screen_request,
+    pocket_parts,
     request_error_line,
     request_hash,
 )
@@ -97,7 +98,13 @@ class Ingress:
         self.tasks: set[asyncio.Task] = set()
         self.pending = 0
         self.counters = {"rejected_busy": 0, "unauthorized": 0, "model_retries": 0, "created": 0,
-                         "deduplicated": 0}
+                         "deduplicated": 0, "targets_prepared": 0}
+        # screen targets: the first ligand of a new target has one featurizer replica search
+        # and parse it (MSA search, through the shared MSA cache) while the others wait, so
+        # replicas never search the same target at once (bounded: oldest forgotten first)
+        self.targets: dict[str, asyncio.Future] = {}
+        self.max_targets = max(16, config.target_cache_size)
+        self._constraints: bool | None = None      # the model has the constraint embedder
 
     # ---- checks done before any work
 
@@ -187,6 +194,8 @@ class Ingress:
         body = await self._body(request)
         try:
             screen, problems = await asyncio.to_thread(parse_screen_request, body, self.limits)
+            if any(lig.pocket for lig in screen.ligands):
+                await self._check_constraints(screen)
             out = self._out(screen.out)
             return json_response(self._submit_screen(screen, problems, out, caller), 202)
         except RequestTooLarge as err:
@@ -196,12 +205,24 @@ class Ingress:
         except Exception as err:          # any problem with the body: 422, never a 500
             return _bad_request(err)
 
+    async def _check_constraints(self, screen: ScreenRequest) -> None:
+        """A pocket needs a model with the constraint embedder (as `foldray screen --pocket`):
+        refused before any ligand runs, never silently ignored."""
+        if self._constraints is None:                 # the loaded model's own config, asked once
+            self._constraints = bool(await self._call(self.model.takes_restraints))
+        if not self._constraints:
+            field = "pocket" if screen.pocket else next(
+                f"ligands[{i}].pocket" for i, lig in enumerate(screen.ligands) if lig.pocket)
+            raise InputError(f"the model ({self.config.checkpoint or 'random weights'}) has no constraint "
+                             "embedder; use a checkpoint imported from a Protenix constraint model "
+                             "(docs/restraints.md) or remove the pocket", source="request", field=field)
+
     def _submit_screen(self, screen: ScreenRequest, problems: list[str | None], out: str | None,
                        caller: str) -> dict[str, Any]:
         tkey = target_key(screen.target)
         ids = [job_id("screen", key or uuid.uuid4().hex, caller) for key in screen.keys]
         hashes = [request_hash(tkey, lig.id, lig.smiles or "", lig.ccd or "", str(screen.samples),
-                               out or "") for lig in screen.ligands]
+                               out or "", *pocket_parts(lig)) for lig in screen.ligands]
         existing = self._existing(ids, hashes, "ligands[{}].key")
         self._admit(len({i for i, old in zip(ids, existing, strict=True) if old is None}))
         names = output_names(screen.ligands)
@@ -294,10 +315,37 @@ class Ingress:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
+    async def _target_ready(self, request: FeaturizeRequest) -> None:
+        """The first job of a target has one featurizer replica prepare it (MSA search into the
+        shared MSA cache, parsing); the target's other jobs wait for that instead of searching
+        it on every replica at once. A failed preparation is forgotten: each job then reports
+        its own error from `featurize`, and the next screen tries again."""
+        assert request.target is not None
+        key = target_key(request.target)
+        future = self.targets.get(key)
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
+            self.targets[key] = future
+            while len(self.targets) > self.max_targets:
+                self.targets.pop(next(iter(self.targets)))
+            self.counters["targets_prepared"] += 1
+            ok = False
+            try:
+                ok = bool(await self._call(self.featurizer.prepare_target, request.target))
+            except Exception:              # noqa: BLE001  (the job's own featurize call reports it)
+                log.warning("preparing a screen target failed", exc_info=True)
+            finally:                       # also when cancelled: the waiting jobs go on
+                if not ok:
+                    self.targets.pop(key, None)
+                future.set_result(ok)
+        await asyncio.shield(future)
+
     async def _run(self, record: JobRecord, request: FeaturizeRequest, *, out: str | None,
                    detail: str, samples: int | None, ligand_chain: int | None) -> None:
         try:
             self.store.start(record)
+            if request.target is not None:
+                await self._target_ready(request)
             featurized = await self._call(self.featurizer.featurize, request)
             if "error" in featurized:
                 self.store.finish(record, "error", error=featurized["error"])

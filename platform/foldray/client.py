@@ -48,7 +48,8 @@ ROW_SCHEMA = pa.schema([
     ("ligand_id", pa.string()), ("smiles", pa.string()), ("status", pa.string()),
     ("error", pa.string()), ("ranking_score", pa.float64()), ("iptm", pa.float64()),
     ("ptm", pa.float64()), ("ligand_plddt", pa.float64()),
-    ("min_target_ligand_pae", pa.float64()), ("output", pa.string()), ("job_id", pa.string()),
+    ("min_target_ligand_pae", pa.float64()), ("seconds", pa.float64()), ("output", pa.string()),
+    ("job_id", pa.string()),
 ])
 # the screen metrics, named as in `foldray screen`'s results table (foldray.screening.screen_metrics)
 METRICS = ("ranking_score", "iptm", "ptm", "ligand_plddt", "min_target_ligand_pae")
@@ -84,10 +85,13 @@ class Prediction:
 # --------------------------------------------------------------------------- ligands and targets
 
 
-def _ligand_item(value: Any, index: int) -> dict[str, str]:
-    """A SMILES string, "ccd:ATP", {"id", "smiles"|"ccd"} -> the wire form."""
+def _ligand_item(value: Any, index: int) -> dict[str, Any]:
+    """A SMILES string, "ccd:ATP", {"id", "smiles"|"ccd", "pocket"?, "pocket_distance"?} -> the
+    wire form (a ligand's own pocket replaces the screen's; the server checks it)."""
     if isinstance(value, Mapping):
-        item = {k: str(v) for k, v in value.items() if k in ("id", "smiles", "ccd") and v is not None}
+        item: dict[str, Any] = {k: str(v) for k, v in value.items()
+                                if k in ("id", "smiles", "ccd") and v is not None}
+        item.update({k: value[k] for k in ("pocket", "pocket_distance") if value.get(k) is not None})
         item.setdefault("id", f"ligand_{index}")
         return item
     text = str(value).strip()
@@ -119,7 +123,7 @@ def _read_sdf(data: bytes) -> list[dict[str, str]]:
     return items
 
 
-def load_ligands(ligands: str | Path | Iterable[Any]) -> list[dict[str, str]]:
+def load_ligands(ligands: str | Path | Iterable[Any]) -> list[dict[str, Any]]:
     """Ligands as wire items with unique ids: from a .smi/.sdf path or URL, or an iterable
     of SMILES strings, "ccd:CODE" strings or dicts."""
     if isinstance(ligands, str | Path) and str(ligands).lower().endswith((".smi", ".smiles", ".sdf")):
@@ -281,9 +285,12 @@ class FoldrayClient:
 
     def iter_screen(self, target: Any, ligands: Any, out: str | None = None, samples: int = 1,
                     concurrency: int = 4, chunk_size: int = 8, resume_from: Any = None,
-                    msa: str | None = None, screen_id: str | None = None) -> Iterator[dict[str, Any]]:
+                    msa: str | None = None, screen_id: str | None = None,
+                    pocket: str | list[str] | None = None,
+                    pocket_distance: float | None = None) -> Iterator[dict[str, Any]]:
         """Rows as ligands finish (any order); see `screen`."""
         job = target_job(target, msa)
+        extra = {k: v for k, v in (("pocket", pocket), ("pocket_distance", pocket_distance)) if v is not None}
         items = load_ligands(ligands)
         done = _done_ids(resume_from)
         todo = [item for item in items if item["id"] not in done]
@@ -292,9 +299,9 @@ class FoldrayClient:
         chunks = [todo[i:i + chunk_size] for i in range(0, len(todo), chunk_size)]
         stop = threading.Event()
 
-        def run_chunk(chunk: list[dict[str, str]]) -> None:
+        def run_chunk(chunk: list[dict[str, Any]]) -> None:
             try:
-                for row in self._screen_chunk(job, chunk, out, samples, screen_id, stop):
+                for row in self._screen_chunk(job, chunk, out, samples, screen_id, stop, extra):
                     rows.put(row)
             except BaseException as err:   # surfaced in the caller's thread
                 rows.put(err)
@@ -315,11 +322,12 @@ class FoldrayClient:
             stop.set()
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def _screen_chunk(self, job: dict[str, Any], chunk: list[dict[str, str]], out: str | None,
-                      samples: int, screen_id: str, stop: threading.Event) -> Iterator[dict[str, Any]]:
-        def submit(items: list[dict[str, str]]) -> dict[str, dict[str, str]]:
+    def _screen_chunk(self, job: dict[str, Any], chunk: list[dict[str, Any]], out: str | None,
+                      samples: int, screen_id: str, stop: threading.Event,
+                      extra: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        def submit(items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             wire = [{**item, "key": f"{screen_id}:{item['id']}"} for item in items]
-            body: dict[str, Any] = {"target": job, "ligands": wire, "samples": samples}
+            body: dict[str, Any] = {"target": job, "ligands": wire, "samples": samples, **extra}
             if out:
                 body["out"] = out
             submitted = self._request("POST", "/v1/screen", body)["jobs"]
@@ -357,16 +365,24 @@ class FoldrayClient:
                concurrency: int = 4, resume_from: Any = None,
                on_row: Callable[[dict[str, Any]], None] | None = None, *, chunk_size: int = 8,
                msa: str | None = None, progress: bool | None = None,
-               screen_id: str | None = None) -> pa.Table:
+               screen_id: str | None = None, pocket: str | list[str] | None = None,
+               pocket_distance: float | None = None) -> pa.Table:
         """Screen ligands against one target; one row per ligand, in input order.
 
         target: an AF3 job dict, a protein sequence or sequences, or {"protein": ..., "msa": ...}.
         ligands: SMILES strings, "ccd:CODE" strings, {"id", "smiles"|"ccd"} dicts, or a .smi /
-        .sdf path or URL. Rows (ligand_id, smiles, status ok|error|failed, error, ranking_score,
-        iptm, ptm, ligand_plddt, min_target_ligand_pae, output) stream to `on_row` as they
-        finish. `resume_from` (a table or Parquet path from an earlier screen) skips ligands
-        whose row is ok or error. `screen_id` fixes the idempotency keys, so rerunning an
-        interrupted screen with the same id against the same server reuses its jobs.
+        .sdf path or URL. `pocket` ("A:12,45" or a list of such, `foldray screen --pocket`'s
+        syntax) and `pocket_distance` (the server's default 6 Å when None): target residues every
+        ligand binds near; a ligand dict's own "pocket" / "pocket_distance" replace them. The
+        server refuses a bad residue, or a model without the constraint embedder, before any
+        ligand runs (HTTP 422: every row "failed" with its line). Rows (ligand_id, smiles, status
+        ok|error|failed, error, ranking_score, iptm, ptm, ligand_plddt, min_target_ligand_pae,
+        seconds, output, job_id) stream to `on_row` as they finish; `seconds` is the server's
+        wall time from the ligand's job being created to its result (featurize, model and
+        output, waiting for replicas included). `resume_from` (a table or Parquet path from an
+        earlier screen) skips ligands whose row is ok or error. `screen_id` fixes the
+        idempotency keys, so rerunning an interrupted screen with the same id against the same
+        server reuses its jobs.
         """
         from tqdm.auto import tqdm
 
@@ -376,7 +392,8 @@ class FoldrayClient:
         with tqdm(total=len(items), disable=not show, desc="screen", unit="ligand") as bar:
             for row in self.iter_screen(target, items, out=out, samples=samples,
                                         concurrency=concurrency, chunk_size=chunk_size,
-                                        resume_from=resume_from, msa=msa, screen_id=screen_id):
+                                        resume_from=resume_from, msa=msa, screen_id=screen_id,
+                                        pocket=pocket, pocket_distance=pocket_distance):
                 by_id[row["ligand_id"]] = row
                 if on_row is not None:
                     on_row(row)
@@ -389,11 +406,19 @@ class FoldrayClient:
         return await asyncio.to_thread(self.screen, *args, **kwargs)
 
 
-def _row(item: dict[str, str], job_id: str | None, record: dict[str, Any]) -> dict[str, Any]:
+def _seconds(record: dict[str, Any]) -> float | None:
+    """The job's wall seconds on the server (its record's `created` to `finished`)."""
+    created, finished = record.get("created"), record.get("finished")
+    if not isinstance(created, int | float) or not isinstance(finished, int | float):
+        return None
+    return max(0.0, float(finished) - float(created))
+
+
+def _row(item: dict[str, Any], job_id: str | None, record: dict[str, Any]) -> dict[str, Any]:
     status = {"done": "ok"}.get(record["status"], record["status"])
     metrics = record.get("metrics") or {}
     row: dict[str, Any] = {"ligand_id": item["id"], "smiles": item.get("smiles") or item.get("ccd"),
-                           "status": status, "error": record.get("error"),
+                           "status": status, "error": record.get("error"), "seconds": _seconds(record),
                            "output": record.get("output"), "job_id": job_id}
     for name in METRICS:
         value = metrics.get(name)

@@ -62,12 +62,12 @@ class LigandSpec:
 
 
 def parse_pocket(specs: Sequence[str], target: Job, *, distance: float = DEFAULT_POCKET_DISTANCE,
-                 field: str = "--pocket") -> tuple[ResidueRef, ...]:
+                 field: str = "--pocket", distance_field: str | None = None) -> tuple[ResidueRef, ...]:
     """`CHAIN:RES[,RES...]` strings (e.g. `A:12,45,88`) -> the target's residues, checked
-    against its chains (InputError naming `field`)."""
+    against its chains (InputError naming `field`, or `distance_field`: `<field>-distance`)."""
     if not 0 < distance <= MAX_DISTANCE:
         raise InputError(f"the pocket distance must be in (0, {MAX_DISTANCE:g}] Å, got {distance:g}",
-                         field=f"{field}-distance")
+                         field=distance_field or f"{field}-distance")
     lengths = chain_lengths(target.entities)
     refs: list[ResidueRef] = []
     for spec in specs:

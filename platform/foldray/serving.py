@@ -23,6 +23,7 @@ from foldray.features.pipeline import FeaturizedJob
 from foldray.features.tokenize import DEFAULT_MAX_TOKENS
 from foldray.inputs.af3_json import parse_af3_json, parse_job
 from foldray.inputs.job import Job, LigandChain, PolymerChain, sanitize_name
+from foldray.inputs.restraints import ResidueRef
 from foldray.io.confidences import (
     SamplePrediction,
     sample_full,
@@ -30,7 +31,13 @@ from foldray.io.confidences import (
     write_prediction,
 )
 from foldray.io.mmcif import structure_to_mmcif
-from foldray.screening import LigandSpec, check_ligand, screen_metrics
+from foldray.screening import (
+    DEFAULT_POCKET_DISTANCE,
+    LigandSpec,
+    check_ligand,
+    parse_pocket,
+    screen_metrics,
+)
 
 log = logging.getLogger(__name__)
 
@@ -131,13 +138,51 @@ class ScreenRequest:
     keys: tuple[str, ...]
     samples: int | None = None
     out: str | None = None
+    pocket: tuple[ResidueRef, ...] = ()   # the screen-wide pocket (each ligand has its own copy)
+
+
+def pocket_parts(ligand: LigandSpec) -> tuple[str, ...]:
+    """What a ligand's pocket adds to its request hash (nothing without one: hashes of
+    requests without pockets are unchanged)."""
+    if not ligand.pocket:
+        return ()
+    return (",".join(f"{r.chain_id}:{r.residue}" for r in ligand.pocket), repr(ligand.pocket_distance))
+
+
+def _pocket_distance(value: Any, default: float, target: Job, source: str, field: str) -> float:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InputError(f"expected a distance in Å (a number), got {type(value).__name__}",
+                         source=source, field=field)
+    try:                                  # no residues: only the CLI's range check
+        parse_pocket((), target, distance=float(value), distance_field=field)
+    except InputError as err:
+        raise err.located(source=source) from None
+    return float(value)
+
+
+def _pocket(value: Any, target: Job, distance: float, source: str, field: str) -> tuple:
+    """A request's pocket (`"A:12,45"` or a list of such strings, as `foldray screen --pocket`)
+    -> the target's residues, checked by the CLI's parser (`screening.parse_pocket`)."""
+    specs = [value] if isinstance(value, str) else value
+    if not isinstance(specs, list) or not all(isinstance(v, str) for v in specs):
+        raise InputError("expected \"CHAIN:RES[,RES...]\" or a list of such strings",
+                         source=source, field=field)
+    try:
+        return parse_pocket(specs, target, distance=distance, field=field,
+                            distance_field=f"{field}_distance")
+    except InputError as err:
+        raise err.located(source=source) from None
 
 
 def parse_screen_body(body: bytes, limits: Limits, source: str = "request") -> ScreenRequest:
-    """`{"target": <AF3 job>, "ligands": [{"id", "smiles"|"ccd", "key"?}], "samples"?, "out"?}`.
+    """`{"target": <AF3 job>, "ligands": [{"id", "smiles"|"ccd", "key"?, "pocket"?,
+    "pocket_distance"?}], "samples"?, "out"?, "pocket"?, "pocket_distance"?}`.
 
-    Ligand chemistry is not checked here (one bad SMILES must not fail the others):
-    see `ligand_error`.
+    `pocket`: target residues every ligand binds near (`foldray screen --pocket`'s syntax); a
+    ligand's own `pocket` replaces it (`[]`: none for that ligand). Ligand chemistry is not
+    checked here (one bad SMILES must not fail the others): see `ligand_error`.
     """
     check_body_size(body, limits)
     try:
@@ -146,11 +191,14 @@ def parse_screen_body(body: bytes, limits: Limits, source: str = "request") -> S
         raise InputError(f"invalid JSON: {err}", source=source) from None
     if not isinstance(data, dict):
         raise InputError("expected a screen object {\"target\", \"ligands\"}", source=source)
-    unknown = set(data) - {"target", "ligands", "samples", "out"}
+    unknown = set(data) - {"target", "ligands", "samples", "out", "pocket", "pocket_distance"}
     if unknown:
         raise InputError(f"unknown keys {sorted(unknown)}", source=source)
     target = parse_job(data.get("target"), source=source, allow_paths=False)
     check_token_budget(target, limits, "target")
+    distance = _pocket_distance(data.get("pocket_distance"), DEFAULT_POCKET_DISTANCE, target, source,
+                                "pocket_distance")
+    pocket = _pocket(data["pocket"], target, distance, source, "pocket") if data.get("pocket") else ()
     ligands = data.get("ligands")
     if not isinstance(ligands, list) or not ligands:
         raise InputError("expected a non-empty list", source=source, field="ligands")
@@ -163,7 +211,7 @@ def parse_screen_body(body: bytes, limits: Limits, source: str = "request") -> S
         if not isinstance(item, dict) or not isinstance(item.get("id"), str) or not item["id"]:
             raise InputError("expected {\"id\": str, \"smiles\" or \"ccd\": str}", source=source,
                              field=field)
-        extra = set(item) - {"id", "smiles", "ccd", "key"}
+        extra = set(item) - {"id", "smiles", "ccd", "key", "pocket", "pocket_distance"}
         if extra:
             raise InputError(f"unknown keys {sorted(extra)}", source=source, field=field)
         for name in ("smiles", "ccd", "key"):
@@ -174,7 +222,17 @@ def parse_screen_body(body: bytes, limits: Limits, source: str = "request") -> S
             if len(item.get(name) or "") > limits.max_key_chars:
                 raise InputError(f"longer than {limits.max_key_chars} characters", source=source,
                                  field=f"{field}.{name}")
-        specs.append(LigandSpec(id=item["id"], smiles=item.get("smiles"), ccd=item.get("ccd")))
+        own = _pocket_distance(item.get("pocket_distance"), distance, target, source,
+                               f"{field}.pocket_distance")
+        residues = pocket                 # the screen's, unless the ligand names its own
+        if "pocket" in item:
+            residues = (_pocket(item["pocket"], target, own, source, f"{field}.pocket")
+                        if item["pocket"] else ())
+        if item.get("pocket_distance") is not None and not residues:
+            raise InputError("a pocket distance without a pocket (give pocket here or in the request)",
+                             source=source, field=f"{field}.pocket_distance")
+        specs.append(LigandSpec(id=item["id"], smiles=item.get("smiles"), ccd=item.get("ccd"),
+                                pocket=residues, pocket_distance=own))
         keys.append(item.get("key") or "")
     samples = data.get("samples")
     if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int)
@@ -186,7 +244,7 @@ def parse_screen_body(body: bytes, limits: Limits, source: str = "request") -> S
         raise InputError(f"expected a URL string, got {type(out).__name__}", source=source,
                          field="out")
     return ScreenRequest(target=target, ligands=tuple(specs), keys=tuple(keys), samples=samples,
-                         out=out)
+                         out=out, pocket=pocket)
 
 
 def parse_screen_request(body: bytes, limits: Limits) -> tuple[ScreenRequest, list[str | None]]:

@@ -29,6 +29,7 @@ from foldray.actors.env_guard import SECRET_ENV
 from foldray.client import FoldrayClient, FoldrayError
 from foldray.errors import InputError
 from foldray.inputs.af3_json import parse_af3_json
+from foldray.io.results import SCREEN_SCHEMA
 from foldray.jobs.validate import format_error
 from tests.data_paths import BAD_INPUTS, INPUTS, LIGANDS, REPO, SEQDB
 
@@ -232,6 +233,19 @@ def test_outputs_outside_the_allowlist_are_refused_before_any_work(served):
         status, body = _post(served, "/v1/screen", {"target": job, "out": out,
                                                     "ligands": [{"id": "a", "smiles": "CCO"}]})
         assert status == 422 and body["error"].startswith("request: -: out: "), out
+    # a pocket: a residue the target lacks, or a model without the constraint embedder (the tiny
+    # preset has none), refuses the whole screen before any ligand runs, as `foldray screen --pocket`
+    ligand = {"id": "a", "smiles": "CCO"}
+    for extra, line in (({"pocket": "A:2,99"}, "request: -: pocket: residue '99' of chain A is not in 1..20"),
+                        ({"pocket": ["B:1"]}, "request: -: pocket: expected CHAIN:RES[,RES...] with a chain"),
+                        ({"pocket": "A:2,6"}, "request: -: pocket: the model (random weights) has no "
+                                              "constraint embedder"),
+                        ({"ligands": [ligand, {**ligand, "id": "b", "pocket": "A:4"}]},
+                         "request: -: ligands[1].pocket: the model (random weights) has no constraint")):
+        status, body = _post(served, "/v1/screen", {"target": job, "ligands": [ligand], **extra})
+        assert status == 422 and body["error"].startswith(line), body
+    rows = served.client.screen(job, ["CCO", "CCN"], pocket="A:2,6", progress=False).to_pylist()
+    assert [r["status"] for r in rows] == ["failed"] * 2 and "no constraint embedder" in rows[0]["error"]
     assert served.client.stats()["ingress"]["created"] == before
 
 
@@ -401,9 +415,12 @@ def test_screen_of_100_ligands_with_target_cache_and_resume(served, tmp_path):
         assert row["status"] == "ok", row
         for name in ("ranking_score", "iptm", "ptm", "ligand_plddt", "min_target_ligand_pae"):
             assert row[name] is not None and math.isfinite(row[name]), (row["ligand_id"], name)
+        assert 0 < row["seconds"] < seconds + 1, row     # the server's time for this ligand
     for row in rows[100:]:
         assert row["status"] == "error" and "RDKit could not parse" in row["error"], row
         assert "sequences[1].ligand.smiles" in row["error"]
+        assert 0 <= row["seconds"] < 1, row               # refused at once, no worker involved
+    assert table.schema.names[:10] == list(SCREEN_SCHEMA.names[:10])   # `foldray screen`'s columns
     after = served.client.stats()
     new_jobs = after["model"]["n_jobs"] - before["model"]["n_jobs"]
     assert new_jobs == 100                                   # invalid ligands never reach it
@@ -572,9 +589,23 @@ def test_cli_refuses_without_token_then_serves_insecure_and_config_is_valid(serv
     assert (runtime["chunk_size"], runtime["diffusion_chunk"], runtime["precision"]) == (16, 1, "fp32")
 
 
+def _featurizer_stats(client: FoldrayClient) -> dict[int, dict]:
+    """Each featurizer replica's counters, by PID (each stats call reaches one replica)."""
+    found: dict[int, dict] = {}
+    for _ in range(40):
+        stats = client.stats()["featurizer"]
+        found[stats["pid"]] = stats
+        if len(found) == 2:
+            break
+    return found
+
+
 def test_screen_target_without_msa_is_searched_once_through_the_msa_cache(served, tmp_path):
     """`msa_config`: the featurizer searches chains sent without an MSA (real jackhmmer over
-    the real 9,674-sequence database, 2 shards on a Ray shard worker), once per target."""
+    the real 9,674-sequence database, 2 shards on a Ray shard worker), once per target, even
+    with 2 featurizer replicas receiving the first ligands at once (the ingress has one
+    replica prepare the target first). The model has the constraint embedder, so the screen
+    takes a pocket, and each ligand's job carries it as a pocket restraint."""
     from ray import serve
 
     from foldray.actors.serve import build_app
@@ -586,17 +617,31 @@ def test_screen_target_without_msa_is_searched_once_through_the_msa_cache(served
         {"name": "uniref90", "url": str(SEQDB / "protein_db.fasta"), "tool": "jackhmmer",
          "role": "unpaired", "max_sequences": 64}]}))
     serve.run(build_app({**TINY, "token_file": str(tmp_path / "token"), "msa_config": str(config),
-                         "msa_cache": str(cache), "msa_worker_cpus": 0.25}),
+                         "msa_cache": str(cache), "msa_worker_cpus": 0.25, "featurizer_replicas": 2,
+                         "featurizer_num_cpus": 0.125, "output_allowlist": [f"file://{tmp_path}/"],
+                         "model_config": {"preset": "tiny", "constraint_embedder": True}}),
               name="msa", route_prefix="/msa")
     try:
         client = FoldrayClient(served.url + "/msa", token=TOKEN, timeout=30)
         globin = json.loads((INPUTS / "102m.json").read_text())["sequences"][0]["protein"]["sequence"]
         ligands = [{"id": f"lig{i}", "smiles": s} for i, s in enumerate(["CCO", "c1ccccc1O", "CC(=O)N"])]
-        table = client.screen({"protein": globin}, ligands, concurrency=3, progress=False)
-        assert [r["status"] for r in table.to_pylist()] == ["ok"] * 3
-        stats = client.stats()["featurizer"]
-        # one chain, one database: searched once although 3 ligands arrived at the same time
-        assert stats["msa_searched"] == 1 and stats["msa_cached"] == 0
+        ligands[2]["pocket"] = "A:93"                                        # its own pocket
+        table = client.screen({"protein": globin}, ligands, concurrency=3, progress=False,
+                              pocket=["A:64,93"], pocket_distance=8, out=f"file://{tmp_path}/out")
+        rows = table.to_pylist()
+        assert [r["status"] for r in rows] == ["ok"] * 3, rows
+        pockets = []
+        for row in rows:
+            (data,) = Path(row["output"].removeprefix("file://")).glob("*_data.json")
+            (restraint,) = json.loads(data.read_text())["restraints"]       # the ligand is chain B
+            pockets.append((restraint["binder"], restraint["residues"], restraint["maxDistance"]))
+        assert pockets == [("B", [["A", 64], ["A", 93]], 8.0)] * 2 + [("B", [["A", 93]], 8.0)]
+        replicas = _featurizer_stats(client)
+        assert len(replicas) == 2, replicas
+        # one chain, one database: searched once in all although 3 ligands arrived at the same
+        # time at 2 replicas (the other replica read the search from the MSA cache)
+        assert sum(r["msa_searched"] for r in replicas.values()) == 1, replicas
+        assert client.stats()["ingress"]["targets_prepared"] == 1
         (a3m,) = cache.rglob("*.a3m")                                        # stored for every caller
         records = [line for line in a3m.read_text().splitlines() if line.startswith(">")]
         assert 2 <= len(records) <= 65                                        # query + globin hits
@@ -607,7 +652,7 @@ def test_screen_target_without_msa_is_searched_once_through_the_msa_cache(served
                                  "version": 2, "sequences": [{"protein": {"id": "A", "sequence": globin}}]},
                                 timeout=300)
         assert result.summary_confidences["ptm"] is not None
-        assert client.stats()["featurizer"]["msa_searched"] == 1
+        assert sum(r["msa_searched"] for r in _featurizer_stats(client).values()) == 1
     finally:
         serve.delete("msa")
 

@@ -68,6 +68,34 @@ def test_screen_body():
     assert job_id("screen", "k") == job_id("screen", "k") != job_id("screen", "k2")
 
 
+def test_screen_pocket_uses_the_clis_syntax_with_per_ligand_overrides_and_located_errors():
+    from foldray.screening import ligand_job, parse_pocket
+
+    target = json.loads((INPUTS / "1l2y.json").read_text())
+    ligands = [{"id": "a", "smiles": "CCO"}, {"id": "b", "smiles": "CCN", "pocket": []},
+               {"id": "c", "smiles": "CC", "pocket": "A:3", "pocket_distance": 9}]
+    screen = parse_screen_body(json.dumps({"target": target, "ligands": ligands, "pocket": ["A:2,6"],
+                                           "pocket_distance": 8}).encode(), Limits())
+    cli = parse_pocket(["A:2,6"], screen.target, distance=8.0)       # what `--pocket A:2,6` gives
+    assert screen.pocket == cli and screen.ligands[0].pocket == cli
+    assert screen.ligands[0].pocket_distance == 8.0 and screen.ligands[1].pocket == ()
+    assert [(r.chain_id, r.residue) for r in screen.ligands[2].pocket] == [("A", 3)]
+    (restraint,) = ligand_job(screen.target, screen.ligands[2]).restraints   # the ligand is the binder
+    assert (restraint.binder, restraint.max_distance) == ("B", 9.0)
+    for extra, field, words in (
+            ({"pocket": "A:2,99"}, "pocket", "residue '99' of chain A is not in 1..20"),
+            ({"pocket": "Z:2"}, "pocket", "with a chain of the target (A)"),
+            ({"pocket": "A:2", "pocket_distance": 0}, "pocket_distance", "must be in (0, 100]"),
+            ({"pocket": [2]}, "pocket", "CHAIN:RES"),
+            ({"ligands": [{"id": "a", "smiles": "C", "pocket": "A:0"}]}, "ligands[0].pocket", "not in 1..20"),
+            ({"ligands": [{"id": "a", "smiles": "C", "pocket_distance": 5}]}, "ligands[0].pocket_distance",
+             "without a pocket")):
+        with pytest.raises(InputError) as err:
+            parse_screen_body(json.dumps({"target": target, "ligands": ligands[:1], **extra}).encode(),
+                              Limits())
+        assert err.value.field == field and words in err.value.message, error_line(err.value)
+
+
 def _job(**extra) -> dict:
     return {"name": "x", "modelSeeds": [1], "dialect": "alphafold3", "version": 2,
             "sequences": [{"protein": {"id": "A", "sequence": "NLYIQWLKDGGPSSGRPPPS"}}], **extra}
