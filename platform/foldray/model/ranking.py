@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from foldray.model.confidence import EXACT, atom_name_is, batched_gather
+from foldray.model.confidence import EXACT, atom_name_is
 from foldray.model.config import ConfidenceConfig
 from foldray.residues import RESTYPES
 
@@ -53,8 +53,12 @@ def error_bin_centres(n_bins: int, max_error_bin: float, device: torch.device | 
 
 def expected_error(logits: Tensor, max_error_bin: float) -> Tensor:
     """PAE_ij / PDE_ij (SI eq. 11, 13): sum_b p_b centre_b, in Å."""
-    centres = error_bin_centres(logits.shape[-1], max_error_bin, logits.device)
-    return (logits.float().softmax(-1) * centres).sum(-1)
+    return _expected_error_from_probs(logits.float().softmax(-1), max_error_bin)
+
+
+def _expected_error_from_probs(probs: Tensor, max_error_bin: float) -> Tensor:
+    centres = error_bin_centres(probs.shape[-1], max_error_bin, probs.device)
+    return (probs * centres).sum(-1)
 
 
 def expected_plddt(plddt_logits: Tensor) -> Tensor:
@@ -72,10 +76,15 @@ def tm_d0(n_tokens: Tensor | float) -> Tensor:
 
 def tm_adjusted_pae(pae_logits: Tensor, n_tokens: Tensor | float, max_error_bin: float) -> Tensor:
     """E_b[1 / (1 + (Δ_b / d0)^2)] per pair; n_tokens broadcasts to [*, N, N] (or a scalar)."""
-    centres = error_bin_centres(pae_logits.shape[-1], max_error_bin, pae_logits.device)
-    d0 = tm_d0(n_tokens).to(pae_logits.device)
+    return _tm_adjusted_from_probs(pae_logits.float().softmax(-1), n_tokens, max_error_bin)
+
+
+def _tm_adjusted_from_probs(probs: Tensor, n_tokens: Tensor | float, max_error_bin: float) -> Tensor:
+    """tm_adjusted_pae from softmaxed PAE logits (summary_confidences softmaxes once)."""
+    centres = error_bin_centres(probs.shape[-1], max_error_bin, probs.device)
+    d0 = tm_d0(n_tokens).to(probs.device)
     tm_per_bin = 1.0 / (1.0 + (centres / d0[..., None]) ** 2)
-    return (pae_logits.float().softmax(-1) * tm_per_bin).sum(-1)
+    return (probs * tm_per_bin).sum(-1)
 
 
 def _tm_from_adjusted(tm_pae: Tensor, pair_mask: Tensor) -> Tensor:
@@ -95,15 +104,20 @@ def predicted_tm_score(pae_logits: Tensor, token_mask: Tensor, frame_mask: Tenso
     (AF3 tmscore_adjusted_pae_global, also used for the full-complex ipTM). ipTM counts
     only pairs in different chains and is NaN for a single chain.
     """
-    token_mask, frame_mask = token_mask.bool(), frame_mask.bool()
-    n = token_mask.sum(-1).float()[..., None, None, None]                   # [*, 1, 1, 1]
+    n = token_mask.bool().sum(-1).float()[..., None, None, None]            # [*, 1, 1, 1]
     tm = tm_adjusted_pae(pae_logits, n, max_error_bin)                      # [*, S, N, N]
+    return _tm_from_adjusted(tm, _tm_pairs(token_mask, frame_mask, asym_id, interface)[..., None, :, :])
+
+
+def _tm_pairs(token_mask: Tensor, frame_mask: Tensor, asym_id: Tensor | None, interface: bool) -> Tensor:
+    """pTM / ipTM pairs: rows with a valid frame, real columns, other chains for ipTM."""
+    token_mask, frame_mask = token_mask.bool(), frame_mask.bool()
     pair = (frame_mask & token_mask)[..., :, None] & token_mask[..., None, :]
     if interface:
         if asym_id is None:
             raise ValueError("predicted_tm_score: interface=True needs asym_id")
         pair = pair & (asym_id[..., :, None] != asym_id[..., None, :])
-    return _tm_from_adjusted(tm, pair[..., None, :, :])
+    return pair
 
 
 def chain_pair_iptm(pae_logits: Tensor, token_mask: Tensor, frame_mask: Tensor, asym_id: Tensor,
@@ -115,17 +129,23 @@ def chain_pair_iptm(pae_logits: Tensor, token_mask: Tensor, frame_mask: Tensor, 
     the chain's pTM with d0(N_A). Symmetric; NaN where no row has a valid frame.
     Token tensors are 1-D [N_token]; returns (matrix, chain asym ids).
     """
+    return _chain_pair_iptm(pae_logits.float().softmax(-1), token_mask, frame_mask, asym_id, max_error_bin)
+
+
+def _chain_pair_iptm(probs: Tensor, token_mask: Tensor, frame_mask: Tensor, asym_id: Tensor,
+                     max_error_bin: float) -> tuple[Tensor, Tensor]:
+    """chain_pair_iptm from softmaxed PAE logits."""
     real = token_mask.bool()
     chains = torch.unique(asym_id[real])
-    sample_shape = pae_logits.shape[:-3]
-    out = pae_logits.new_full((*sample_shape, len(chains), len(chains)), torch.nan, dtype=torch.float32)
+    sample_shape = probs.shape[:-3]
+    out = probs.new_full((*sample_shape, len(chains), len(chains)), torch.nan, dtype=torch.float32)
     member = [(asym_id == c) & real for c in chains]
     for a in range(len(chains)):
         for b in range(a, len(chains)):
             keep = (member[a] | member[b]).nonzero().flatten()
-            sub = pae_logits[..., keep[:, None], keep[None, :], :]
+            sub = probs[..., keep[:, None], keep[None, :], :]
             n = float(member[a].sum() + (member[b].sum() if a != b else 0))
-            tm = tm_adjusted_pae(sub, n, max_error_bin)
+            tm = _tm_adjusted_from_probs(sub, n, max_error_bin)
             pair = frame_mask.bool()[keep][:, None] & torch.ones_like(keep, dtype=torch.bool)[None, :]
             if a != b:
                 pair = pair & (asym_id[keep][:, None] != asym_id[keep][None, :])
@@ -201,29 +221,78 @@ def _sphere_points(n: int, device: torch.device) -> Tensor:
                         torch.cos(polar)], -1)
 
 
+# Shrake-Rupley work sizes: distance elements per neighbour search ([samples, rows, N]) and
+# elements per dot block (the one [rows, K, dots] float temporary). CPU: a sweep of 2^16..2^20
+# on 102m (1220 atoms) was fastest at 2^18..2^19 (stays in cache); CUDA: large launches (not
+# yet measured on a GPU). Both bound memory, whatever N is.
+SASA_PAIR_ELEMENTS = 1 << 24
+SASA_BLOCK_ELEMENTS = {"cpu": 1 << 19, "cuda": 1 << 24}
+
+
+def _neighbour_lists(x: Tensor, r: Tensor, start: int, stop: int) -> tuple[Tensor, Tensor]:
+    """Atoms touching atoms start:stop (d < r_i + r_k, not itself), left-packed.
+
+    x [B, N, 3] -> (nb [B * c, K] atom indices, -1 past each row's count; counts [B * c]).
+    Rows are (sample, atom) pairs, sample-major.
+    """
+    n_sample, rows = x.shape[0], stop - start
+    d = torch.cdist(x[:, start:stop], x)                                     # [B, c, N]
+    touching = d < r[start:stop, None] + r[None, :]
+    own = torch.arange(start, stop, device=x.device)
+    touching[:, own - start, own] = False
+    counts = touching.sum(-1).flatten()                                      # [B * c]
+    b, i, j = touching.nonzero(as_tuple=True)                                # row-major: packed per row
+    row = b * rows + i
+    pos = torch.arange(len(j), device=x.device) - (counts.cumsum(0) - counts)[row]
+    nb = torch.full((n_sample * rows, max(int(counts.max()), 1)), -1, dtype=torch.long, device=x.device)
+    nb[row, pos] = j
+    return nb, counts
+
+
 def shrake_rupley_sasa(x: Tensor, radii: Tensor, n_points: int = 200, probe: float = WATER_RADIUS,
-                       chunk: int = 256) -> Tensor:
-    """Solvent accessible surface area per atom (Å^2), Shrake-Rupley. x [..., N, 3], radii [N]."""
-    r = radii.to(x.dtype) + probe                                           # [N]
-    d = torch.cdist(x, x)                                                    # [..., N, N]
-    n = x.shape[-2]
-    touching = (d < r[:, None] + r[None, :]) & ~torch.eye(n, dtype=torch.bool, device=x.device)
-    k = max(int(touching.sum(-1).max()), 1)
-    nb_d, nb = d.masked_fill(~touching, torch.inf).topk(min(k, n), -1, largest=False)  # [..., N, K]
-    nb_ok = torch.isfinite(nb_d)
-    points = _sphere_points(n_points, x.device).to(x.dtype)
-    exposed = []
+                       chunk: int | None = None, block: int | None = None) -> Tensor:
+    """Solvent accessible surface area per atom (Å^2), Shrake-Rupley. x [..., N, 3], radii [N].
+
+    A dot u on atom i's sphere is buried by neighbour k when
+    |x_i - x_k|^2 + r_i^2 + 2 r_i u.(x_i - x_k) < r_k^2. Neighbour lists come from `chunk`
+    distance rows at a time (bounded memory for large N); (sample, atom) rows are sorted by
+    neighbour count and the dots of `block` elements at a time are tested with one matmul,
+    padding only to the largest list in the block.
+    """
+    shape, n = x.shape, x.shape[-2]
+    if n == 0 or x.numel() == 0:
+        return x.new_zeros(shape[:-1])
+    x = x.reshape(-1, n, 3)
+    n_sample = x.shape[0]
+    r = radii.to(x.dtype) + probe                                            # [N]
+    points = _sphere_points(n_points, x.device).to(x.dtype)                  # [P, 3]
+    chunk = chunk or max(1, SASA_PAIR_ELEMENTS // max(n_sample * n, 1))
+    block = block or SASA_BLOCK_ELEMENTS.get(x.device.type, SASA_BLOCK_ELEMENTS["cuda"])
+    exposed = x.new_ones(n_sample, n)
     for start in range(0, n, chunk):
-        sl = slice(start, start + chunk)
-        nb_c = nb[..., sl, :]                                                # [..., n, K]
-        offset = x[..., sl, None, :] - batched_gather(x, nb_c.flatten(-2)).unflatten(-2, nb_c.shape[-2:])
-        r_i = r[sl, None, None]                                              # [n, 1, 1]
-        # |x_i + r_i u - x_k|^2 = |x_i - x_k|^2 + r_i^2 + 2 r_i u.(x_i - x_k), for dots u
-        dist2 = ((offset ** 2).sum(-1)[..., None, :] + r_i ** 2
-                 + 2 * r_i * torch.einsum("pd,...nkd->...npk", points, offset))  # [..., n, P, K]
-        inside = (dist2 < r[nb_c][..., None, :] ** 2) & nb_ok[..., sl, None, :]
-        exposed.append(1.0 - inside.any(-1).to(x.dtype).mean(-1))
-    return torch.cat(exposed, -1) * 4 * math.pi * r ** 2
+        stop = min(start + chunk, n)
+        nb, counts = _neighbour_lists(x, r, start, stop)
+        order = counts.argsort(descending=True)
+        sorted_counts = counts[order].tolist()                               # one sync per chunk
+        p = 0
+        while p < len(order) and sorted_counts[p] > 0:                       # no neighbour: all exposed
+            k = sorted_counts[p]
+            q = min(p + max(1, block // (k * n_points)), len(order))
+            rows = order[p:q]
+            sample, atom = rows // (stop - start), rows % (stop - start) + start
+            nb_rows = nb[rows, :k]                                           # [m, k]
+            valid = nb_rows >= 0
+            nb_rows = nb_rows.clamp(min=0)
+            offset = x[sample, atom][:, None, :] - x[sample[:, None], nb_rows]    # [m, k, 3]
+            r_i = r[atom]
+            base = (offset ** 2).sum(-1) + r_i[:, None] ** 2                  # |o|^2 + r_i^2
+            r_k2 = torch.where(valid, r[nb_rows] ** 2, -torch.inf)
+            dist2 = torch.matmul(offset, points.T)                           # [m, k, P]: u.o
+            dist2.mul_((2 * r_i)[:, None, None]).add_(base[..., None]).sub_(r_k2[..., None])
+            buried = dist2.amin(-2) < 0                                      # [m, P]
+            exposed[sample, atom] = 1.0 - buried.to(x.dtype).mean(-1)
+            p = q
+    return (exposed * 4 * math.pi * r ** 2).reshape(*shape[:-2], n)
 
 
 def _reflect_window_mean(values: Tensor, window: int) -> Tensor:
@@ -301,11 +370,13 @@ def summary_confidences(plddt_logits: Tensor, pae_logits: Tensor, x: Tensor,
     config = config or ConfidenceConfig()
     token_mask, atom_mask = batch["token_mask"].bool(), batch["atom_mask"].bool()
     asym = batch["asym_id"]
-    pae = expected_error(pae_logits, config.max_error_bin)
-    ptm = predicted_tm_score(pae_logits, token_mask, frame_mask, max_error_bin=config.max_error_bin)
-    iptm = predicted_tm_score(pae_logits, token_mask, frame_mask, asym, interface=True,
-                              max_error_bin=config.max_error_bin)
-    pair_iptm, chains = chain_pair_iptm(pae_logits, token_mask, frame_mask, asym, config.max_error_bin)
+    probs = pae_logits.float().softmax(-1)                                  # once for every PAE metric
+    pae = _expected_error_from_probs(probs, config.max_error_bin)
+    tm = _tm_adjusted_from_probs(probs, token_mask.sum(-1).float()[..., None, None, None],
+                                 config.max_error_bin)                      # pTM and ipTM share d0
+    ptm = _tm_from_adjusted(tm, _tm_pairs(token_mask, frame_mask, asym, False)[..., None, :, :])
+    iptm = _tm_from_adjusted(tm, _tm_pairs(token_mask, frame_mask, asym, True)[..., None, :, :])
+    pair_iptm, chains = _chain_pair_iptm(probs, token_mask, frame_mask, asym, config.max_error_bin)
     atom_to_token = batch["atom_to_token"].long()
     polymer = atom_mask & ~batch["is_ligand"].bool()[atom_to_token]
     clash = has_clash(x, atom_mask, polymer, asym[atom_to_token], batch["residue_index"][atom_to_token])
