@@ -66,12 +66,13 @@ class PredictStage:
                  device: str, settings: PredictSettings, batch_size: int = 1) -> None:
         import ray  # the actor's identity, for the results table
 
-        _match_threads_to_cpus(ray.get_runtime_context().get_assigned_resources())
+        context = ray.get_runtime_context()
+        if context.worker.mode == ray.WORKER_MODE:   # an actor (a driver has no assignment)
+            _match_threads_to_cpus(context.get_assigned_resources())
         self.predictor = Predictor.load(checkpoint, config=config, runtime=runtime,
                                         device=device)
         self.settings = settings
         self.batch_size = batch_size     # PredictBatchStage: jobs in one forward pass, at most
-        context = ray.get_runtime_context()
         self.actor_id, self.node_id = context.get_actor_id() or "", context.get_node_id()
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:

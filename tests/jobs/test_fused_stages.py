@@ -76,8 +76,28 @@ def test_model_batch_size_auto_batches_on_gpus_only():
 
     assert resolved(predict_batch.build_parser()) == 1
     assert resolved(predict_batch.build_parser(), "--model-batch-size", "auto") == 1
-    assert resolved(predict_batch.build_parser(), "--model-batch-size", "auto", "--num-gpus-per-actor", "1") == 8
+    assert resolved(predict_batch.build_parser(), "--model-batch-size", "auto",
+                    "--num-gpus-per-actor", "1") == 8
     target = ["--target", "t.json", "--ligands", "l.smi", "--out", "o"]
     assert resolved(screen.build_parser(), *target) == 1                        # screens: auto
     assert resolved(screen.build_parser(), *target, "--num-gpus-per-actor", "0.5") == 8
     assert resolved(screen.build_parser(), *target, "--model-batch-size", "3") == 3
+
+
+def test_model_actor_threads_follow_its_cpus():
+    """A reused worker keeps the thread pool it started with; the model actor sets torch's
+    threads to its CPUs (none assigned: left alone)."""
+    import torch
+
+    from foldray.actors.predict_stage import _match_threads_to_cpus
+
+    before = torch.get_num_threads()
+    try:
+        _match_threads_to_cpus({"CPU": 1.0})
+        assert torch.get_num_threads() == 1
+        _match_threads_to_cpus({"CPU": 2.0, "GPU": 1.0})
+        assert torch.get_num_threads() == 2
+        _match_threads_to_cpus({})
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
