@@ -60,7 +60,8 @@ def test_batched_forward_equals_one_by_one(monkeypatch):
 def test_screen_msa_search_once_and_batched_rows_equal_one_by_one(ray_session, tmp_path, capsys):
     """`foldray screen --msa search`: the target's chains are searched once (a rerun: from
     the cache) and every ligand uses the searched MSA; the rows of ligands predicted in
-    shared forward passes (--model-batch-size 4) equal one-by-one predictions."""
+    shared forward passes (--model-batch-size 4, separate stage pools as with GPUs) equal
+    one-by-one predictions."""
     config = tmp_path / "msa.yaml"
     db = SHARED_DATA / "seqdb" / "protein_db.fasta"
     config.write_text(f"shards: 1\ndatabases:\n  - {{name: uniref90, url: {db}}}\n")
@@ -70,7 +71,8 @@ def test_screen_msa_search_once_and_batched_rows_equal_one_by_one(ray_session, t
             "--out", str(out), "--msa", "search", "--msa-config", str(config), "--msa-workers", "1",
             "--model-batch-size", "4", "--samples", "1", "--steps", "2", "--recycles", "1",
             "--actors", "1-1", "--num-cpus-per-actor", "0.5", "--num-cpus-per-worker", "0.5",
-            "--cpu-workers", "1-1"]
+            "--cpu-workers", "1-1", "--stages", "separate"]   # the GPU layout: PredictBatchStage
+    # (fused batched stages on CPU: tests/jobs/test_fused_stages.py)
     assert main(args) == 0
     err = capsys.readouterr().err
     found = re.search(r"msa: target: (\d+) chains: (\d+) database searches run, (\d+) from the cache", err)
