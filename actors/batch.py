@@ -414,21 +414,21 @@ def _run_pipeline(settings: BatchSettings, entries: list[dict[str, Any]], clock:
         # CPUs the pools hold. Small blocks spread jobs evenly over the actors (_block_rows).
         per_block = _block_rows(settings, len(pending), max(row["n_tokens"] or 1 for row in pending.values()))
         if local:
-            todo_rows = sorted((row for row in read_rows if row["status"] == PENDING
-                                and row["safe_name"] not in duplicates),
-                               key=lambda row: row["n_tokens"], reverse=True)
-            todo = ray.data.from_items(todo_rows, override_num_blocks=-(-len(todo_rows) // per_block))
+            todo_rows = [row for row in read_rows
+                         if row["status"] == PENDING and row["safe_name"] not in duplicates]
         else:
             keep = col("status") == PENDING
             if duplicates:
                 keep = keep & col("safe_name").not_in(sorted(duplicates))
-            todo = read.filter(expr=keep)
-            if len(pending) <= DRIVER_SORT_MAX_JOBS:   # a Ray Data sort is a shuffle: ~4 s here
-                rows = sorted(todo.take_all(), key=lambda row: row["n_tokens"], reverse=True)
-                todo = ray.data.from_items(rows, override_num_blocks=-(-len(rows) // per_block))
-            else:
-                todo = (todo.sort("n_tokens", descending=True)
-                        .repartition(target_num_rows_per_block=per_block).materialize())
+            kept = read.filter(expr=keep)
+            # a Ray Data sort is a shuffle (~4 s for a 30-ligand screen): up to a bound, here
+            todo_rows = kept.take_all() if len(pending) <= DRIVER_SORT_MAX_JOBS else None
+        if todo_rows is None:
+            todo = (kept.sort("n_tokens", descending=True)
+                    .repartition(target_num_rows_per_block=per_block).materialize())
+        else:
+            todo_rows.sort(key=lambda row: row["n_tokens"], reverse=True)
+            todo = ray.data.from_items(todo_rows, override_num_blocks=-(-len(todo_rows) // per_block))
         clock.lap("sort")
         problem = _probe_placement(settings)
         clock.lap("placement_probe")
@@ -592,7 +592,7 @@ def _stages(settings: BatchSettings, todo: ray.data.Dataset,
                    **({"resources": model_place} if model_place else {})}
     batched = settings.model_batch_size > 1    # jobs of similar size share forward passes
     by_batch = {"batch_size": settings.model_batch_size, "batch_format": "numpy"} if batched else {}
-    if fused_stages(settings, separate_nodes=_separate_nodes(settings)):
+    if fused_stages(settings, separate_nodes=bool(cpu_place or model_place)):
         from foldray.actors.fused_stage import FusedBatchStage, FusedStage
 
         with warnings.catch_warnings():   # max_restarts: see below
