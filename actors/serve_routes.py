@@ -209,7 +209,12 @@ class Ingress:
         """A pocket needs a model with the constraint embedder (as `foldray screen --pocket`):
         refused before any ligand runs, never silently ignored."""
         if self._constraints is None:                 # the loaded model's own config, asked once
-            self._constraints = bool(await self._call(self.model.takes_restraints))
+            try:
+                self._constraints = bool(await self._call(self.model.takes_restraints))
+            except RETRYABLE as err:   # the model, not the request: retry later (asked again then)
+                raise HTTPException(503, f"the model deployment is unavailable ({type(err).__name__}, "
+                                         f"retried {self.config.retry_max_s:g} s); retry later",
+                                    headers={"Retry-After": "5"}) from None
         if not self._constraints:
             field = "pocket" if screen.pocket else next(
                 f"ligands[{i}].pocket" for i, lig in enumerate(screen.ligands) if lig.pocket)

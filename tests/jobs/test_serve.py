@@ -343,6 +343,48 @@ def test_ray_task_errors_are_reported_as_their_cause_without_traceback():
     assert error_summary(err) == "KeyError: 'mmcif'"
 
 
+def test_pocket_check_answers_503_while_the_model_is_unreachable_and_asks_again_later():
+    """The one-time constraint-embedder check is about the model, not the request: a model
+    deployment that stays unreachable past `retry_max_s` is a 503 with Retry-After (never a
+    422 blaming the body), and the next request asks the model again."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from fastapi import HTTPException
+    from ray.exceptions import ActorUnavailableError
+
+    from foldray.actors.serve_routes import Ingress
+    from foldray.serve_config import ServeConfig
+
+    class TakesRestraints:   # the model handle's method: unreachable, then answering
+        def __init__(self) -> None:
+            self.calls, self.reachable = 0, False
+
+        async def _answer(self) -> bool:
+            self.calls += 1
+            if not self.reachable:
+                raise ActorUnavailableError("model replica unreachable", b"\0" * 16)
+            return False
+
+        def remote(self) -> object:
+            return self._answer()
+
+    method = TakesRestraints()
+    routes_class = Ingress.func_or_class.__mro__[1]   # the class under Serve's ASGI wrapper
+    routes = routes_class(None, SimpleNamespace(takes_restraints=method),
+                          ServeConfig(retry_max_s=0.3), None)
+    screen = SimpleNamespace(pocket=("A:2",), ligands=[])
+    with pytest.raises(HTTPException) as refused:
+        asyncio.run(routes._check_constraints(screen))
+    assert refused.value.status_code == 503 and refused.value.headers == {"Retry-After": "5"}
+    assert "model deployment is unavailable (ActorUnavailableError" in refused.value.detail
+    assert method.calls >= 2 and routes._constraints is None     # retried, nothing cached
+    method.reachable = True
+    with pytest.raises(InputError, match="has no constraint embedder"):   # now the real answer
+        asyncio.run(routes._check_constraints(screen))
+    assert routes._constraints is False
+
+
 def test_featurizer_stops_a_job_past_its_time_limit_and_reports_it():
     """`featurize_time_limit_s`: a ligand whose conformer search outlives the limit is that
     job's error (the embedding child is killed), not a replica stuck for minutes."""
