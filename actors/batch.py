@@ -347,10 +347,7 @@ def _read(settings: BatchSettings, entries: list[dict[str, Any]],
                               max_tokens=settings.max_tokens, overwrite=settings.overwrite,
                               remote=remote)
     return (ray.data.from_items(entries)
-            .flat_map(read_stage, fn_kwargs={"out_url": settings.out,
-                                             "max_tokens": settings.max_tokens,
-                                             "overwrite": settings.overwrite,
-                                             "stop_after": settings.stop_after}, **remote)
+            .flat_map(read_stage, fn_kwargs=_read_kwargs(settings), **remote)
             .materialize())
 
 
@@ -359,9 +356,17 @@ def _read_here(settings: BatchSettings, entries: list[dict[str, Any]]) -> list[d
     add Ray worker start-up, and a sort over few blocks a shuffle)."""
     from foldray.actors.prepare_stage import read_stage
 
-    return [row for entry in entries for row in read_stage(
-        entry, out_url=settings.out, max_tokens=settings.max_tokens, overwrite=settings.overwrite,
-        stop_after=settings.stop_after)]
+    return [row for entry in entries for row in read_stage(entry, **_read_kwargs(settings))]
+
+
+def _read_kwargs(settings: BatchSettings) -> dict[str, Any]:
+    """`read_stage`'s settings; `foldray featurize` also checks stored jobs' featurization."""
+    from foldray.features.model_featurization import model_featurization
+
+    return {"out_url": settings.out, "max_tokens": settings.max_tokens,
+            "overwrite": settings.overwrite, "stop_after": settings.stop_after,
+            "featurization": (model_featurization(settings.checkpoint, settings.config)
+                              if settings.stop_after == "featurize" else None)}
 
 
 def _run_pipeline(settings: BatchSettings, entries: list[dict[str, Any]], clock: _Clock,

@@ -22,7 +22,7 @@ from foldray.actors.predict_rows import (
 from foldray.chem.ccd import parse_user_ccd, warm_up
 from foldray.chem.deadline import featurization_deadline
 from foldray.errors import InputError
-from foldray.features.config import FeaturizationConfig
+from foldray.features.config import DEFAULT_FEATURIZATION, FeaturizationConfig
 from foldray.features.pipeline import FeaturizedJob, featurize_job, featurize_seeds
 from foldray.inputs.af3_json import parse_af3_json_lenient
 from foldray.inputs.af3_json_writer import job_to_af3_json
@@ -42,35 +42,52 @@ def _read_entry(row: dict[str, Any]) -> list[Job | InputError] | dict[str, Any]:
         return failed_row(result_row(PENDING, source=source), err, "read")
 
 
-def _featurized_done(out_url: str, job: Job, digest: str) -> tuple[str, str]:
-    """(state, detail) of `foldray featurize` outputs: missing, complete or conflict."""
+def _featurized_done(out_url: str, job: Job, digest: str,
+                     featurization: FeaturizationConfig | None) -> tuple[str, str]:
+    """(state, detail) of `foldray featurize` outputs: missing, complete or conflict. Stored
+    features of the same input made with another featurization than this run's are not
+    finished work: the job is an error row (never silently kept, never silently replaced)."""
     summary = feature_store.done_summary(out_url, job.safe_name)
     if summary is None:
         return "missing", ""
     other = summary.get("input_sha256")
     if other not in (None, digest):
         return "conflict", str(other)
+    expected = featurization or DEFAULT_FEATURIZATION
+    try:
+        stored: FeaturizationConfig | None = feature_store.stored_featurization(summary)
+    except InputError:   # unrecorded (an older foldray) or unreadable: not this run's either
+        stored = None
+    if stored != expected:
+        made = f"the {feature_store.featurization_name(stored)}" if stored else "an unrecorded"
+        raise InputError(f"{feature_store.done_url(out_url, job.safe_name)} holds this job's features "
+                         f"made with {made} featurization, this run makes the "
+                         f"{feature_store.featurization_name(expected)} one; use that run's "
+                         "--checkpoint / --model-config, --overwrite to replace them, or another --out",
+                         source=job.source, job=job.name, field=feature_store.FEATURIZATION_KEY)
     return "complete", ""
 
 
 def _size_and_check(item: Job, row: dict[str, Any], *, out_url: str, max_tokens: int | None,
-                    overwrite: bool, stop_after: str) -> dict[str, Any]:
+                    overwrite: bool, stop_after: str,
+                    featurization: FeaturizationConfig | None = None) -> dict[str, Any]:
     # Sized without building conformers (a large ligand's embedding is featurization's work,
     # under its time limit, and done once): exact counts come from the featurize stage.
     user_ccd = parse_user_ccd(item.user_ccd, source=item.source) if item.user_ccd else None
     check_token_budget(item, max_tokens, user_ccd)
     row.update(n_tokens=count_tokens(item, user_ccd))
-    return _check_done(item, row, out_url=out_url, overwrite=overwrite, stop_after=stop_after)
+    return _check_done(item, row, out_url=out_url, overwrite=overwrite, stop_after=stop_after,
+                       featurization=featurization)
 
 
 def _check_done(item: Job, row: dict[str, Any], *, out_url: str, overwrite: bool,
-                stop_after: str) -> dict[str, Any]:
+                stop_after: str, featurization: FeaturizationConfig | None = None) -> dict[str, Any]:
     """`row` as skipped when its outputs exist for the same input; a conflict is an error."""
     if overwrite:
         return row
     digest = row["input_sha256"]
     if stop_after == "featurize":
-        state, other = storage.retry_io(lambda: _featurized_done(out_url, item, digest))
+        state, other = storage.retry_io(lambda: _featurized_done(out_url, item, digest, featurization))
         if state == "complete":
             row.update(status="skipped", payload=None,
                        output=feature_store.features_url(out_url, item.safe_name))
@@ -86,13 +103,15 @@ def _check_done(item: Job, row: dict[str, Any], *, out_url: str, overwrite: bool
 
 
 def read_stage(row: dict[str, Any], *, out_url: str, max_tokens: int | None,
-               overwrite: bool, stop_after: str = "predict") -> list[dict[str, Any]]:
+               overwrite: bool, stop_after: str = "predict",
+               featurization: FeaturizationConfig | None = None) -> list[dict[str, Any]]:
     """One input (file or inline manifest JSON) -> one row per job, sized and checked.
 
     Counting tokens here (no conformers: milliseconds) gives each job its size (for
     grouping) and rejects jobs over the token budget before any featurization or model
     work. Complete jobs become `skipped` (with the scores of their outputs) unless
-    `overwrite`; a folder holding another job with the same output name is an error.
+    `overwrite`; a folder holding another job with the same output name is an error, and so
+    are features stored by `foldray featurize` with another `featurization` than this run's.
     """
     if row.get("stored"):
         return [_read_stored(row, out_url=out_url, max_tokens=max_tokens, overwrite=overwrite,
@@ -110,7 +129,8 @@ def read_stage(row: dict[str, Any], *, out_url: str, max_tokens: int | None,
         try:
             base.update(safe_name=item.safe_name, input_sha256=input_sha256(item))
             rows.append(_size_and_check(item, base, out_url=out_url, max_tokens=max_tokens,
-                                        overwrite=overwrite, stop_after=stop_after))
+                                        overwrite=overwrite, stop_after=stop_after,
+                                        featurization=featurization))
         except Exception as err:
             rows.append(failed_row(base, err, "read"))
     return rows
@@ -224,8 +244,19 @@ class FeaturizeStage:
 
     def _load(self, row: dict[str, Any]) -> dict[str, Any]:
         """Stored features: loaded, not made; every seed predicts from them (their reference
-        conformers were rotated with `foldray featurize --seed`)."""
+        conformers were rotated with `foldray featurize --seed`). Features made with another
+        featurization than the model's are this job's error (`feature_store.check_featurization`;
+        a sidecar that records none is refused too, see `stored_featurization`)."""
         stored: StoredFeatures = row["payload"]
+        sidecar = feature_store.sidecar_of(stored.features_url)
+        summary = storage.retry_io(lambda: feature_store.read_sidecar(sidecar))
+        try:
+            if summary is None:
+                raise InputError("features sidecar missing or not JSON (removed since the read?); "
+                                 + feature_store.REFEATURIZE)
+            feature_store.check_featurization(summary, self.featurization)
+        except InputError as err:
+            raise err.located(source=sidecar, job=stored.job.name) from None
         tokens = storage.retry_io(lambda: feature_store.load_layout(stored.layout_url))
         features = storage.retry_io(lambda: feature_store.load_features(stored.features_url))
         featurized = FeaturizedJob(job=stored.job, tokens=tokens, features=features)
@@ -244,7 +275,9 @@ class FeaturizeStage:
         summary = {"name": job.name, "source": job.source, "n_tokens": featurized.n_tokens,
                    "n_atoms": featurized.tokens.n_atoms, "input_sha256": row["input_sha256"],
                    "chains": [c.chain_id for c in featurized.tokens.chains],
-                   "seed": (self.seeds or (0,))[0], "job": job_to_af3_json(job)}
+                   "seed": (self.seeds or (0,))[0], "job": job_to_af3_json(job),
+                   # checked by predict-batch against the model's (feature_store.check_featurization)
+                   feature_store.FEATURIZATION_KEY: (self.featurization or DEFAULT_FEATURIZATION).to_dict()}
         out_url = self.out_url
         folder = storage.join(out_url, job.safe_name)
         storage.retry_io(lambda: storage.remove_folder(folder))   # nothing stale stays

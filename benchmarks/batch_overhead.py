@@ -8,7 +8,7 @@ benchmarks/results/batch_overhead.json with both wall times, their ratio, and th
 time the pipeline's results table reports.
 
     python benchmarks/batch_overhead.py [--jobs 200] [--steps 10] [--samples 2] [--stages auto] [--no-cold]
-                                        [--also A:C:W[:S] ...] [--out FILE]
+                                        [--also A:C:W[:S] ...] [--scale-jobs N] [--out FILE]
 
 The first layout (--actors / --cpus-per-actor / --cpus-per-worker / --stages: one model
 actor on one CPU, as the loop; stages auto = fused featurize+predict+write actors on CPU)
@@ -19,7 +19,9 @@ pools until the first finished row, the rest of the stream, results table) and
 `breakdown_seconds` (Ray start, driver work, actor start-up, the jobs' own stage work, the
 stream's remaining overhead). `--out` writes the JSON elsewhere (development runs).
 The in-process comparison leaves out what only predict-batch pays once per run (Ray start is
-recorded apart; imports happen before the loop's clock starts). `cold_process_seconds` adds
+recorded apart; this process's imports, the loop's and the driver's, happen before either
+clock starts, while the actors' own imports count). `--scale-jobs N` reruns the loop and two
+layouts on N jobs and splits each into a fixed cost and a time per job. `cold_process_seconds` adds
 the comparison a user sees: a loop script and the `foldray predict-batch` command, each timed
 from a fresh process (interpreter, imports, Ray start, model load, the jobs).
 
@@ -38,6 +40,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -110,6 +113,7 @@ def pipeline(inputs: Path, out: Path, args: argparse.Namespace, layout: tuple[st
     """predict-batch with `layout` = (model actors MIN-MAX, CPUs per model actor, CPUs per
     featurize / write actor, stages: auto / fused / separate)."""
     import ray
+    import ray.data  # noqa: F401  (the driver's imports stay before the clock, as the loop's do)
 
     from foldray.actors.batch import run_batch
     from foldray.jobs import predict_batch
@@ -135,6 +139,35 @@ def pipeline(inputs: Path, out: Path, args: argparse.Namespace, layout: tuple[st
     if result.problem or errors:
         raise SystemExit(f"predict-batch failed: {result.problem or errors[:3]}")
     return seconds, init_seconds, result.rows, result.phases
+
+
+def scale_runs(work: Path, args: argparse.Namespace, loop_seconds: float,
+               layouts: list[tuple[tuple[str, float, float, str], float]]) -> dict[str, Any]:
+    """The loop and `layouts` (each with its time at --jobs) again on --scale-jobs jobs: a
+    straight line through the two sizes splits each run into a fixed cost (start-up: for
+    predict-batch, its actors' imports and model load) and a time per job (the steady state,
+    where a long run spends its time)."""
+    n1, n2 = args.jobs, args.scale_jobs
+    (work / "scale").mkdir(exist_ok=True)
+    inputs = build_jobs(n2, work / "scale")
+
+    def line(t1: float, t2: float) -> dict[str, float]:
+        per_job = (t2 - t1) / (n2 - n1)
+        return {f"seconds_{n1}": round(t1, 2), f"seconds_{n2}": round(t2, 2),
+                "per_job_seconds": round(per_job, 4), "fixed_seconds": round(t1 - n1 * per_job, 2)}
+
+    loop = line(loop_seconds, sequential(inputs, work / "scale_sequential", args))
+    print(f"sequential x{n2}: {loop[f'seconds_{n2}']:.1f} s", file=sys.stderr, flush=True)
+    out: dict[str, Any] = {"jobs": [n1, n2], "loop": loop, "layouts": []}
+    for i, (layout, t1) in enumerate(layouts):
+        t2 = pipeline(inputs, work / f"scale_pipeline{i}", args, layout)[0]
+        print(f"predict-batch {layout} x{n2}: {t2:.1f} s", file=sys.stderr, flush=True)
+        run = line(t1, t2)
+        out["layouts"].append({"actors": layout[0], "cpus_per_actor": layout[1], "stages": layout[3], **run,
+                               "per_job_ratio_over_loop": round(run["per_job_seconds"]
+                                                                / loop["per_job_seconds"], 3),
+                               f"ratio_over_loop_at_{n2}": round(t2 / loop[f"seconds_{n2}"], 3)})
+    return out
 
 
 def _fused(layout: tuple[str, float, float, str]) -> bool:
@@ -187,6 +220,10 @@ def main() -> None:
     parser.add_argument("--cold", action=argparse.BooleanOptionalAction, default=True,
                         help="also time a loop script and the predict-batch command each as a fresh "
                              "process, imports and Ray start included (default: on)")
+    parser.add_argument("--scale-jobs", type=int, default=None, metavar="N",
+                        help="also run the loop, the first layout and the last --also layout on N "
+                             "jobs, and report each one's fixed cost and time per job from the two "
+                             "sizes (default: off; benchmarks/RESULTS.md uses 1000)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads of the sequential loop (the actor gets 1 per CPU)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "batch_overhead.json",
@@ -212,6 +249,11 @@ def main() -> None:
         cold = cold_runs(inputs, work, args) if args.cold else None
         if cold:
             print(f"cold: {cold}", file=sys.stderr, flush=True)
+        scaling = None
+        if args.scale_jobs:
+            scaling = scale_runs(work, args, seq_seconds, [(layouts[0], runs[0][1]),
+                                                           (layouts[-1], runs[-1][1])])
+            print(f"scaling: {scaling}", file=sys.stderr, flush=True)
         (_, pipe_seconds, init_seconds, rows, phases, _) = runs[0]
         load_after = os.getloadavg()
     finally:
@@ -239,6 +281,8 @@ def main() -> None:
         "pipeline_phases_seconds": phases,   # where predict-batch's wall time went
         # each from a fresh process, as a user runs them (--cold): imports, Ray start and all
         "cold_process_seconds": cold,
+        # --scale-jobs: each run at two sizes -> its fixed cost and its time per job
+        "scaling": scaling,
         "layouts": [{"actors": layout[0], "cpus_per_actor": layout[1], "cpus_per_worker": layout[2],
                      "stages": layout[3], "fused": _fused(layout),
                      "pipeline_seconds": round(seconds, 2), "ray_init_seconds": round(init, 2),

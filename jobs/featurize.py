@@ -7,6 +7,10 @@ table. With no Ray address it starts an embedded local Ray; with RAY_ADDRESS (or
 `<out>/<job>/features.npz` (its sidecar `features.json` last, the completion marker) and
 `<out>/results.parquet` lists every record with its status, so a bad record is reported
 instead of sinking the batch, and a rerun skips jobs already done.
+
+Features are made for one model, with its featurization switches: `--checkpoint` (read from
+its header) or `--model-config`, as predict-batch takes them. The sidecar records them, and
+predict-batch refuses stored jobs made with another featurization than its model's.
 """
 
 from __future__ import annotations
@@ -40,8 +44,15 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                         help="output folder or URL (default %(default)s)")
     add_model_config_argument(parser, help_text=(
         f"the model the features are for (its featurization): a preset ({PRESETS_HELP}) or a "
-        "YAML/JSON model config file (default tiny, AF3's featurization)"))
-    add_set_argument(parser, "override a model setting: model.featurization.paired_msa=precomputed")
+        "YAML/JSON model config file, used when no checkpoint is given (default tiny, AF3's "
+        "featurization)"))
+    parser.add_argument("--checkpoint", default=None,
+                        help="foldray safetensors checkpoint (path or URL) the features are for: "
+                             "its featurization is used, read from its header (default none: "
+                             "--model-config's). predict-batch refuses stored features made with "
+                             "another featurization than its model's")
+    add_set_argument(parser, "override a model setting: model.featurization.paired_msa=precomputed "
+                             "(only without --checkpoint)")
     parser.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS,
                         help="token budget per job; larger jobs are error rows (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0,
@@ -62,16 +73,19 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 def run(args: argparse.Namespace) -> int:
     from foldray.actors.batch import BatchSettings, Pools, Resources
+    from foldray.features.model_featurization import model_featurization
     from foldray.jobs.predict_batch import run_and_report
 
     try:
         model_config, _ = resolve_model_and_runtime(args)
-    except ConfigError as err:
+        model_featurization(absolute_local(args.checkpoint), model_config)   # a bad one fails here
+    except (ConfigError, ValueError, OSError) as err:   # WeightsError is a ValueError
         print(f"error: {err}", file=sys.stderr)
         return 2
     settings = BatchSettings(
         inputs=tuple(absolute_local(u) for u in (args.inputs or [default_inputs()])),
         out=absolute_local(args.out), stop_after="featurize", seeds=(args.seed,), config=model_config,
+        checkpoint=absolute_local(args.checkpoint),
         max_tokens=args.max_tokens, overwrite=args.overwrite,
         featurize_time_limit_s=args.featurize_time_limit or None,
         resources=Resources(num_cpus_per_worker=args.num_cpus_per_worker),

@@ -6,6 +6,11 @@ a JSON sidecar with the job itself (AF3 JSON) and its summary. The sidecar is wr
 last: its presence marks the job as finished, so a rerun skips it, a crash never leaves a
 file that looks complete, and `foldray predict-batch` takes these folders as inputs
 (the model runs on the stored features; nothing is featurized again).
+
+The sidecar also records the featurization switches the features were made with
+(`featurization`: `FeaturizationConfig.to_dict()`), so a model expecting another
+featurization (imported OpenFold3 / Protenix weights expect their reference's) refuses them
+instead of silently predicting from features it was not trained on (`check_featurization`).
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from foldray.errors import InputError
+from foldray.features.config import DEFAULT_FEATURIZATION, FeaturizationConfig
 from foldray.io import storage
 
 if TYPE_CHECKING:
@@ -26,6 +33,9 @@ FEATURES_FILE = "features.npz"
 LAYOUT_FILE = "layout.npz"
 DONE_FILE = "features.json"
 _CHAINS_KEY = "chains_json"   # layout.npz: the ChainInfo records, as a JSON string
+FEATURIZATION_KEY = "featurization"   # sidecar: FeaturizationConfig.to_dict() of the features
+REFEATURIZE = ("run foldray featurize again with --overwrite and the same --checkpoint / "
+               "--model-config as predict-batch")
 
 
 def features_url(out_url: str, safe_name: str) -> str:
@@ -38,6 +48,11 @@ def done_url(out_url: str, safe_name: str) -> str:
 
 def layout_url(out_url: str, safe_name: str) -> str:
     return storage.join(out_url, safe_name, LAYOUT_FILE)
+
+
+def sidecar_of(features: str) -> str:
+    """The sidecar next to a stored job's `features.npz`."""
+    return storage.join(features.rsplit("/", 1)[0], DONE_FILE)
 
 
 def is_sidecar(url: str) -> bool:
@@ -102,3 +117,81 @@ def load_layout(url: str) -> TokenizedStructure:
     chains = tuple(ChainInfo(**(chain | {"residue_names": tuple(chain["residue_names"])}))
                    for chain in json.loads(str(arrays.pop(_CHAINS_KEY))))
     return TokenizedStructure(chains=chains, **arrays)
+
+
+# --------------------------------------------------------------------------- featurization
+
+
+_PRESETS = {"alphafold3": FeaturizationConfig.alphafold3(), "openfold3": FeaturizationConfig.openfold3(),
+            "protenix": FeaturizationConfig.protenix()}
+
+
+def featurization_name(config: FeaturizationConfig) -> str:
+    """The preset a featurization equals (alphafold3, openfold3, protenix), else "custom"."""
+    return next((name for name, preset in _PRESETS.items() if preset == config), "custom")
+
+
+def stored_featurization(summary: dict[str, Any]) -> FeaturizationConfig:
+    """The featurization a sidecar records; an InputError (field `featurization`) when it
+    records none or a malformed one. Messages name switches, never the stored values of
+    malformed ones (the file is not quoted).
+
+    A sidecar without the key (written before featurization was recorded) is refused, not
+    taken for AlphaFold 3's: git history shows `foldray featurize` made non-AF3 features
+    without recording them (since 1fb87e0 it featurized with `--model-config`'s
+    featurization, e.g. tiny-openfold3 or full-protenix), and until 9b756e6 its AF3
+    featurization was not today's (covalent ligands kept their leaving atoms, now
+    `ligand_leaving_atoms="keep"`). Its featurization is unknown, so accepting it for any
+    model would reopen the silent parity hole this check closes; featurizing again costs
+    CPU time, a silently wrong prediction costs more.
+    """
+    if FEATURIZATION_KEY not in summary:
+        raise InputError("features stored without a record of their featurization (by a foldray "
+                         "from before it was recorded), so they cannot be checked against the "
+                         f"model's; {REFEATURIZE}", field=FEATURIZATION_KEY)
+    value = summary[FEATURIZATION_KEY]
+    if not isinstance(value, dict):
+        raise InputError(f"the stored featurization is not a JSON object; {REFEATURIZE}",
+                         field=FEATURIZATION_KEY)
+    known = {f.name: f for f in dataclasses.fields(FeaturizationConfig)}
+    if any(key not in known for key in value):
+        raise InputError("the stored featurization has a switch this foldray does not know "
+                         f"(features from another foldray version?); {REFEATURIZE}",
+                         field=FEATURIZATION_KEY)
+    for name, default in dataclasses.asdict(DEFAULT_FEATURIZATION).items():
+        if name not in value:
+            raise InputError(f"the stored featurization does not set switch {name} (features "
+                             f"from an older foldray); {REFEATURIZE}", field=FEATURIZATION_KEY)
+        if type(value[name]) is not type(default):   # bool is not int here, "1" is not True
+            kind = "true or false" if isinstance(default, bool) else "a string"
+            raise InputError(f"the stored featurization switch {name} is not {kind}; {REFEATURIZE}",
+                             field=FEATURIZATION_KEY)
+    try:
+        return FeaturizationConfig.from_dict(value)
+    except ValueError:   # a value outside a switch's choices (its message quotes the value)
+        bad = next(name for name in known if not _allowed(name, value[name]))
+        raise InputError(f"the stored featurization switch {bad} has a value this foldray does "
+                         f"not know; {REFEATURIZE}", field=FEATURIZATION_KEY) from None
+
+
+def _allowed(name: str, value: Any) -> bool:
+    try:
+        FeaturizationConfig(**{name: value})
+    except ValueError:
+        return False
+    return True
+
+
+def check_featurization(summary: dict[str, Any], expected: FeaturizationConfig | None) -> None:
+    """Refuse stored features made with another featurization than `expected`, the model's
+    (None: AlphaFold 3's, as everywhere else). An InputError, field `featurization`, naming
+    the switches that differ with both values (switch values only: nothing else is quoted)."""
+    stored, expected = stored_featurization(summary), expected or DEFAULT_FEATURIZATION
+    if stored == expected:
+        return
+    have, want = stored.to_dict(), expected.to_dict()
+    differing = ", ".join(f"{name} {have[name]!r} -> {want[name]!r}"
+                          for name in have if have[name] != want[name])
+    raise InputError(f"features stored with the {featurization_name(stored)} featurization, the "
+                     f"model expects {featurization_name(expected)} (switches, stored -> expected: "
+                     f"{differing}); {REFEATURIZE}", field=FEATURIZATION_KEY)
