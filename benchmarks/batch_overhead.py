@@ -109,13 +109,14 @@ def cold_runs(inputs: Path, work: Path, args: argparse.Namespace) -> dict[str, f
 
 
 def pipeline(inputs: Path, out: Path, args: argparse.Namespace, layout: tuple[str, float, float, str],
-             ) -> tuple[float, float, list, dict[str, float]]:
+             ) -> tuple[float, float, list, dict[str, float], int]:
     """predict-batch with `layout` = (model actors MIN-MAX, CPUs per model actor, CPUs per
-    featurize / write actor, stages: auto / fused / separate)."""
+    featurize / write actor, stages: auto / fused / separate): its seconds, Ray's start, the
+    rows, the engine's phases and the jobs per block of the stream (the engine's own rule)."""
     import ray
     import ray.data  # noqa: F401  (the driver's imports stay before the clock, as the loop's do)
 
-    from foldray.actors.batch import run_batch
+    from foldray.actors.batch import _block_rows, run_batch
     from foldray.jobs import predict_batch
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")   # local, loopback-only benchmark
@@ -131,14 +132,16 @@ def pipeline(inputs: Path, out: Path, args: argparse.Namespace, layout: tuple[st
             "--steps", str(args.steps), "--recycles", str(args.recycles), "--quiet",
             "--actors", layout[0], "--num-cpus-per-actor", str(layout[1]),
             "--cpu-workers", "1-1", "--num-cpus-per-worker", str(layout[2]), "--stages", layout[3]])
-        result = run_batch(predict_batch.settings_from(flags))   # the engine, as the CLI runs it
+        settings = predict_batch.settings_from(flags)
+        result = run_batch(settings)   # the engine, as the CLI runs it
         seconds = time.perf_counter() - started
+        per_block = _block_rows(settings, len(result.rows), max(r["n_tokens"] for r in result.rows))
     finally:
         ray.shutdown()
     errors = [r["error"] for r in result.rows if r["status"] != "ok"]
     if result.problem or errors:
         raise SystemExit(f"predict-batch failed: {result.problem or errors[:3]}")
-    return seconds, init_seconds, result.rows, result.phases
+    return seconds, init_seconds, result.rows, result.phases, per_block
 
 
 def scale_runs(work: Path, args: argparse.Namespace, loop_seconds: float,
@@ -174,29 +177,32 @@ def _fused(layout: tuple[str, float, float, str]) -> bool:
     return layout[3] == "fused" or layout[3] == "auto"    # auto fuses for CPU inference
 
 
-def breakdown(seconds: float, init: float, rows: list, phases: dict[str, float]) -> dict[str, float]:
+def breakdown(seconds: float, init: float, rows: list, phases: dict[str, float],
+              per_block: int, fused: bool) -> dict[str, float]:
     """Where one predict-batch run's time went, from the engine's phases and the rows' stage
     times: Ray's start (outside `seconds`), the driver's work before the stream, the actor
-    start-up (first row's wait less one job's own work), the jobs' own stage work (per actor:
-    summed over actors it overlaps), and the stream's remaining overhead (scheduling, object
-    transfer, serialisation, waiting)."""
+    start-up (the first row's wait less its block's own work: a row leaves an actor with its
+    block, and the first block holds the `per_block` largest jobs), the jobs' own stage work
+    (per actor: summed over actors it overlaps), and the stream's remaining overhead
+    (scheduling, object transfer, serialisation, the last blocks' imbalance)."""
     def total(key: str) -> float:
         return sum(r[key] or 0.0 for r in rows)
 
-    n = max(1, len(rows))
     work = {stage: total(f"{stage}_seconds") for stage in ("featurize", "model", "write")}
-    one_job = sum(work.values()) / n
+    largest = sorted(rows, key=lambda r: r["n_tokens"] or 0, reverse=True)[:per_block]
+    first_block = sum(r[f"{stage}_seconds"] or 0.0 for r in largest for stage in work)
     first = phases.get("pools_start_to_first_row", 0.0)
     before = sum(phases.get(k, 0.0) for k in ("checks", "ray_start", "read", "read_to_driver", "sort",
                                                "placement_probe"))
     actors = len({r["actor_id"] for r in rows if r.get("actor_id")}) or 1
     stream = first + phases.get("stream_rest", 0.0)
-    critical = work["model"] / actors          # the model is the bottleneck stage here
+    # the actors' own work: fused actors do every stage, else the model is the bottleneck stage
+    critical = (sum(work.values()) if fused else work["model"]) / actors
     return {"ray_init": round(init, 2), "driver_before_stream": round(before, 2),
-            "actor_startup_estimate": round(max(0.0, first - one_job), 2),
+            "actor_startup_estimate": round(max(0.0, first - first_block), 2),
             **{f"{stage}_work_sum": round(value, 2) for stage, value in work.items()},
-            "model_work_per_actor": round(critical, 2), "model_actors": actors,
-            "stream_overhead_estimate": round(stream - max(0.0, first - one_job) - critical, 2),
+            "actor_work_per_actor": round(critical, 2), "model_actors": actors, "jobs_per_block": per_block,
+            "stream_overhead_estimate": round(stream - max(0.0, first - first_block) - critical, 2),
             "after_stream": round(seconds - before - stream, 2)}
 
 
@@ -254,7 +260,7 @@ def main() -> None:
             scaling = scale_runs(work, args, seq_seconds, [(layouts[0], runs[0][1]),
                                                            (layouts[-1], runs[-1][1])])
             print(f"scaling: {scaling}", file=sys.stderr, flush=True)
-        (_, pipe_seconds, init_seconds, rows, phases, _) = runs[0]
+        (_, pipe_seconds, init_seconds, rows, phases, _, _) = runs[0]
         load_after = os.getloadavg()
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -288,9 +294,11 @@ def main() -> None:
                      "pipeline_seconds": round(seconds, 2), "ray_init_seconds": round(init, 2),
                      "ratio_pipeline_over_sequential": round(seconds / seq_seconds, 3),
                      "model_seconds_sum": round(sum(r["model_seconds"] for r in rows_), 2),
-                     "phases_seconds": phases_, "breakdown_seconds": breakdown(seconds, init, rows_, phases_),
+                     "phases_seconds": phases_,
+                     "breakdown_seconds": breakdown(seconds, init, rows_, phases_, per_block,
+                                                                 _fused(layout)),
                      "load_average_after": round(load, 2)}
-                    for layout, seconds, init, rows_, phases_, load in runs],
+                    for layout, seconds, init, rows_, phases_, per_block, load in runs],
     }
     out = args.out
     out.write_text(json.dumps(result, indent=2) + "\n")
