@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from foldray.io import storage
+from foldray.io import checkpoint_cache, storage
 from foldray.model.config import ModelConfig
 
 CONFIG_KEY = "foldray_model_config"
@@ -55,11 +55,19 @@ def read_metadata(data: bytes) -> dict[str, str]:
 
 
 def load_weights(url: str) -> tuple[dict[str, torch.Tensor], ModelConfig]:
-    """Tensors and the config they belong to. Only safetensors files are accepted."""
+    """Tensors and the config they belong to. Only safetensors files are accepted. Remote
+    checkpoints are read through the machine-local cache (`foldray.io.checkpoint_cache`)."""
     if url.endswith((".pt", ".pth", ".ckpt", ".pkl", ".pickle")):
         raise WeightsError(f"{url}: pickle-based checkpoints are not loaded; convert it with "
                            "`foldray import-weights` to safetensors")
-    return parse_weights(storage.read_bytes(url), url)
+    cached = checkpoint_cache.local_copy(url)
+    if cached is None:
+        return parse_weights(storage.read_bytes(url), url)
+    try:
+        return parse_weights(cached.read_bytes(), url)
+    except WeightsError:   # a damaged cached copy must not poison later loads: drop it, read the URL
+        checkpoint_cache.discard(cached)
+        return parse_weights(storage.read_bytes(url), url)
 
 
 def parse_weights(data: bytes, source: str) -> tuple[dict[str, torch.Tensor], ModelConfig]:
