@@ -65,6 +65,8 @@ def load_weights(url: str) -> tuple[dict[str, torch.Tensor], ModelConfig]:
         return parse_weights(storage.read_bytes(url), url)
     try:
         return parse_weights(cached.read_bytes(), url)
+    except FileNotFoundError:   # evicted by another process between fetch and read
+        return parse_weights(storage.read_bytes(url), url)
     except WeightsError:   # a damaged cached copy must not poison later loads: drop it, read the URL
         checkpoint_cache.discard(cached)
         return parse_weights(storage.read_bytes(url), url)
