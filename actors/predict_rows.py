@@ -11,7 +11,7 @@ sinks the batch. Torch-free, so CPU stages never import it.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from foldray.errors import InputError, error_line, short_message
@@ -40,6 +40,10 @@ class StoredFeatures:
     job: Job
     features_url: str
     layout_url: str
+    sidecar_url: str = ""
+    # the sidecar's featurization entry, as read with the job ({} when it records none):
+    # checked against the model's by the featurize stage without reading the sidecar again
+    featurization_record: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -159,9 +159,11 @@ def _read_stored(row: dict[str, Any], *, out_url: str, max_tokens: int | None, o
         base.update(source=job.source, name=job.name, safe_name=job.safe_name,
                     input_sha256=summary["input_sha256"], n_tokens=int(summary["n_tokens"]),
                     n_atoms=int(summary["n_atoms"]),
-                    payload=StoredFeatures(job=job, features_url=storage.join(
-                        folder, feature_store.FEATURES_FILE), layout_url=storage.join(
-                        folder, feature_store.LAYOUT_FILE)))
+                    payload=StoredFeatures(
+                        job=job, features_url=storage.join(folder, feature_store.FEATURES_FILE),
+                        layout_url=storage.join(folder, feature_store.LAYOUT_FILE), sidecar_url=sidecar,
+                        featurization_record={key: summary[key] for key in (feature_store.FEATURIZATION_KEY,)
+                                              if key in summary}))
         if max_tokens is not None and base["n_tokens"] > max_tokens:
             raise InputError(f"{base['n_tokens']} tokens, over the budget of {max_tokens} "
                              "(--max-tokens)", source=job.source, job=job.name)
@@ -248,15 +250,10 @@ class FeaturizeStage:
         featurization than the model's are this job's error (`feature_store.check_featurization`;
         a sidecar that records none is refused too, see `stored_featurization`)."""
         stored: StoredFeatures = row["payload"]
-        sidecar = feature_store.sidecar_of(stored.features_url)
-        summary = storage.retry_io(lambda: feature_store.read_sidecar(sidecar))
         try:
-            if summary is None:
-                raise InputError("features sidecar missing or not JSON (removed since the read?); "
-                                 + feature_store.REFEATURIZE)
-            feature_store.check_featurization(summary, self.featurization)
+            feature_store.check_featurization(stored.featurization_record, self.featurization)
         except InputError as err:
-            raise err.located(source=sidecar, job=stored.job.name) from None
+            raise err.located(source=stored.sidecar_url, job=stored.job.name) from None
         tokens = storage.retry_io(lambda: feature_store.load_layout(stored.layout_url))
         features = storage.retry_io(lambda: feature_store.load_features(stored.features_url))
         featurized = FeaturizedJob(job=stored.job, tokens=tokens, features=features)

@@ -50,11 +50,6 @@ def layout_url(out_url: str, safe_name: str) -> str:
     return storage.join(out_url, safe_name, LAYOUT_FILE)
 
 
-def sidecar_of(features: str) -> str:
-    """The sidecar next to a stored job's `features.npz`."""
-    return storage.join(features.rsplit("/", 1)[0], DONE_FILE)
-
-
 def is_sidecar(url: str) -> bool:
     """Whether an input file is the completion marker of a stored job (a featurize output)."""
     return url.rsplit("/", 1)[-1] == DONE_FILE
