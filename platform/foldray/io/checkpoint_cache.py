@@ -23,7 +23,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from foldray.chem.ccd_cache import cache_folder
+from foldray.cache_dir import cache_folder
 from foldray.io import storage
 
 log = logging.getLogger(__name__)

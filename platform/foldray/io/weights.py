@@ -61,15 +61,14 @@ def load_weights(url: str) -> tuple[dict[str, torch.Tensor], ModelConfig]:
         raise WeightsError(f"{url}: pickle-based checkpoints are not loaded; convert it with "
                            "`foldray import-weights` to safetensors")
     cached = checkpoint_cache.local_copy(url)
-    if cached is None:
-        return parse_weights(storage.read_bytes(url), url)
-    try:
-        return parse_weights(cached.read_bytes(), url)
-    except FileNotFoundError:   # evicted by another process between fetch and read
-        return parse_weights(storage.read_bytes(url), url)
-    except WeightsError:   # a damaged cached copy must not poison later loads: drop it, read the URL
-        checkpoint_cache.discard(cached)
-        return parse_weights(storage.read_bytes(url), url)
+    if cached is not None:
+        try:
+            return parse_weights(cached.read_bytes(), url)
+        except FileNotFoundError:   # evicted by another process between fetch and read
+            pass
+        except WeightsError:   # a damaged cached copy must not poison later loads: drop it
+            checkpoint_cache.discard(cached)
+    return parse_weights(storage.read_bytes(url), url)
 
 
 def parse_weights(data: bytes, source: str) -> tuple[dict[str, torch.Tensor], ModelConfig]:

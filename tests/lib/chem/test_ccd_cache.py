@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 
+from foldray.cache_dir import CACHE_ENV
 from foldray.chem import ccd_cache
 
 
@@ -32,7 +33,7 @@ def _same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
 
 
 def test_decoded_once_then_loaded(tmp_path, monkeypatch):
-    monkeypatch.setenv(ccd_cache.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
     calls: list[int] = []
     first = ccd_cache.load_or_decode("k1", _counting(calls))
     second = ccd_cache.load_or_decode("k1", _counting(calls))
@@ -43,7 +44,7 @@ def test_decoded_once_then_loaded(tmp_path, monkeypatch):
 
 
 def test_damaged_cache_is_decoded_again_and_replaced(tmp_path, monkeypatch):
-    monkeypatch.setenv(ccd_cache.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
     (tmp_path / "ccd-k.npz").write_bytes(b"PK\x03\x04 truncated")
     calls: list[int] = []
     assert _same(ccd_cache.load_or_decode("k", _counting(calls)), _arrays()) and calls == [1]
@@ -52,7 +53,7 @@ def test_damaged_cache_is_decoded_again_and_replaced(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("setting", ["off", "0", ""])
 def test_cache_can_be_turned_off(tmp_path, monkeypatch, setting):
-    monkeypatch.setenv(ccd_cache.CACHE_ENV, setting)
+    monkeypatch.setenv(CACHE_ENV, setting)
     monkeypatch.chdir(tmp_path)
     calls: list[int] = []
     ccd_cache.load_or_decode("k", _counting(calls))
@@ -63,7 +64,7 @@ def test_cache_can_be_turned_off(tmp_path, monkeypatch, setting):
 def test_unwritable_folder_still_decodes(tmp_path, monkeypatch):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    monkeypatch.setenv(ccd_cache.CACHE_ENV, str(blocker / "cache"))
+    monkeypatch.setenv(CACHE_ENV, str(blocker / "cache"))
     assert _same(ccd_cache.load_or_decode("k", _counting([])), _arrays())
 
 
@@ -84,7 +85,7 @@ def test_real_ccd_from_the_cache_equals_the_decoded_one(tmp_path):
               "print(json.dumps([[x.atom_names, x.elements.tolist(), x.charges.tolist(), "
               "x.bonds.tolist(), x.bond_orders.tolist(), x.leaving.tolist(), x.chem_type, x.parent, "
               "x.one_letter, x.ref_pos.round(4).tolist()] for x in c]))")
-    env = {**os.environ, ccd_cache.CACHE_ENV: str(tmp_path)}
+    env = {**os.environ, CACHE_ENV: str(tmp_path)}
     runs = [subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
                            check=True, timeout=300).stdout for _ in range(2)]
     stored = list(tmp_path.glob("ccd-*.npz"))
